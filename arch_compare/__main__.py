@@ -1,0 +1,5 @@
+import sys
+
+from arch_compare.cli import main
+
+sys.exit(main())

@@ -1,0 +1,38 @@
+"""`arch-compare`: the only place that parses flags (and, for runs, gin files).
+
+Each sub-command is a module with `add_arguments(parser)` and `run(args) -> int`, registered in
+`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from types import ModuleType
+
+from arch_compare.cli import convert, presets
+
+COMMANDS: dict[str, ModuleType] = {
+    "presets": presets,
+    "convert": convert,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arch-compare", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        doc = module.__doc__.strip()
+        sub = commands.add_parser(name, help=doc.splitlines()[0], description=doc)
+        module.add_arguments(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
+    except (KeyError, ValueError, FileNotFoundError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"arch-compare {args.command}: error: {message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,50 @@
+"""List the named model presets with architecture, family and exact parameter count.
+
+Counts come from the parameter shapes (`jax.eval_shape`), so even 70B presets are listed without
+allocating weights; they equal Hugging Face's count for the same configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from arch_compare.models import PRESETS, build_model
+
+COLUMNS = ("name", "arch", "family", "params", "layers", "d_model", "heads", "kv_heads",
+           "head_dim", "d_ff", "vocab", "bf16_weights_gib")
+
+
+def describe(name: str) -> dict:
+    config = PRESETS[name]
+    params = build_model(config).param_count()
+    layers = (f"{config.num_encoder_layers}+{config.num_layers}" if config.is_encoder_decoder
+              else str(config.num_layers))
+    return {"name": name, "arch": config.arch, "family": config.family, "params": params,
+            "layers": layers, "d_model": config.d_model, "heads": config.num_heads,
+            "kv_heads": config.num_kv_heads, "head_dim": config.head_dim, "d_ff": config.d_ff,
+            "vocab": config.vocab_size, "bf16_weights_gib": round(params * 2 / 2**30, 2)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("names", nargs="*", help="presets to show (default: all)")
+
+
+def format_table(rows: list[dict]) -> str:
+    cells = [[f"{row[c]:,}" if c == "params" else str(row[c]) for c in COLUMNS] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(COLUMNS)]
+    numeric = {i for i, c in enumerate(COLUMNS) if c not in ("name", "arch", "family")}
+    line = lambda values: "  ".join(
+        v.rjust(w) if i in numeric else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths)))
+    return "\n".join([line(COLUMNS), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in args.names:
+        if name not in PRESETS:
+            from arch_compare.models import get_preset
+            get_preset(name)  # raises with close-match suggestions
+    rows = [describe(name) for name in (args.names or PRESETS)]
+    print(json.dumps(rows, indent=2) if args.format == "json" else format_table(rows))
+    return 0

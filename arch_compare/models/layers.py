@@ -1,0 +1,217 @@
+"""The one copy of every Transformer layer, shared by all families.
+
+Every parameter is created by `_param`, which attaches its logical axis names (t5x vocabulary:
+`vocab`, `embed`, `heads`, `kv_heads`, `kv` for the per-head dimension, `mlp`, `relpos_buckets`,
+`position`; stacks add `layers`). The partitioning rules map those names to mesh axes, so no layer
+knows about meshes.
+
+Shape letters in comments: b batch, l/q query length, k key length, d d_model, h query heads,
+g kv heads, e head_dim, f d_ff, v vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from arch_compare.models.config import ModelConfig
+
+Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
+
+ACTIVATION_FUNCTIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "silu": jax.nn.silu,
+}
+
+
+def _param(rngs: nnx.Rngs, init: Initializer, shape: tuple[int, ...], axes: tuple[str, ...],
+           dtype: jnp.dtype) -> nnx.Param:
+    assert len(shape) == len(axes), (shape, axes)
+    # eager_sharding=False: the logical names are metadata only; the trainer places the arrays.
+    return nnx.Param(init(rngs.params(), shape, dtype), sharding_names=axes, eager_sharding=False)
+
+
+def _fan_in_normal(fan_in: int, scale: float = 1.0) -> Initializer:
+    std = scale / math.sqrt(fan_in)
+    return lambda key, shape, dtype: std * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
+
+
+class Dense(nnx.Module):
+    """A linear map that contracts the trailing `in_shape` axes of its input into `out_shape`.
+
+    Multi-axis shapes keep heads explicit (`[d] -> [h, e]`) so head axes can be sharded by name.
+    """
+
+    def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                 in_axes: tuple[str, ...], out_axes: tuple[str, ...], cfg: ModelConfig, *,
+                 rngs: nnx.Rngs, init_scale: float = 1.0):
+        self.num_contracted = len(in_shape)
+        self.dtype = cfg.compute_dtype
+        fan_in = math.prod(in_shape)
+        self.kernel = _param(rngs, _fan_in_normal(fan_in, init_scale), in_shape + out_shape,
+                             in_axes + out_axes, cfg.weight_dtype)
+        self.bias = (_param(rngs, nnx.initializers.zeros, out_shape, out_axes, cfg.weight_dtype)
+                     if cfg.use_bias else None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                          axes=self.num_contracted)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class Norm(nnx.Module):
+    """LayerNorm (GPT-2) or RMSNorm (LLaMA, T5), computed in float32 like the references."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.kind = cfg.norm
+        self.eps = cfg.norm_eps
+        self.dtype = cfg.compute_dtype
+        self.scale = _param(rngs, nnx.initializers.ones, (cfg.d_model,), ("embed",),
+                            cfg.weight_dtype)
+        self.bias = (_param(rngs, nnx.initializers.zeros, (cfg.d_model,), ("embed",),
+                            cfg.weight_dtype) if cfg.norm == "layernorm" else None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        if self.kind == "layernorm":
+            x = x - x.mean(axis=-1, keepdims=True)
+        y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
+        y = y * self.scale[...].astype(jnp.float32)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class Embed(nnx.Module):
+    """A lookup table `[num_embeddings, d]`; `attend` reuses it as a tied output layer."""
+
+    def __init__(self, num_embeddings: int, axis_name: str, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.dtype = cfg.compute_dtype
+        init = nnx.initializers.normal(cfg.embedding_init_std)
+        self.embedding = _param(rngs, init, (num_embeddings, cfg.d_model), (axis_name, "embed"),
+                                cfg.weight_dtype)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)  # [b, l, d]
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        return jnp.einsum("bld,vd->blv", x, self.embedding[...].astype(self.dtype))
+
+
+class Mlp(nnx.Module):
+    """Plain (`act(x W_i) W_o`) or gated (`act(x W_i0) * (x W_i1) W_o`, SwiGLU / GeGLU) MLP."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.activation = ACTIVATION_FUNCTIONS[cfg.mlp_activation]
+        up = lambda: Dense((cfg.d_model,), (cfg.d_ff,), ("embed",), ("mlp",), cfg, rngs=rngs)
+        if cfg.mlp_gated:
+            self.wi_0, self.wi_1 = up(), up()  # wi_0 goes through the activation
+        else:
+            self.wi = up()
+        self.wo = Dense((cfg.d_ff,), (cfg.d_model,), ("mlp",), ("embed",), cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if hasattr(self, "wi"):
+            hidden = self.activation(self.wi(x))  # [b, l, f]
+        else:
+            hidden = self.activation(self.wi_0(x)) * self.wi_1(x)
+        return self.wo(hidden)
+
+
+def apply_rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding in the half-split layout that HF LLaMA checkpoints use.
+
+    x: [b, l, n, e]; positions: [b, l]. The two halves of the head dimension form the pairs.
+    """
+    half = x.shape[-1] // 2
+    inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [e/2]
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, l, e/2]
+    cos = jnp.cos(angles)[:, :, None, :]  # [b, l, 1, e/2]
+    sin = jnp.sin(angles)[:, :, None, :]
+    first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+def relative_position_bucket(relative_position: jax.Array, *, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> jax.Array:
+    """T5's bucketing of key-minus-query offsets: exact buckets for small offsets, then
+    logarithmically wider ones up to `max_distance`; a causal stack only sees the past."""
+    bucket = jnp.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        bucket = bucket + (relative_position > 0) * num_buckets  # keys after the query
+        distance = jnp.abs(relative_position)
+    else:
+        distance = jnp.maximum(-relative_position, 0)
+    num_exact = num_buckets // 2
+    log_ratio = (jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / num_exact)
+                 / math.log(max_distance / num_exact))
+    far_bucket = num_exact + (log_ratio * (num_buckets - num_exact)).astype(distance.dtype)
+    far_bucket = jnp.minimum(far_bucket, num_buckets - 1)
+    return bucket + jnp.where(distance < num_exact, distance, far_bucket)
+
+
+class RelativePositionBias(nnx.Module):
+    """T5's learned per-head bias over bucketed offsets; one per stack, shared by its layers."""
+
+    def __init__(self, cfg: ModelConfig, *, bidirectional: bool, rngs: nnx.Rngs):
+        self.bidirectional = bidirectional
+        self.num_buckets = cfg.relative_buckets
+        self.max_distance = cfg.relative_max_distance
+        self.dtype = cfg.compute_dtype
+        self.embedding = _param(rngs, nnx.initializers.normal(cfg.d_model ** -0.5),
+                                (cfg.relative_buckets, cfg.num_heads), ("relpos_buckets", "heads"),
+                                cfg.weight_dtype)
+
+    def __call__(self, query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
+        """query_positions: [q], key_positions: [k] -> bias [1, h, q, k]."""
+        buckets = relative_position_bucket(
+            key_positions[None, :] - query_positions[:, None], bidirectional=self.bidirectional,
+            num_buckets=self.num_buckets, max_distance=self.max_distance)  # [q, k]
+        bias = jnp.take(self.embedding[...], buckets, axis=0)  # [q, k, h]
+        return jnp.transpose(bias, (2, 0, 1))[None].astype(self.dtype)
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with grouped KV heads (`num_kv_heads` <= `num_heads`).
+
+    Used for self-attention (keys from the same sequence) and cross-attention (keys from the
+    encoder). Rotary embeddings, when configured, rotate queries and keys of self-attention only.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, rotary: bool):
+        d, h, g, e = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.rotary = rotary
+        self.rope_theta = cfg.rope_theta
+        self.scale = e ** -0.5 if cfg.scale_attention else 1.0
+        # Without score scaling (T5) the 1/sqrt(e) moves into the query initialisation.
+        query_init_scale = 1.0 if cfg.scale_attention else e ** -0.5
+        self.q = Dense((d,), (h, e), ("embed",), ("heads", "kv"), cfg, rngs=rngs,
+                       init_scale=query_init_scale)
+        self.k = Dense((d,), (g, e), ("embed",), ("kv_heads", "kv"), cfg, rngs=rngs)
+        self.v = Dense((d,), (g, e), ("embed",), ("kv_heads", "kv"), cfg, rngs=rngs)
+        self.o = Dense((h, e), (d,), ("heads", "kv"), ("embed",), cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array, context: jax.Array, *, mask: jax.Array | None,
+                 bias: jax.Array | None = None, query_positions: jax.Array | None = None,
+                 key_positions: jax.Array | None = None) -> jax.Array:
+        """x: [b, q, d] queries; context: [b, k, d] keys/values; mask: [b, 1, q, k] bool;
+        bias: [1 or b, h, q, k]; positions: [b, q] and [b, k] (rotary only)."""
+        query = self.q(x)  # [b, q, h, e]
+        key = self.k(context)  # [b, k, g, e]
+        value = self.v(context)  # [b, k, g, e]
+        if self.rotary:
+            query = apply_rotary(query, query_positions, self.rope_theta)
+            key = apply_rotary(key, key_positions, self.rope_theta)
+        out = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
+                                           scale=self.scale)  # [b, q, h, e]
+        return self.o(out)  # [b, q, d]
