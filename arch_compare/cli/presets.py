@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from arch_compare.models import PRESETS, build_model
+from arch_compare.models import PRESETS, build_model, get_preset
 
 COLUMNS = ("name", "arch", "family", "params", "layers", "d_model", "heads", "kv_heads",
            "head_dim", "d_ff", "vocab", "bf16_weights_gib")
@@ -42,9 +42,7 @@ def format_table(rows: list[dict]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     for name in args.names:
-        if name not in PRESETS:
-            from arch_compare.models import get_preset
-            get_preset(name)  # raises with close-match suggestions
+        get_preset(name)  # an unknown name raises with close-match suggestions
     rows = [describe(name) for name in (args.names or PRESETS)]
     print(json.dumps(rows, indent=2) if args.format == "json" else format_table(rows))
     return 0

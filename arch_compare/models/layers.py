@@ -50,14 +50,15 @@ class Dense(nnx.Module):
 
     def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
                  in_axes: tuple[str, ...], out_axes: tuple[str, ...], cfg: ModelConfig, *,
-                 rngs: nnx.Rngs, init_scale: float = 1.0):
+                 rngs: nnx.Rngs, use_bias: bool | None = None, init_scale: float = 1.0):
         self.num_contracted = len(in_shape)
         self.dtype = cfg.compute_dtype
         fan_in = math.prod(in_shape)
         self.kernel = _param(rngs, _fan_in_normal(fan_in, init_scale), in_shape + out_shape,
                              in_axes + out_axes, cfg.weight_dtype)
+        use_bias = cfg.use_bias if use_bias is None else use_bias
         self.bias = (_param(rngs, nnx.initializers.zeros, out_shape, out_axes, cfg.weight_dtype)
-                     if cfg.use_bias else None)
+                     if use_bias else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype),

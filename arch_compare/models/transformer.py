@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from arch_compare.models.config import ModelConfig
@@ -83,7 +84,7 @@ class OutputHead(nnx.Module):
         self.scale = cfg.d_model ** -0.5 if cfg.scale_decoder_outputs else None
         if not cfg.tie_embeddings:
             self.projection = Dense((cfg.d_model,), (cfg.vocab_size,), ("embed",), ("vocab",),
-                                cfg.replace(use_bias=False), rngs=rngs)
+                                    cfg, use_bias=False, rngs=rngs)
 
     def __call__(self, x: jax.Array, token_embed: Embed) -> jax.Array:
         """x: [b, l, d] -> logits [b, l, v]."""
@@ -143,5 +144,5 @@ class EncoderDecoderNetwork(nnx.Module):
     def _relative_bias(self, name: str, length: int) -> jax.Array | None:
         if not hasattr(self, name):
             return None
-        steps = jax.numpy.arange(length)
+        steps = jnp.arange(length)
         return getattr(self, name)(steps, steps)

@@ -80,11 +80,12 @@ def test_corrupt_native_checkpoint_is_refused(hf_directory, tmp_path):
         load_model(native)
 
 
-def test_convert_refuses_to_overwrite(hf_directory, tmp_path, capsys):
-    native = tmp_path / "native"
-    assert main(["convert", str(hf_directory), str(native)]) == 0
-    assert main(["convert", str(hf_directory), str(native)]) == 2
-    assert "already exists" in capsys.readouterr().err
+@pytest.mark.parametrize("target", ["native", "hf"])
+def test_convert_refuses_to_overwrite(hf_directory, tmp_path, capsys, target):
+    destination = tmp_path / "out"
+    assert main(["convert", str(hf_directory), str(destination), "--to", target]) == 0
+    assert main(["convert", str(hf_directory), str(destination), "--to", target]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
 
 
 def test_convert_names_a_bad_source(tmp_path, capsys):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Iterator
@@ -189,6 +188,11 @@ def save_hf_checkpoint(model: BaseModel, params: Params, path: str | os.PathLike
                        max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
     """Write `params` as an HF directory that transformers' `from_pretrained` loads."""
     directory = Path(path)
+    existing = [p.name for p in directory.glob("*") if p.name == "config.json"
+                or p.suffix == ".safetensors" or p.name == INDEX_FILE]
+    if existing:
+        raise CheckpointError(f"{directory}: already holds {', '.join(sorted(existing))}; "
+                              "refusing to overwrite")
     directory.mkdir(parents=True, exist_ok=True)
     tensors = params_to_hf(model, params)
     hf_config = config_to_hf(model.config)
@@ -213,7 +217,7 @@ def save_hf_checkpoint(model: BaseModel, params: Params, path: str | os.PathLike
         file = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, directory / file, metadata=metadata)
         weight_map.update({name: file for name in shard})
-    total = sum(math.prod(t.shape) * t.itemsize for t in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+             "weight_map": weight_map}
     (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     return directory

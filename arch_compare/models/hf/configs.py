@@ -77,6 +77,7 @@ def llama_from_hf(hf: dict) -> ModelConfig:
     for key in ("attention_bias", "mlp_bias"):
         _require_value(hf, key, (False,), False)
     num_heads = hf["num_attention_heads"]
+    # The family name is descriptive only (every LLaMA generation runs the same code).
     family = ("llama3" if hf["vocab_size"] >= 128000 else
               "llama2" if hf.get("rms_norm_eps", 1e-6) == 1e-5 else "llama")
     return ModelConfig(
