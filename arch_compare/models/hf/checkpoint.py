@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -74,25 +75,6 @@ class SafetensorsReader:
         return self._handle(name).get_tensor(name)
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        path = f"{prefix}/{key}" if prefix else str(key)
-        flat.update(_flatten(value, path) if isinstance(value, dict) else {path: value})
-    return flat
-
-
-def _unflatten(flat: dict) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return tree
-
-
 def _layer_names(tensor_map: TensorMap, num_layers: int) -> Iterator[tuple[int | None, list[str]]]:
     if not tensor_map.per_layer:
         yield None, list(tensor_map.hf_names)
@@ -109,7 +91,8 @@ def params_from_hf(reader: SafetensorsReader, model: BaseModel) -> Params:
     """Fill `model`'s parameter tree from HF tensors, checking every name and shape."""
     cfg = model.config
     family = _family(cfg)
-    shapes = {path: leaf.shape for path, leaf in _flatten(model.abstract_params()).items()}
+    abstract = traverse_util.flatten_dict(model.abstract_params(), sep="/")
+    shapes = {path: leaf.shape for path, leaf in abstract.items()}
     available = reader.names()
 
     def resolve(name: str) -> str:
@@ -150,13 +133,14 @@ def params_from_hf(reader: SafetensorsReader, model: BaseModel) -> Params:
                               f"{cfg.family} config does not use: {shown}")
     missing = sorted(set(shapes) - set(flat))
     assert not missing, f"tensor tables do not cover {missing}"
-    return _unflatten(flat)
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def params_to_hf(model: BaseModel, params: Params) -> dict[str, np.ndarray]:
     """HF tensor name -> array, walking the same tables as `params_from_hf`."""
     cfg = model.config
-    flat = {path: np.asarray(value) for path, value in _flatten(params).items()}
+    flat = {path: np.asarray(value)
+            for path, value in traverse_util.flatten_dict(params, sep="/").items()}
     tensors = {}
     for tensor_map in _family(cfg).maps(cfg):
         arrays = [flat[path] for path in tensor_map.our_paths]
