@@ -17,6 +17,7 @@ import numpy as np
 import safetensors.numpy
 import safetensors.torch
 import torch
+from flax import traverse_util
 from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM, T5Config, T5ForConditionalGeneration)
 
@@ -157,14 +158,10 @@ def our_logits(model: BaseModel, params: Params, batch: dict[str, np.ndarray]) -
     return np.asarray(model.logits(params, batch))
 
 
-def flat_params(params: Params, prefix: str = "") -> dict[str, np.ndarray]:
+def flat_params(params: Params) -> dict[str, np.ndarray]:
     """{"a/b/kernel": array}: the same slash paths as the library's tensor tables."""
-    flat = {}
-    for key, value in params.items():
-        path = f"{prefix}/{key}" if prefix else str(key)
-        flat.update(flat_params(value, path) if isinstance(value, dict)
-                    else {path: np.asarray(value)})
-    return flat
+    return {path: np.asarray(value)
+            for path, value in traverse_util.flatten_dict(params, sep="/").items()}
 
 
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:

@@ -11,17 +11,12 @@ import safetensors.numpy
 
 import arch_compare
 from arch_compare.models.hf import CheckpointError, UnsupportedConfigError
-from tests.models.hf_references import (CASES, TOLERANCE, assert_untied_t5, build_reference,
-                                        flat_params, hf_logits, load_reference_model, make_batch,
-                                        max_abs_diff, our_logits, read_tensors)
+from tests.models.hf_references import (TOLERANCE, assert_untied_t5, flat_params, hf_logits,
+                                        load_reference_model, make_batch, max_abs_diff,
+                                        our_logits, read_tensors)
 
 SHARDED_CASE = "llama-gqa"
 SHARD_BYTES = 30_000  # the tiny LLaMA is ~110 kB of float32: 5 shards
-
-
-@pytest.fixture(scope="module", params=list(CASES))
-def reference(request, tmp_path_factory):
-    return build_reference(request.param, tmp_path_factory.mktemp(request.param))
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +65,8 @@ def test_transformers_loads_export(reference, exported):
     print(f"{reference.name}: export max |diff| {diff:.2e}")
 
 
-def test_sharded_export(tmp_path):
-    reference = build_reference(SHARDED_CASE, tmp_path / "source")
+def test_sharded_export(reference_for, tmp_path):
+    reference = reference_for(SHARDED_CASE)
     model, params = arch_compare.load_hf_checkpoint(reference.directory)
     directory = arch_compare.save_hf_checkpoint(model, params, tmp_path / "export",
                                                 max_shard_bytes=SHARD_BYTES)
@@ -89,8 +84,8 @@ def test_sharded_export(tmp_path):
 # Broken checkpoints: every error names what is wrong, so a user can fix the file.
 
 @pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory) -> Path:
-    return build_reference(SHARDED_CASE, tmp_path_factory.mktemp("llama")).directory
+def llama_dir(reference_for) -> Path:
+    return reference_for(SHARDED_CASE).directory
 
 
 def broken_copy(source: Path, target: Path, edit_tensors=None, config_text: str | None = None

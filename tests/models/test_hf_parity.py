@@ -1,16 +1,8 @@
 """Logit parity with transformers' PyTorch models on the same random float32 weights."""
 
-import pytest
-
 import arch_compare
-from tests.models.hf_references import (CASES, TOLERANCE, assert_untied_t5, build_reference,
-                                        flat_params, hf_logits, make_batch, max_abs_diff,
-                                        our_logits)
-
-
-@pytest.fixture(scope="module", params=list(CASES))
-def reference(request, tmp_path_factory):
-    return build_reference(request.param, tmp_path_factory.mktemp(request.param))
+from tests.models.hf_references import (TOLERANCE, assert_untied_t5, flat_params, hf_logits,
+                                        make_batch, max_abs_diff, our_logits)
 
 
 def test_reference_is_what_the_case_says(reference):
