@@ -19,6 +19,7 @@ $(VENV)/.installed-test: pyproject.toml setup.py | $(BIN)/python
 
 demo: $(VENV)/.installed-main
 	$(BIN)/arch-compare presets
+	$(BIN)/arch-compare budget --study budgets/paper_study.gin
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q

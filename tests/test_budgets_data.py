@@ -6,7 +6,7 @@ import yaml
 
 CATALOGUE = Path(__file__).resolve().parents[1] / "budgets" / "hardware.yaml"
 CHIPS = {"tpu-v4", "tpu-v5e", "tpu-v5p", "tpu-v6e", "a100-40gb", "a100-80gb", "h100", "h200"}
-FIELDS = {"peak_bf16_tflops", "hbm_gb", "hbm_bandwidth_gbs", "usd_per_chip_hour", "source", "date"}
+FIELDS = {"platform", "peak_bf16_tflops", "hbm_gb", "hbm_bandwidth_gbs", "usd_per_chip_hour", "source", "date"}
 
 
 def test_every_chip_has_every_field():
@@ -17,3 +17,4 @@ def test_every_chip_has_every_field():
         assert row["peak_bf16_tflops"] > 0 and row["hbm_gb"] > 0, name
         assert row["usd_per_chip_hour"] is None or row["usd_per_chip_hour"] > 0, name
         assert row["source"] and row["date"], name
+        assert row["platform"] in ("tpu", "gpu"), name

@@ -10,11 +10,12 @@ import argparse
 import sys
 from types import ModuleType
 
-from arch_compare.cli import convert, presets
+from arch_compare.cli import budget, convert, presets
 
 COMMANDS: dict[str, ModuleType] = {
     "presets": presets,
     "convert": convert,
+    "budget": budget,
 }
 
 

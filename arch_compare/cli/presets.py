@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from arch_compare.cli.tables import format_table
 from arch_compare.models import PRESETS, build_model, get_preset
 
 COLUMNS = ("name", "arch", "family", "params", "layers", "d_model", "heads", "kv_heads",
@@ -31,18 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", help="presets to show (default: all)")
 
 
-def format_table(rows: list[dict]) -> str:
-    cells = [[f"{row[c]:,}" if c == "params" else str(row[c]) for c in COLUMNS] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(COLUMNS)]
-    numeric = {i for i, c in enumerate(COLUMNS) if c not in ("name", "arch", "family")}
-    line = lambda values: "  ".join(
-        v.rjust(w) if i in numeric else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths)))
-    return "\n".join([line(COLUMNS), line(["-" * w for w in widths])] + [line(r) for r in cells])
-
-
 def run(args: argparse.Namespace) -> int:
     for name in args.names:
         get_preset(name)  # an unknown name raises with close-match suggestions
     rows = [describe(name) for name in (args.names or PRESETS)]
-    print(json.dumps(rows, indent=2) if args.format == "json" else format_table(rows))
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        cells = [{**row, "params": f"{row['params']:,}"} for row in rows]
+        print(format_table(cells, COLUMNS, text_columns=("name", "arch", "family")))
     return 0

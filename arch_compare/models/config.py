@@ -59,6 +59,7 @@ class ModelConfig:
     pad_id: int = 0
     eos_id: int = 1
     decoder_start_id: int = 0  # first decoder input (T5: pad; GPT-2/LLaMA: BOS)
+    scan_layers: bool = True  # False unrolls the layer loop (one compiled copy per layer)
     dtype: str = "float32"  # activations
     param_dtype: str = "float32"
 

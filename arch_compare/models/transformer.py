@@ -66,9 +66,12 @@ class Stack(nnx.Module):
 
         self.blocks = make_blocks(rngs)
         self.final_norm = Norm(cfg, rngs=rngs)
+        # Unrolling compiles every layer separately (slower to compile) but lets XLA's cost
+        # analysis see each one: it counts a loop body once whatever the trip count.
+        self.unroll = True if not cfg.scan_layers else 1
 
     def __call__(self, x: jax.Array, inputs: AttentionInputs) -> jax.Array:
-        @nnx.scan(in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry,
+        @nnx.scan(in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry, unroll=self.unroll,
                   transform_metadata={nnx.PARTITION_NAME: "layers"})
         def run_block(x, block: Block, inputs: AttentionInputs):
             return block(x, inputs)

@@ -124,3 +124,15 @@ def test_bfloat16_parameters_and_activations():
     assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype("bfloat16")}
     logits = model.logits(params, {"decoder_input_tokens": jnp.ones((1, 4), jnp.int32)})
     assert logits.dtype == jnp.bfloat16 and bool(jnp.isfinite(logits).all())
+
+
+@pytest.mark.parametrize("name", ["llama-tiny", "t5-tiny"])
+def test_unrolled_layers_equal_scanned_layers(name):
+    model, params = tiny_model(name)
+    unrolled = build_model(PRESETS[name].replace(scan_layers=False))
+    rng = np.random.default_rng(3)
+    batch = {"decoder_input_tokens": _random_tokens(rng, 12, 512)}
+    if model.config.is_encoder_decoder:
+        batch["encoder_input_tokens"] = _random_tokens(rng, 9, 512)
+    np.testing.assert_allclose(unrolled.logits(params, batch), model.logits(params, batch),
+                               atol=1e-5)

@@ -1,0 +1,162 @@
+"""Memory of a run: weights, gradients, optimizer state, activations and the KV cache.
+
+Conventions, stated because every estimator picks its own:
+- Training keeps float32 master weights and float32 gradients; inference holds weights in the
+  model's `param_dtype`. Activations are stored in the compute dtype (`ModelConfig.dtype`), except
+  the vocabulary logits and their gradient, which the loss takes in float32.
+- Attention is dense (the probabilities are stored), as this project's models run it; a fused
+  flash-attention kernel would not store them.
+- Rematerialisation saves each block's input only and recomputes the rest, holding one block's full
+  activations at a time during the backward pass.
+- Adafactor keeps no first moment (t5x's default) and factors a second moment the way optax does
+  once each kernel is seen as the matrix its matmul uses (`Tensor.matrix_shape`, fan-in x fan-out,
+  as t5x factors by logical axes): where the two largest dimensions are both at least 128, one row
+  and one column of statistics instead of a full copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from arch_compare.budget.parameters import Tensor, parameter_tensors
+from arch_compare.models.config import ModelConfig
+
+FLOAT32_BYTES = 4
+ADAFACTOR_MIN_DIM_TO_FACTOR = 128  # optax.adafactor's default
+# XLA, the runtime and fragmentation take their share of each chip; plan for 90% of HBM.
+USABLE_HBM_FRACTION = 0.9
+
+
+def _adamw_state(tensors: tuple[Tensor, ...]) -> int:
+    return sum(2 * t.size for t in tensors)  # first and second moments
+
+
+def _adafactor_state(tensors: tuple[Tensor, ...]) -> int:
+    floats = 0
+    for tensor in tensors:
+        shape = tensor.matrix_shape
+        largest = sorted(shape)[-2:]
+        if len(shape) >= 2 and largest[0] >= ADAFACTOR_MIN_DIM_TO_FACTOR:
+            floats += tensor.size // largest[0] + tensor.size // largest[1]
+        else:
+            floats += tensor.size
+    return floats
+
+
+# Optimizer name -> float32 numbers of state it keeps for the given parameter tensors.
+OPTIMIZER_STATE = {"adamw": _adamw_state, "adafactor": _adafactor_state}
+SHARDINGS = ("fsdp", "data")
+
+
+def optimizer_state_bytes(cfg: ModelConfig, optimizer: str) -> int:
+    if optimizer not in OPTIMIZER_STATE:
+        raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZER_STATE)}")
+    return OPTIMIZER_STATE[optimizer](parameter_tensors(cfg)) * FLOAT32_BYTES
+
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def _block_activations(cfg: ModelConfig, keys: int, cross_keys: int) -> int:
+    """Numbers stored per token by one block for the backward pass (no rematerialisation)."""
+    d, h, kv, e, f = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_ff
+    # attention sub-block: residual input, its norm, q/k/v, probabilities over `keys`, output
+    attention = 2 * d + (h + 2 * kv) * e + h * keys + h * e
+    cross = 2 * d + h * e + h * cross_keys + h * e if cross_keys else 0
+    # MLP sub-block: residual input, its norm, the up projection(s) before and after the activation
+    mlp = 2 * d + (3 if cfg.mlp_gated else 2) * f
+    return attention + cross + mlp
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingMemory:
+    """Bytes for one training step over the whole global batch (before sharding)."""
+
+    weights: int
+    gradients: int
+    optimizer_state: int
+    activations: int
+
+    @property
+    def state(self) -> int:
+        """What sharding over fsdp divides: everything but the activations."""
+        return self.weights + self.gradients + self.optimizer_state
+
+    @property
+    def total(self) -> int:
+        return self.state + self.activations
+
+    def to_dict(self) -> dict[str, int]:
+        return {**dataclasses.asdict(self), "total": self.total}
+
+
+def activation_bytes(cfg: ModelConfig, input_length: int, target_length: int, batch_size: int,
+                     remat: bool = False) -> int:
+    """Activations a training step keeps for its backward pass, for `batch_size` examples."""
+    act = DTYPE_BYTES[cfg.dtype]
+    if cfg.is_encoder_decoder:
+        stacks = [(cfg.num_encoder_layers, input_length, input_length, 0),
+                  (cfg.num_layers, target_length, target_length, input_length)]
+        logit_tokens = target_length
+    else:
+        length = input_length + target_length
+        stacks = [(cfg.num_layers, length, length, 0)]
+        logit_tokens = length
+    numbers = 0
+    for layers, tokens, keys, cross_keys in stacks:
+        if not tokens:
+            continue
+        per_block = tokens * _block_activations(cfg, keys, cross_keys)
+        # Rematerialised: each block's input is kept, and one block is live at a time.
+        numbers += layers * tokens * cfg.d_model + per_block if remat else layers * per_block
+    logits = 2 * logit_tokens * cfg.vocab_size * FLOAT32_BYTES  # logits and their gradient
+    return batch_size * (numbers * act + logits)
+
+
+def training_memory(cfg: ModelConfig, input_length: int, target_length: int, batch_size: int,
+                    optimizer: str = "adamw", remat: bool = False) -> TrainingMemory:
+    params = sum(t.size for t in parameter_tensors(cfg))
+    return TrainingMemory(
+        weights=params * FLOAT32_BYTES,
+        gradients=params * FLOAT32_BYTES,
+        optimizer_state=optimizer_state_bytes(cfg, optimizer),
+        activations=activation_bytes(cfg, input_length, target_length, batch_size, remat))
+
+
+def kv_cache_bytes(cfg: ModelConfig, input_length: int, target_length: int,
+                   batch_size: int) -> int:
+    """Keys and values cached for decoding `batch_size` sequences to their full length.
+
+    Decoder-only: self-attention over inputs + targets. Encoder-decoder: decoder self-attention
+    over targets plus the cross-attention keys and values, computed once from the encoder output.
+    """
+    per_position = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * DTYPE_BYTES[cfg.dtype]
+    # The same count for both architectures: prefix + targets, or cross (inputs) + self (targets).
+    return batch_size * (input_length + target_length) * per_position
+
+
+def inference_weight_bytes(cfg: ModelConfig) -> int:
+    return sum(t.size for t in parameter_tensors(cfg)) * DTYPE_BYTES[cfg.param_dtype]
+
+
+def min_chips(memory: TrainingMemory, hbm_bytes: float, batch_size: int,
+              sharding: str = "fsdp") -> int | None:
+    """The fewest chips whose memory holds the step, or None when no count does.
+
+    fsdp shards weights, gradients and optimizer state over all chips; data parallelism replicates
+    them. Both split the batch, down to one example per chip.
+    """
+    if sharding not in SHARDINGS:
+        raise ValueError(f"unknown sharding {sharding!r}; known: {', '.join(SHARDINGS)}")
+    usable = hbm_bytes * USABLE_HBM_FRACTION
+    per_example = memory.activations / batch_size
+    if per_example > usable or (sharding == "data" and memory.state + per_example > usable):
+        return None
+    if sharding == "data":  # each chip holds the state plus its share of the batch
+        return min(batch_size, max(1, math.ceil(memory.activations / (usable - memory.state))))
+    chips = max(1, math.ceil(memory.total / usable))
+    if chips <= batch_size:
+        return chips
+    # Past one example per chip, only the sharded state still shrinks with more chips.
+    return math.ceil(memory.state / (usable - per_example))

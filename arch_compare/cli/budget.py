@@ -1,0 +1,146 @@
+"""Price runs before they start: parameters, FLOPs, memory, chips, hours and dollars.
+
+One run per --model from flags, or a whole experiment grid from a gin file (--study), listed most
+expensive first with totals per chip kind. Every default MFU names its source; pass --mfu, or
+calibrate a study with a measured run's tokens/second (--measured-tokens-per-second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+import gin
+
+from arch_compare.budget import (Evaluation, RunSpec, Setup, StudyGrid, calibrate, estimate_run,
+                                 estimate_study, load_catalogue)
+from arch_compare.budget.memory import OPTIMIZER_STATE, SHARDINGS
+from arch_compare.cli.tables import format_table
+
+COLUMNS = ("model", "arch", "params", "tokens", "train_flops", "hardware", "chips", "fits",
+           "hours", "chip_hours", "cost_usd", "mfu")
+TEXT_COLUMNS = ("model", "arch", "hardware")
+
+for _configurable in (StudyGrid, Setup, Evaluation):
+    gin.external_configurable(_configurable, module="arch_compare.budget")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", action="append", help="preset name (repeatable)")
+    amount = parser.add_mutually_exclusive_group()
+    amount.add_argument("--tokens", type=float, help="input plus target tokens of training data")
+    amount.add_argument("--examples", type=float, help="training examples")
+    parser.add_argument("--input-length", type=int, default=0)
+    parser.add_argument("--target-length", type=int, default=2048)
+    parser.add_argument("--hardware", default="a100-80gb", help="chip name in the catalogue")
+    parser.add_argument("--chips", type=int, help="default: the fewest that fit, as a power of 2")
+    parser.add_argument("--mfu", type=float, help="model FLOPs utilisation (default: per source)")
+    parser.add_argument("--optimizer", choices=tuple(OPTIMIZER_STATE), default="adamw")
+    parser.add_argument("--batch-size", type=int, default=32, help="sequences per step")
+    parser.add_argument("--remat", action="store_true", help="rematerialise activations")
+    parser.add_argument("--sharding", choices=SHARDINGS, default="fsdp")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--study", type=Path, help="gin file binding StudyGrid (see budgets/)")
+    parser.add_argument("--measured-tokens-per-second", type=float,
+                        help="with --study: calibrate MFU from a measured run of --model on "
+                             "--chips x --hardware, then re-price the study")
+    parser.add_argument("--hardware-file", type=Path, help="hardware catalogue (YAML)")
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+
+def _human(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    for scale, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"),
+                          (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}{unit}"
+    return f"{value:.3g}{unit}"
+
+
+def _table_row(row: dict) -> dict[str, str]:
+    return {
+        "model": row["model"], "arch": row["arch"], "params": _human(row["params"]),
+        "tokens": _human(row["tokens"]), "train_flops": _human(row["train_flops"]),
+        "hardware": row["hardware"], "chips": str(row["chips"]),
+        "fits": ("yes" if row["fits"] else "no: needs " + (
+            "more memory per chip" if row["min_chips"] is None else f"{row['min_chips']} chips")),
+        "hours": f"{row['hours']:,.1f}", "chip_hours": f"{row['chip_hours']:,.1f}",
+        "cost_usd": "n/a" if row["cost_usd"] is None else f"${row['cost_usd']:,.0f}",
+        "mfu": f"{row['mfu']:.2f}"}
+
+
+def _render(rows: list[dict], fmt: str, footer: list[str]) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        flat = [{k: v for k, v in row.items() if not isinstance(v, dict)} for row in rows]
+        writer = csv.DictWriter(buffer, fieldnames=list(flat[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(flat)
+        return buffer.getvalue().rstrip("\n")
+    sources = sorted({f"  mfu {row['mfu']:.2f} on {row['hardware']} ({row['arch']}): "
+                      f"{row['mfu_source']}" for row in rows})
+    return "\n".join([format_table([_table_row(r) for r in rows], COLUMNS, TEXT_COLUMNS), "",
+                      "MFU sources:", *sources, *footer])
+
+
+def _load_study(path: Path) -> StudyGrid:
+    if not path.is_file():
+        raise FileNotFoundError(f"study file not found: {path}")
+    gin.clear_config()
+    try:
+        gin.parse_config_file(str(path))
+        return gin.get_configurable("arch_compare.budget.StudyGrid")()
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: {error}") from None
+    finally:
+        gin.clear_config()
+
+
+def _run_study(args, catalogue) -> tuple[list[dict], list[str]]:
+    grid = _load_study(args.study)
+    footer = []
+    if args.measured_tokens_per_second is not None:
+        if not args.model or len(args.model) != 1 or not args.chips:
+            raise ValueError("calibration needs exactly one --model, --hardware and --chips "
+                             "describing the measured run")
+        mfu, study = calibrate(grid, args.model[0], args.hardware, args.chips,
+                               args.measured_tokens_per_second, catalogue=catalogue)
+        footer.append(f"calibrated: {args.model[0]} at {args.measured_tokens_per_second:,.0f} "
+                      f"tokens/s on {args.chips} x {args.hardware} is MFU {mfu:.3f}; "
+                      f"{args.hardware} runs re-priced with it")
+    else:
+        study = estimate_study(grid, catalogue)
+    for hardware in dict.fromkeys(run.chip.name for run in study.runs):
+        cost = study.total_cost_usd(hardware)
+        footer.append(f"total on {hardware}: {study.total_chip_hours(hardware):,.0f} chip-hours, "
+                      + ("no verified price" if cost is None else f"${cost:,.0f}"))
+    return [run.to_dict() for run in study.runs], footer
+
+
+def _run_models(args, catalogue) -> tuple[list[dict], list[str]]:
+    if not args.model:
+        raise ValueError("give --model PRESET (repeatable) or --study FILE")
+    if args.tokens is None and args.examples is None:
+        raise ValueError("give --tokens N or --examples N")
+    rows = []
+    for model in args.model:
+        spec = RunSpec(model, tokens=args.tokens, examples=args.examples,
+                       input_length=args.input_length, target_length=args.target_length,
+                       hardware=args.hardware, chips=args.chips, mfu=args.mfu,
+                       optimizer=args.optimizer, batch_size=args.batch_size, remat=args.remat,
+                       sharding=args.sharding, epochs=args.epochs)
+        rows.append(estimate_run(spec, catalogue).to_dict())
+    return rows, []
+
+
+def run(args: argparse.Namespace) -> int:
+    catalogue = load_catalogue(args.hardware_file)
+    rows, footer = (_run_study if args.study else _run_models)(args, catalogue)
+    print(_render(rows, args.format, footer))
+    return 0
