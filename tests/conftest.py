@@ -1,5 +1,70 @@
+"""Shared test set-up.
+
+Tiny vocabularies trained at test time from `data/fixtures/vocab_corpus.txt` (no downloads).
+
+Fixtures other tests may reuse (names are stable):
+
+- `vocab_corpus_path`: the fixture corpus, a few hundred lines of English with some accented,
+  Greek, CJK and emoji text; every character used in tests appears in it.
+- `sentencepiece_model_path`: a 384-piece SentencePiece unigram `.model` with T5's special ids
+  (pad=0, eos=1, unk=2, no bos) and byte fallback, so seqio's defaults hold. Load it with
+  `load_vocabulary("sentencepiece", path)`.
+- `bpe_tokenizer_path`: a 300-id byte-level BPE `tokenizer.json` laid out like GPT-2's: ids
+  0..255 are the byte alphabet (id 0 is "!", a real token), then 43 merges, and
+  `<|endoftext|>` is the last id (299) and the only special token. Load it with
+  `load_vocabulary("hf_tokenizer", path)`.
+
+Both are session-scoped: trained once (well under a second), read-only for tests.
+"""
+
 import os
+from pathlib import Path
+
+import pytest
+import sentencepiece
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 # Keep XLA on the CPU and quiet; tests build tiny models only.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+
+CORPUS = Path(__file__).parent / "data" / "fixtures" / "vocab_corpus.txt"
+SENTENCEPIECE_VOCAB_SIZE = 384
+BPE_VOCAB_SIZE = 300
+EOS_TOKEN = "<|endoftext|>"
+
+
+@pytest.fixture(scope="session")
+def vocab_corpus_path() -> Path:
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_model_path(tmp_path_factory) -> Path:
+    prefix = tmp_path_factory.mktemp("sentencepiece") / "spm"
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(CORPUS), model_prefix=str(prefix), vocab_size=SENTENCEPIECE_VOCAB_SIZE,
+        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        # Rare characters (CJK, emoji) are spelled in bytes, so tests can still round-trip them.
+        character_coverage=0.98, num_threads=1, minloglevel=2,
+        # As LLaMA's: characters outside the pieces become bytes, so any text round-trips.
+        byte_fallback=True)
+    return prefix.with_suffix(".model")
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer_path(tmp_path_factory) -> Path:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB_SIZE - 1, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False)
+    tokenizer.train([str(CORPUS)], trainer)
+    # Added after training so that, as in GPT-2, EOS is the last id and id 0 is a byte.
+    tokenizer.add_special_tokens([EOS_TOKEN])
+    path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
+    tokenizer.save(str(path))
+    return path

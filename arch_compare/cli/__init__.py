@@ -7,15 +7,20 @@ Each sub-command is a module with `add_arguments(parser)` and `run(args) -> int`
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from types import ModuleType
 
-from arch_compare.cli import budget, convert, presets
+# TensorFlow (under seqio) logs start-up chatter at INFO; keep the terminal for results.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from arch_compare.cli import budget, convert, presets, tasks
 
 COMMANDS: dict[str, ModuleType] = {
     "presets": presets,
     "convert": convert,
     "budget": budget,
+    "tasks": tasks,
 }
 
 

@@ -1,0 +1,1 @@
+"""seqio glue: vocabularies, conversation formatting, feature converters and data amounts."""

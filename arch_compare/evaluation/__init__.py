@@ -1,0 +1,1 @@
+"""Metric functions (seqio conventions), the HumanEval sandbox and style metrics."""
