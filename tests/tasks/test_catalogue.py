@@ -127,3 +127,20 @@ def test_unknown_names_suggest_close_ones():
     with pytest.raises(ValueError, match="already registered"):
         catalogue.register_pretraining_text("pretraining_text_fixture",
                                             catalogue.PRETRAINING_FIXTURE)
+
+
+def test_seqio_evaluator_runs_humaneval_in_the_sandbox(vocabulary, bpe_tokenizer_path):
+    """Canonical solutions as predictions pass; a wrong completion fails (first 3 problems)."""
+    bpe = load_vocabulary("hf_tokenizer", bpe_tokenizer_path)  # spells code's newlines exactly
+    task = seqio_task("humaneval", bpe)
+    rows = records("humaneval", "test")
+    assert len(rows) == 164 and rows[0]["task_id"] == "HumanEval/0"
+    examples = list(task.get_dataset(None, split="test", shuffle=False).take(3)
+                    .as_numpy_iterator())
+    targets = [task.postprocess_fn(ex["targets_pretokenized"], example=ex, is_target=True)
+               for ex in examples]
+    completions = [bpe.decode(ex["targets"].tolist()) for ex in examples]
+    scores = catalogue.humaneval_pass_at_k(targets, completions)
+    assert scores == {"pass@1": 100.0}
+    wrong = ["    return None\n"] * 3
+    assert catalogue.humaneval_pass_at_k(targets, wrong) == {"pass@1": 0.0}
