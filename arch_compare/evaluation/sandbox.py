@@ -47,6 +47,7 @@ import json
 import logging
 import os
 import pwd
+import re
 import selectors
 import shutil
 import signal
@@ -466,9 +467,17 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
+# "OSError: ..." / "BlockingIOError: [Errno 11] ..." at the start of a traceback's last line.
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b")
+
+
 def _classify(exit_code: int, timed_out: bool, stderr: str,
               limits: SandboxLimits) -> tuple[Status, str]:
-    last_line = next((line for line in reversed(stderr.splitlines()) if line.strip()), "")
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    # Several processes (a fork bomb's) may interleave their tracebacks: report the last
+    # exception line rather than whatever frame line happened to come last.
+    last_line = next((line for line in reversed(lines) if _EXCEPTION_LINE.match(line)),
+                     lines[-1] if lines else "")
     if timed_out:
         return Status.TIMEOUT, f"still running after {limits.timeout_s:g} s; killed"
     if exit_code == 0:
