@@ -171,22 +171,21 @@ def _require_object(record: Any) -> dict:
     return record
 
 
-def _string(record: dict, key: str, *, where: str = "") -> str:
+def _typed(record: dict, key: str, kind: type, kind_name: str, where: str):
     if key not in record:
         raise RecordError(f"{where}missing key {key!r}")
     value = record[key]
-    if not isinstance(value, str):
-        raise RecordError(f"{where}{key!r} must be a string, got {_json_type(value)}")
+    if not isinstance(value, kind):
+        raise RecordError(f"{where}{key!r} must be {kind_name}, got {_json_type(value)}")
     return value
+
+
+def _string(record: dict, key: str, *, where: str = "") -> str:
+    return _typed(record, key, str, "a string", where)
 
 
 def _list(record: dict, key: str, *, where: str = "") -> list:
-    if key not in record:
-        raise RecordError(f"{where}missing key {key!r}")
-    value = record[key]
-    if not isinstance(value, list):
-        raise RecordError(f"{where}{key!r} must be a list, got {_json_type(value)}")
-    return value
+    return _typed(record, key, list, "a list", where)
 
 
 def _record_key(record: dict, line: int) -> str:
