@@ -60,6 +60,7 @@ class ModelConfig:
     eos_id: int = 1
     decoder_start_id: int = 0  # first decoder input (T5: pad; GPT-2/LLaMA: BOS)
     scan_layers: bool = True  # False unrolls the layer loop (one compiled copy per layer)
+    remat_layers: bool = False  # rematerialise each block in the backward pass (saves memory)
     dtype: str = "float32"  # activations
     param_dtype: str = "float32"
 

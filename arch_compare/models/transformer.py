@@ -69,11 +69,14 @@ class Stack(nnx.Module):
         # Unrolling compiles every layer separately (slower to compile) but lets XLA's cost
         # analysis see each one: it counts a loop body once whatever the trip count.
         self.unroll = True if not cfg.scan_layers else 1
+        self.remat = cfg.remat_layers
 
     def __call__(self, x: jax.Array, inputs: AttentionInputs) -> jax.Array:
         @nnx.scan(in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry, unroll=self.unroll,
                   transform_metadata={nnx.PARTITION_NAME: "layers"})
         def run_block(x, block: Block, inputs: AttentionInputs):
+            if self.remat:  # keep only the block input; recompute the rest in the backward pass
+                return nnx.remat(lambda b, h, i: b(h, i))(block, x, inputs)
             return block(x, inputs)
 
         return self.final_norm(run_block(x, self.blocks, inputs))

@@ -136,3 +136,19 @@ def test_unrolled_layers_equal_scanned_layers(name):
         batch["encoder_input_tokens"] = _random_tokens(rng, 9, 512)
     np.testing.assert_allclose(unrolled.logits(params, batch), model.logits(params, batch),
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gpt2-tiny", "ul2-tiny"])
+def test_rematerialised_layers_give_the_same_gradients(name):
+    model, params = tiny_model(name)
+    remat = build_model(PRESETS[name].replace(remat_layers=True))
+    rng = np.random.default_rng(4)
+    batch = {"decoder_input_tokens": _random_tokens(rng, 10, 512)}
+    if model.config.is_encoder_decoder:
+        batch["encoder_input_tokens"] = _random_tokens(rng, 7, 512)
+
+    def loss(m):
+        return lambda p: jnp.mean(jax.nn.log_softmax(m.logits(p, batch))[..., 5])
+
+    plain, rematerialised = jax.grad(loss(model))(params), jax.grad(loss(remat))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), plain, rematerialised)
