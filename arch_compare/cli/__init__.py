@@ -14,13 +14,14 @@ from types import ModuleType
 # TensorFlow (under seqio) logs start-up chatter at INFO; keep the terminal for results.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from arch_compare.cli import budget, convert, presets, tasks
+from arch_compare.cli import budget, convert, presets, runs, tasks, train
 
 COMMANDS: dict[str, ModuleType] = {
     "presets": presets,
     "convert": convert,
     "budget": budget,
     "tasks": tasks,
+    "train": train,
 }
 
 
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(runs.split_gin_flags(argv))
     try:
         return COMMANDS[args.command].run(args)
     except (KeyError, ValueError, FileNotFoundError) as error:

@@ -1,0 +1,135 @@
+"""`arch-compare train | eval | infer`: t5x-style runs configured by gin files.
+
+    arch-compare train --gin_file=gin_configs/models/gpt2/tiny.gin \\
+        --gin_file=gin_configs/runs/finetune.gin --gin.MODEL_DIR="'/tmp/run'" ...
+
+`--gin_file` repeats; `--gin.NAME=value` binds a macro (a gin literal: strings in quotes). The run
+gin files declare their required macros `%gin.REQUIRED`; a missing one, an unknown binding or an
+unknown task stops the run before anything is computed, naming the file and the binding. The
+resolved configuration is written to `MODEL_DIR/config.gin`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import gin
+
+from arch_compare.data.vocabularies import vocabulary_for_model
+from arch_compare.models import build_model
+from arch_compare.models.config import ModelConfig
+from arch_compare.trainer.loop import TrainConfig, train as train_loop
+
+REQUIRED = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*=\s*%gin\.REQUIRED", re.MULTILINE)
+_MISSING = re.compile(r"^(\w+)/macro\.value set to `%gin\.REQUIRED`")
+
+
+def _check_task(name: str) -> None:
+    import arch_compare_tasks.catalogue  # noqa: F401  (registers the shipped tasks)
+    from arch_compare_tasks import registry
+    if name not in registry.MIXTURES:
+        registry.get_task(name)  # raises with close-match suggestions
+
+
+def train(model_config: ModelConfig, vocabulary_path: str, config: TrainConfig) -> dict:
+    """What train.gin binds: builds the model and vocabulary, then runs the training loop."""
+    _check_task(config.data.task)
+    model = build_model(model_config)
+    vocabulary = vocabulary_for_model(model_config, vocabulary_path)
+    result = train_loop(model, vocabulary, config)
+    last = max(result.losses) if result.losses else int(result.state.step)
+    return {"model_dir": config.model_dir, "step": int(result.state.step),
+            "loss": result.losses.get(last), "resumed_from": result.resumed_from}
+
+
+ENTRY_POINTS = {"train": train}
+MODEL_DIR_MACRO = "MODEL_DIR"
+
+
+def parse_gin(files: list[str], bindings: list[str]) -> None:
+    """Parse the files and `NAME=value` bindings; errors name the file and the binding."""
+    for path in files:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"gin file not found: {path}")
+    gin.clear_config()
+    try:
+        gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    except (ValueError, KeyError, SyntaxError) as error:
+        raise ValueError(f"gin: {error}") from None
+
+
+def _required_in(files: list[str]) -> dict[str, str]:
+    declared = {}
+    for path in files:
+        for name in REQUIRED.findall(Path(path).read_text()):
+            declared.setdefault(name, path)
+    return declared
+
+
+def _missing_required(name: str, where: str) -> ValueError:
+    return ValueError(f"{name} is required (declared %gin.REQUIRED in {where}); pass "
+                      f"--gin.{name}=VALUE or set it in an experiment gin file")
+
+
+def check_required(files: list[str]) -> None:
+    """Every macro a file declares %gin.REQUIRED has been given a value (checked up front, so no
+    configurable is ever built from the placeholder)."""
+    for name, where in _required_in(files).items():
+        value = gin.query_parameter(f"{name}/macro.value")
+        if isinstance(value, gin.config.ConfigurableReference) and str(value) == "%gin.REQUIRED":
+            raise _missing_required(name, where)
+
+
+def call_entry_point(command: str, files: list[str]):
+    """Run the gin-configured entry point, turning gin's errors into ones that say what to do."""
+    check_required(files)
+    try:
+        return gin.get_configurable(ENTRY_POINTS[command])()
+    except ValueError as error:
+        missing = _MISSING.match(str(error))
+        if not missing:
+            raise
+        name = missing.group(1)
+        raise _missing_required(name, _required_in(files).get(name, "a gin file")) from None
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gin_file", action="append", default=[], required=True,
+                        help="gin file (repeatable, later files override earlier ones)")
+    parser.add_argument("--gin", dest="gin_bindings", action="append", default=[],
+                        metavar="NAME=VALUE", help=argparse.SUPPRESS)
+
+
+def split_gin_flags(argv: list[str]) -> list[str]:
+    """t5x writes `--gin.NAME=value`; argparse wants `--gin NAME=value`."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--gin.") and "=" in arg:
+            out += ["--gin", arg[len("--gin."):]]
+        else:
+            out.append(arg)
+    return out
+
+
+def run_command(command: str, args: argparse.Namespace) -> int:
+    bindings = [_as_gin_binding(b) for b in args.gin_bindings]
+    parse_gin(args.gin_file, bindings)
+    check_required(args.gin_file)
+    try:
+        model_dir = gin.query_parameter(f"{MODEL_DIR_MACRO}/macro.value")
+    except ValueError:
+        model_dir = None
+    if isinstance(model_dir, str):  # written first, so even a failed run says how it was set up
+        Path(model_dir).mkdir(parents=True, exist_ok=True)
+        (Path(model_dir) / "config.gin").write_text(gin.config_str())
+    print(call_entry_point(command, args.gin_file))
+    return 0
+
+
+def _as_gin_binding(text: str) -> str:
+    name, _, value = text.partition("=")
+    if not value:
+        raise ValueError(f"--gin.{text}: expected --gin.NAME=VALUE")
+    return f"{name} = {value}"

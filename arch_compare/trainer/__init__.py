@@ -1,0 +1,1 @@
+"""Training: steps, data iteration, checkpoints, metrics and the loop; no gin, no flags."""
