@@ -22,6 +22,8 @@ from arch_compare.models import build_model
 from arch_compare.models.config import ModelConfig
 from arch_compare.trainer.loop import TrainConfig, train as train_loop
 
+# `include 'gin_configs/...'` in experiment files resolves against the project root too.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*=\s*%gin\.REQUIRED", re.MULTILINE)
 _MISSING = re.compile(r"^(\w+)/macro\.value set to `%gin\.REQUIRED`")
 
@@ -54,17 +56,27 @@ def parse_gin(files: list[str], bindings: list[str]) -> None:
         if not Path(path).is_file():
             raise FileNotFoundError(f"gin file not found: {path}")
     gin.clear_config()
+    gin.add_config_file_search_path(str(PROJECT_ROOT))
     try:
         gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
     except (ValueError, KeyError, SyntaxError) as error:
         raise ValueError(f"gin: {error}") from None
 
 
+INCLUDE = re.compile(r"^\s*include\s+['\"]([^'\"]+)['\"]", re.MULTILINE)
+
+
 def _required_in(files: list[str]) -> dict[str, str]:
-    declared = {}
-    for path in files:
-        for name in REQUIRED.findall(Path(path).read_text()):
-            declared.setdefault(name, path)
+    """Macro -> the file declaring it %gin.REQUIRED, following `include`s."""
+    declared, pending = {}, [Path(f) for f in files]
+    while pending:
+        path = pending.pop(0)
+        if not path.is_file():
+            path = PROJECT_ROOT / path
+        text = path.read_text()
+        for name in REQUIRED.findall(text):
+            declared.setdefault(name, str(path))
+        pending += [Path(included) for included in INCLUDE.findall(text)]
     return declared
 
 
@@ -100,6 +112,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="gin file (repeatable, later files override earlier ones)")
     parser.add_argument("--gin", dest="gin_bindings", action="append", default=[],
                         metavar="NAME=VALUE", help=argparse.SUPPRESS)
+    parser.add_argument("--multihost", action="store_true",
+                        help="call jax.distributed.initialize() first (TPU pods, multi-node GPU)")
 
 
 def split_gin_flags(argv: list[str]) -> list[str]:
@@ -114,6 +128,9 @@ def split_gin_flags(argv: list[str]) -> list[str]:
 
 
 def run_command(command: str, args: argparse.Namespace) -> int:
+    if getattr(args, "multihost", False):
+        import jax
+        jax.distributed.initialize()  # coordinator and process ids from the environment
     bindings = [_as_gin_binding(b) for b in args.gin_bindings]
     parse_gin(args.gin_file, bindings)
     check_required(args.gin_file)

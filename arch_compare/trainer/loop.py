@@ -145,7 +145,9 @@ def train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, *
 
     provider = seqio_provider(config.data.task, vocabulary)
     converter = feature_converter_for(model.config, vocabulary, pack=config.data.pack)
-    batches = BatchIterator(provider, converter, config.data, position=position)
+    batches = BatchIterator(provider, converter, config.data, position=position,
+                            process_index=jax.process_index(),
+                            process_count=jax.process_count())
     train_step = jax.jit(make_train_step(model, optimizer, schedule, config.microbatches),
                          in_shardings=(state_shardings, batch_sharding),
                          out_shardings=(state_shardings, None), donate_argnums=(0,))
@@ -162,7 +164,8 @@ def train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, *
     try:
         for step in range(start + 1, config.train_steps + 1):
             began = time.perf_counter()
-            batch = jax.device_put(next(batches), batch_sharding)
+            batch = {name: jax.make_array_from_process_local_data(batch_sharding, rows)
+                     for name, rows in next(batches).items()}
             new_state, metrics = train_step(state, batch)
             metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
             seconds = time.perf_counter() - began

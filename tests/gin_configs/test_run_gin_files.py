@@ -1,0 +1,53 @@
+"""Every shipped run and experiment gin file parses and builds its run configuration."""
+
+from pathlib import Path
+
+import gin
+import pytest
+
+from arch_compare.cli import runs
+from arch_compare.trainer.loop import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2] / "gin_configs"
+RUN_FILES = sorted((ROOT / "runs").glob("*.gin"))
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.gin"))
+MODEL_FILE = str(ROOT / "models" / "t5" / "tiny.gin")
+PLACEHOLDERS = {"MODEL_DIR": "'/tmp/x'", "MIXTURE_OR_TASK_NAME": "'imitation_hc3_fixture'",
+                "TASK_FEATURE_LENGTHS": "{'inputs': 8, 'targets': 8}", "TRAIN_STEPS": "10",
+                "BATCH_SIZE": "2", "VOCABULARY_PATH": "'/tmp/spm.model'",
+                "CHECKPOINT_PATH": "'/tmp/x/checkpoints'", "OUTPUT_PATH": "'/tmp/out'",
+                "EVAL_TASKS": "['nq_open_3shot_fixture']", "INFER_SPLIT": "'validation'"}
+
+
+def unset(name):
+    return str(gin.query_parameter(f"{name}/macro.value")) == "%gin.REQUIRED"
+
+
+def build(files):
+    """Parse `files`, give placeholder values to the required macros they leave unset, build."""
+    required = runs._required_in(files)
+    runs.parse_gin(files, [])
+    bindings = [f"{name} = {PLACEHOLDERS[name]}" for name in required if unset(name)]
+    runs.parse_gin(files, bindings)
+    try:
+        runs.check_required(files)
+        return required, gin.get_configurable(TrainConfig)()
+    finally:
+        gin.clear_config()
+
+
+@pytest.mark.parametrize("path", RUN_FILES + EXPERIMENTS, ids=lambda p: p.name)
+def test_gin_file_parses_and_declares_its_required_macros(path):
+    files = [str(path)] if path in EXPERIMENTS else [MODEL_FILE, str(path)]
+    text = path.read_text()
+    required, config = build(files)
+    for name in required:
+        if name in runs._required_in([str(path)]):
+            assert name in text.split("from __gin__")[0], f"{name} missing from the header"
+    assert isinstance(config, TrainConfig)
+
+
+def test_every_t5x_macro_is_required_by_finetune():
+    required = runs._required_in([str(ROOT / "runs" / "finetune.gin")])
+    assert {"MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS",
+            "BATCH_SIZE"} <= set(required)
