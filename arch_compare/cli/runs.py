@@ -114,6 +114,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="NAME=VALUE", help=argparse.SUPPRESS)
     parser.add_argument("--multihost", action="store_true",
                         help="call jax.distributed.initialize() first (TPU pods, multi-node GPU)")
+    parser.add_argument("--coordinator_address", help="with --multihost, outside TPU/SLURM/MPI")
+    parser.add_argument("--num_processes", type=int, help="with --multihost")
+    parser.add_argument("--process_id", type=int, help="with --multihost")
 
 
 def split_gin_flags(argv: list[str]) -> list[str]:
@@ -128,9 +131,11 @@ def split_gin_flags(argv: list[str]) -> list[str]:
 
 
 def run_command(command: str, args: argparse.Namespace) -> int:
-    if getattr(args, "multihost", False):
+    if args.multihost:
         import jax
-        jax.distributed.initialize()  # coordinator and process ids from the environment
+        # On Cloud TPU, SLURM and Open MPI JAX finds these itself; elsewhere they are given.
+        jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                                   num_processes=args.num_processes, process_id=args.process_id)
     bindings = [_as_gin_binding(b) for b in args.gin_bindings]
     parse_gin(args.gin_file, bindings)
     check_required(args.gin_file)
