@@ -20,6 +20,7 @@ import gin
 from arch_compare.data.vocabularies import vocabulary_for_model
 from arch_compare.models import build_model
 from arch_compare.models.config import ModelConfig
+from arch_compare.trainer import inference
 from arch_compare.trainer.loop import TrainConfig, train as train_loop
 
 # `include 'gin_configs/...'` in experiment files resolves against the project root too.
@@ -46,8 +47,34 @@ def train(model_config: ModelConfig, vocabulary_path: str, config: TrainConfig) 
             "loss": result.losses.get(last), "resumed_from": result.resumed_from}
 
 
-ENTRY_POINTS = {"train": train}
-MODEL_DIR_MACRO = "MODEL_DIR"
+def _model_and_params(model_config: ModelConfig, vocabulary_path: str, checkpoint_path: str):
+    model = build_model(model_config)
+    vocabulary = vocabulary_for_model(model_config, vocabulary_path)
+    return model, vocabulary, inference.load_params(model, checkpoint_path)
+
+
+def evaluate(model_config: ModelConfig, vocabulary_path: str, tasks: list[str],
+             config: inference.InferenceConfig) -> dict:
+    """What eval.gin binds: scores a checkpoint on seqio evaluation tasks -> metrics.json."""
+    for name in tasks:
+        _check_task(name)
+    model, vocabulary, params = _model_and_params(model_config, vocabulary_path,
+                                                  config.checkpoint_path)
+    return inference.evaluate(model, params, vocabulary, tasks, config)
+
+
+def infer(model_config: ModelConfig, vocabulary_path: str, task: str,
+          config: inference.InferenceConfig) -> str:
+    """What infer.gin binds: generates for a task's split -> predictions.jsonl."""
+    _check_task(task)
+    model, vocabulary, params = _model_and_params(model_config, vocabulary_path,
+                                                  config.checkpoint_path)
+    return str(inference.infer(model, params, vocabulary, task, config))
+
+
+ENTRY_POINTS = {"train": train, "eval": evaluate, "infer": infer}
+# Where config.gin is written: the first of these macros the files define.
+OUTPUT_MACROS = ("MODEL_DIR", "OUTPUT_PATH")
 
 
 def parse_gin(files: list[str], bindings: list[str]) -> None:
@@ -139,15 +166,20 @@ def run_command(command: str, args: argparse.Namespace) -> int:
     bindings = [_as_gin_binding(b) for b in args.gin_bindings]
     parse_gin(args.gin_file, bindings)
     check_required(args.gin_file)
-    try:
-        model_dir = gin.query_parameter(f"{MODEL_DIR_MACRO}/macro.value")
-    except ValueError:
-        model_dir = None
-    if isinstance(model_dir, str):  # written first, so even a failed run says how it was set up
-        Path(model_dir).mkdir(parents=True, exist_ok=True)
-        (Path(model_dir) / "config.gin").write_text(gin.config_str())
+    output_dir = next((value for value in map(_macro_value, OUTPUT_MACROS)
+                       if isinstance(value, str)), None)
+    if output_dir:  # written first, so even a failed run says how it was set up
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "config.gin").write_text(gin.config_str())
     print(call_entry_point(command, args.gin_file))
     return 0
+
+
+def _macro_value(name: str):
+    try:
+        return gin.query_parameter(f"{name}/macro.value")
+    except ValueError:
+        return None
 
 
 def _as_gin_binding(text: str) -> str:
@@ -155,3 +187,33 @@ def _as_gin_binding(text: str) -> str:
     if not value:
         raise ValueError(f"--gin.{text}: expected --gin.NAME=VALUE")
     return f"{name} = {value}"
+
+
+class RunCommand:
+    """A gin-configured sub-command: `add_arguments` and `run`, like the command modules."""
+
+    def __init__(self, name: str, doc: str):
+        self.name = name
+        self.__doc__ = doc
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_run_arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return run_command(self.name, args)
+
+
+RUN_COMMANDS = {
+    "train": RunCommand("train", """Fine-tune (or pre-train) a model on a task or mixture (gin, t5x style).
+
+Example: --gin_file=gin_configs/models/gpt2/tiny.gin --gin_file=gin_configs/runs/finetune.gin
+--gin.MODEL_DIR="'/tmp/run'" --gin.MIXTURE_OR_TASK_NAME="'imitation_sharegpt_fixture'" ...
+Running again with the same MODEL_DIR resumes from its newest checkpoint."""),
+    "eval": RunCommand("eval", """Score a checkpoint on seqio evaluation tasks and write OUTPUT_PATH/metrics.json.
+
+Generation tasks are decoded (DECODE_METHOD greedy | sample | beam), rank-classification tasks
+scored; configured like train (see gin_configs/runs/eval.gin)."""),
+    "infer": RunCommand("infer", """Generate for every example of a task split and write OUTPUT_PATH/predictions.jsonl.
+
+Configured like train (see gin_configs/runs/infer.gin)."""),
+}

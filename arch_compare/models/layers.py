@@ -11,6 +11,7 @@ g kv heads, e head_dim, f d_ff, v vocab.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
@@ -182,11 +183,26 @@ class RelativePositionBias(nnx.Module):
         return jnp.transpose(bias, (2, 0, 1))[None].astype(self.dtype)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    """The keys and values one attention layer attends to, already projected (and rotated).
+
+    Self-attention fills a fixed number of slots as decoding proceeds; cross-attention holds the
+    encoder's keys/values, projected once per input. A scanned stack adds a leading layers axis.
+    """
+
+    key: jax.Array  # [b, s, g, e]
+    value: jax.Array  # [b, s, g, e]
+
+
 class Attention(nnx.Module):
     """Multi-head attention with grouped KV heads (`num_kv_heads` <= `num_heads`).
 
     Used for self-attention (keys from the same sequence) and cross-attention (keys from the
     encoder). Rotary embeddings, when configured, rotate queries and keys of self-attention only.
+    `project_kv` and `attend` are the two halves of `__call__`; decoding calls them separately so
+    that keys/values computed once are kept in a `KVCache`.
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, rotary: bool):
@@ -207,12 +223,38 @@ class Attention(nnx.Module):
                  key_positions: jax.Array | None = None) -> jax.Array:
         """x: [b, q, d] queries; context: [b, k, d] keys/values; mask: [b, 1, q, k] bool;
         bias: [1 or b, h, q, k]; positions: [b, q] and [b, k] (rotary only)."""
-        query = self.q(x)  # [b, q, h, e]
+        return self.attend(x, self.project_kv(context, key_positions), mask=mask, bias=bias,
+                           query_positions=query_positions)
+
+    def project_kv(self, context: jax.Array, positions: jax.Array | None = None) -> KVCache:
+        """context: [b, k, d]; positions: [b, k] (rotary only) -> keys/values [b, k, g, e]."""
         key = self.k(context)  # [b, k, g, e]
-        value = self.v(context)  # [b, k, g, e]
+        if self.rotary:
+            key = apply_rotary(key, positions, self.rope_theta)
+        return KVCache(key=key, value=self.v(context))
+
+    def attend(self, x: jax.Array, kv: KVCache, *, mask: jax.Array | None,
+               bias: jax.Array | None = None,
+               query_positions: jax.Array | None = None) -> jax.Array:
+        """x: [b, q, d] queries over kv's [b, k, g, e] -> [b, q, d]."""
+        query = self.q(x)  # [b, q, h, e]
         if self.rotary:
             query = apply_rotary(query, query_positions, self.rope_theta)
-            key = apply_rotary(key, key_positions, self.rope_theta)
-        out = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
+        out = jax.nn.dot_product_attention(query, kv.key, kv.value, bias=bias, mask=mask,
                                            scale=self.scale)  # [b, q, h, e]
         return self.o(out)  # [b, q, d]
+
+    def extend(self, x: jax.Array, cache: KVCache, index: jax.Array, *, mask: jax.Array,
+               bias: jax.Array | None = None,
+               positions: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+        """Cached self-attention: write x's keys/values into slots [index, index + q) of the
+        cache, then attend over every slot (the mask says which are visible).
+
+        x: [b, q, d]; cache: [b, s, g, e]; index: [] int; mask: [b, 1, q, s];
+        bias: [1, h, q, s]; positions: [b, q] -> ([b, q, d], updated cache).
+        """
+        new = self.project_kv(x, positions)  # [b, q, g, e]
+        write = lambda slots, rows: jax.lax.dynamic_update_slice_in_dim(
+            slots, rows.astype(slots.dtype), index, axis=1)
+        cache = KVCache(key=write(cache.key, new.key), value=write(cache.value, new.value))
+        return self.attend(x, cache, mask=mask, bias=bias, query_positions=positions), cache

@@ -8,10 +8,24 @@ trainer, the checkpoint code and the converters never see Flax modules:
     model = build_model(config)
     params = model.init(jax.random.key(0))
     logits = model.logits(params, batch)  # [batch, length, vocab]
+
+Decoding (KV-cached, one code path for both architectures; `arch_compare.decoding` drives it):
+
+    logits, cache = model.prefill(params, prompts, lengths, num_steps)  # [b, v]
+    logits, cache = model.decode_step(params, cache, next_tokens)  # [b] -> [b, v]
+
+Prompts for decoding are LEFT-padded `[b, p]` arrays with per-row `lengths`: the last real token of
+every row sits in the last column, so every row's next token goes into the same cache slot and one
+scalar cache index serves the whole batch. A decoder-only prompt fills cache slots [0, p) and each
+row's positions count from its first real token; an encoder-decoder prompt is the encoder input (run
+once; its cross-attention keys/values are projected once and kept in the cache), and the decoder
+starts from `decoder_start_id` in slot 0. Padding is masked but still embedded, so it must be a
+token id inside the vocabulary (an id outside it, such as some GPT-2 pad ids, embeds as NaN).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Mapping
 
@@ -20,7 +34,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from arch_compare.models.config import ModelConfig
-from arch_compare.models.transformer import DecoderOnlyNetwork, EncoderDecoderNetwork
+from arch_compare.models.layers import KVCache
+from arch_compare.models.transformer import (BlockCache, DecoderOnlyNetwork,
+                                             EncoderDecoderNetwork)
 
 Params = dict[str, Any]
 Batch = Mapping[str, jax.Array]
@@ -40,6 +56,50 @@ def _positions(batch: Batch, prefix: str, tokens: jax.Array) -> jax.Array:
     if positions is None:  # unpacked: every row starts at position 0
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     return positions
+
+
+def _left_padded_layout(lengths: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
+    """lengths [b] of left-padded rows of `width` -> (real-token mask [b, w], positions [b, w]).
+
+    Positions count from each row's first real token; padding gets position 0 (a valid table
+    index: learned-position lookups out of range would give NaN, even where masked)."""
+    columns = jnp.arange(width)[None, :]  # [1, w]
+    first = (width - lengths)[:, None]  # [b, 1]
+    return columns >= first, jnp.maximum(columns - first, 0)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DecodeCache:
+    """Everything a decode step needs besides the parameters; a pytree, so decoding loops can
+    carry it through `jax.lax.while_loop` and compile once.
+
+    Slot s of row b holds a real token iff `start[b] <= s < index`; a token in slot s has
+    position `s - start[b]`.
+    """
+
+    layers: BlockCache  # keys/values [layers, b, s, g, e]; cross-attention [layers, b, k, g, e]
+    index: jax.Array  # [] int32: the slot the next token goes into, shared by every row
+    start: jax.Array  # [b] int32: first slot holding a real token (left padding before it)
+    encoder_mask: jax.Array | None = None  # [b, k] bool: real encoder tokens (encoder-decoder)
+
+    @property
+    def num_slots(self) -> int:
+        return self.layers.self_attention.key.shape[2]
+
+    def take_rows(self, rows: jax.Array) -> "DecodeCache":
+        """The cache of batch rows `rows` [b'] (repeated or reordered), e.g. one per beam."""
+        take = lambda x, axis: jnp.take(x, rows, axis=axis)
+        layers = jax.tree.map(lambda x: take(x, 1), self.layers)  # axis 0 is layers
+        mask = None if self.encoder_mask is None else take(self.encoder_mask, 0)
+        return DecodeCache(layers, self.index, take(self.start, 0), mask)
+
+    def reorder_self_attention(self, rows: jax.Array) -> "DecodeCache":
+        """Like `take_rows` for a reordering WITHIN each example (beam search): only the
+        self-attention keys/values differ between an example's rows, so only they are moved."""
+        self_kv = jax.tree.map(lambda x: jnp.take(x, rows, axis=1), self.layers.self_attention)
+        return dataclasses.replace(
+            self, layers=dataclasses.replace(self.layers, self_attention=self_kv))
 
 
 def _require(batch: Batch, names: tuple[str, ...], model_name: str) -> None:
@@ -91,6 +151,48 @@ class BaseModel:
     def logits(self, params: Params, batch: Batch) -> jax.Array:
         raise NotImplementedError
 
+    # Decoding. Subclasses say how a prompt becomes a cache (`prefill`) and which network call
+    # runs cached tokens (`_extend_network`); masks, positions and slots are shared here.
+
+    def init_cache(self, batch_size: int, num_slots: int) -> DecodeCache:
+        """An empty decoder cache with `num_slots` self-attention slots per row."""
+        cfg = self.config
+        shape = (cfg.num_layers, batch_size, num_slots, cfg.num_kv_heads, cfg.head_dim)
+        empty = KVCache(key=jnp.zeros(shape, cfg.compute_dtype),
+                        value=jnp.zeros(shape, cfg.compute_dtype))
+        return DecodeCache(BlockCache(self_attention=empty), index=jnp.zeros((), jnp.int32),
+                           start=jnp.zeros((batch_size,), jnp.int32))
+
+    def prefill(self, params: Params, prompts: jax.Array, lengths: jax.Array,
+                num_steps: int) -> tuple[jax.Array, DecodeCache]:
+        """prompts: [b, p] left-padded, lengths: [b] -> (next-token logits [b, v], a cache with
+        room for `num_steps` more `decode_step` calls)."""
+        raise NotImplementedError
+
+    def decode_step(self, params: Params, cache: DecodeCache,
+                    tokens: jax.Array) -> tuple[jax.Array, DecodeCache]:
+        """tokens: [b], one per row -> (next-token logits [b, v], cache one slot further)."""
+        logits, cache = self.extend(params, cache, tokens[:, None])
+        return logits[:, 0], cache
+
+    def extend(self, params: Params, cache: DecodeCache,
+               tokens: jax.Array) -> tuple[jax.Array, DecodeCache]:
+        """tokens: [b, l] into slots [index, index + l) -> (logits [b, l, v], cache)."""
+        slots = cache.index + jnp.arange(tokens.shape[1])  # [l]
+        positions = jnp.maximum(slots[None, :] - cache.start[:, None], 0)  # [b, l]
+        key_slots = jnp.arange(cache.num_slots)[None, None, :]  # [1, 1, s]
+        # Causal over slots, and blind to each row's left padding. A padding query sees no key
+        # at all; its output is finite garbage that no real token attends to.
+        mask = (key_slots <= slots[None, :, None]) & (key_slots >= cache.start[:, None, None])
+        logits, layers = self._extend_network(self.network(params), cache, tokens, positions,
+                                              mask[:, None])  # mask: [b, 1, l, s]
+        index = cache.index + tokens.shape[1]
+        return logits, dataclasses.replace(cache, layers=layers, index=index)
+
+    def _extend_network(self, network: nnx.Module, cache: DecodeCache, tokens: jax.Array,
+                        positions: jax.Array, mask: jax.Array) -> tuple[jax.Array, BlockCache]:
+        raise NotImplementedError
+
 
 class DecoderOnlyModel(BaseModel):
     """GPT-2 / LLaMA: reads `decoder_input_tokens` (and, when packed, `decoder_segment_ids` and
@@ -107,6 +209,23 @@ class DecoderOnlyModel(BaseModel):
             segments = batch["decoder_segment_ids"]
             mask = mask & _segment_mask(segments, segments)
         return self.network(params)(tokens, _positions(batch, "decoder", tokens), mask)
+
+    def prefill(self, params: Params, prompts: jax.Array, lengths: jax.Array,
+                num_steps: int) -> tuple[jax.Array, DecodeCache]:
+        batch_size, width = prompts.shape
+        num_slots = width + num_steps
+        if self.config.position == "learned" and num_slots > self.config.max_length:
+            raise ValueError(
+                f"prompt width {width} + {num_steps} decode steps needs {num_slots} positions; "
+                f"the learned position table (ModelConfig.max_length) has "
+                f"{self.config.max_length}")
+        cache = self.init_cache(batch_size, num_slots)
+        cache = dataclasses.replace(cache, start=(width - lengths).astype(jnp.int32))
+        logits, cache = self.extend(params, cache, prompts)
+        return logits[:, -1], cache  # left padding: every row's last token is in the last column
+
+    def _extend_network(self, network, cache, tokens, positions, mask):
+        return network.extend(cache.layers, cache.index, tokens, positions, mask)
 
 
 class EncoderDecoderModel(BaseModel):
@@ -134,6 +253,29 @@ class EncoderDecoderModel(BaseModel):
         encoded = network.encode(inputs, _positions(batch, "encoder", inputs), encoder_mask)
         return network.decode(encoded, cross_mask, targets,
                               _positions(batch, "decoder", targets), decoder_mask)
+
+    def encode(self, params: Params, inputs: jax.Array, lengths: jax.Array) -> jax.Array:
+        """inputs: [b, k] left-padded, lengths: [b] -> encoder output [b, k, d]."""
+        real, positions = _left_padded_layout(lengths, inputs.shape[1])
+        return self.network(params).encode(inputs, positions, real[:, None, None, :])
+
+    def prefill(self, params: Params, prompts: jax.Array, lengths: jax.Array,
+                num_steps: int) -> tuple[jax.Array, DecodeCache]:
+        """The encoder runs once on `prompts`; the decoder then reads `decoder_start_id`."""
+        batch_size = prompts.shape[0]
+        network = self.network(params)
+        encoded = self.encode(params, prompts, lengths)  # [b, k, d]
+        real, _ = _left_padded_layout(lengths, prompts.shape[1])
+        cache = self.init_cache(batch_size, 1 + num_steps)  # + 1: the start token's slot
+        layers = dataclasses.replace(cache.layers,
+                                     cross_attention=network.decoder.project_cross(encoded))
+        cache = dataclasses.replace(cache, layers=layers, encoder_mask=real)
+        start = jnp.full((batch_size,), self.config.decoder_start_id, jnp.int32)
+        return self.decode_step(params, cache, start)
+
+    def _extend_network(self, network, cache, tokens, positions, mask):
+        cross_mask = cache.encoder_mask[:, None, None, :]  # [b, 1, 1, k]
+        return network.extend(cache.layers, cache.index, cross_mask, tokens, positions, mask)
 
 
 MODEL_CLASSES: dict[str, type[BaseModel]] = {

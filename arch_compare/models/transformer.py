@@ -5,7 +5,9 @@ the MLP, each with a residual. A stack holds its blocks' parameters stacked on a
 axis and runs them with `nnx.scan`, so XLA compiles one block however deep the model is.
 
 The networks take token arrays and ready-made masks; the wrappers in `model.py` build those from
-seqio feature dictionaries.
+seqio feature dictionaries. For decoding, the decoder stack also runs incrementally over a
+`BlockCache` (keys/values per layer, stacked on the same `layers` axis as the parameters): new
+tokens are written into cache slots and attend to every slot the mask allows.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from arch_compare.models.config import ModelConfig
-from arch_compare.models.layers import Attention, Dense, Embed, Mlp, Norm, RelativePositionBias
+from arch_compare.models.layers import (Attention, Dense, Embed, KVCache, Mlp, Norm,
+                                        RelativePositionBias)
 
 
 @jax.tree_util.register_dataclass
@@ -30,6 +33,17 @@ class AttentionInputs:
     positions: jax.Array | None = None  # [b, l] token positions, for rotary
     encoded: jax.Array | None = None  # [b, k, d] encoder output, for cross-attention
     cross_mask: jax.Array | None = None  # [b, 1, l, k] bool
+    cache_index: jax.Array | None = None  # [] int: cache slot of the first token (decoding only)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class BlockCache:
+    """What one block keeps between decoding steps; a stack's cache has a leading layers axis."""
+
+    self_attention: KVCache  # [b, s, g, e]: s slots, filled as tokens arrive
+    # [b, k, g, e]: the encoder output's keys/values, projected once per input (encoder-decoder).
+    cross_attention: KVCache | None = None
 
 
 class Block(nnx.Module):
@@ -42,16 +56,28 @@ class Block(nnx.Module):
         self.pre_mlp_norm = Norm(cfg, rngs=rngs)
         self.mlp = Mlp(cfg, rngs=rngs)
 
-    def __call__(self, x: jax.Array, inputs: AttentionInputs) -> jax.Array:
-        """x: [b, l, d] -> [b, l, d]."""
+    def __call__(self, x: jax.Array, inputs: AttentionInputs,
+                 cache: BlockCache | None = None) -> tuple[jax.Array, BlockCache | None]:
+        """x: [b, l, d] -> ([b, l, d], cache). Without a cache, keys and values come from x
+        (and the encoder output); with one, x's keys/values are appended at
+        `inputs.cache_index` and the cross-attention keys/values are read from it."""
         h = self.pre_self_attention_norm(x)
-        x = x + self.self_attention(h, h, mask=inputs.self_mask, bias=inputs.self_bias,
-                                    query_positions=inputs.positions,
-                                    key_positions=inputs.positions)
+        if cache is None:
+            attended = self.self_attention(h, h, mask=inputs.self_mask, bias=inputs.self_bias,
+                                           query_positions=inputs.positions,
+                                           key_positions=inputs.positions)
+        else:
+            attended, self_kv = self.self_attention.extend(
+                h, cache.self_attention, inputs.cache_index, mask=inputs.self_mask,
+                bias=inputs.self_bias, positions=inputs.positions)
+            cache = dataclasses.replace(cache, self_attention=self_kv)
+        x = x + attended
         if hasattr(self, "cross_attention"):
             h = self.pre_cross_attention_norm(x)
-            x = x + self.cross_attention(h, inputs.encoded, mask=inputs.cross_mask)
-        return x + self.mlp(self.pre_mlp_norm(x))
+            cross_kv = (self.cross_attention.project_kv(inputs.encoded) if cache is None
+                        else cache.cross_attention)
+            x = x + self.cross_attention.attend(h, cross_kv, mask=inputs.cross_mask)
+        return x + self.mlp(self.pre_mlp_norm(x)), cache
 
 
 class Stack(nnx.Module):
@@ -71,15 +97,29 @@ class Stack(nnx.Module):
         self.unroll = True if not cfg.scan_layers else 1
         self.remat = cfg.remat_layers
 
-    def __call__(self, x: jax.Array, inputs: AttentionInputs) -> jax.Array:
-        @nnx.scan(in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry, unroll=self.unroll,
-                  transform_metadata={nnx.PARTITION_NAME: "layers"})
-        def run_block(x, block: Block, inputs: AttentionInputs):
-            if self.remat:  # keep only the block input; recompute the rest in the backward pass
-                return nnx.remat(lambda b, h, i: b(h, i))(block, x, inputs)
-            return block(x, inputs)
+    def __call__(self, x: jax.Array, inputs: AttentionInputs, cache: BlockCache | None = None
+                 ) -> tuple[jax.Array, BlockCache | None]:
+        """x: [b, l, d] -> ([b, l, d], cache); the cache (if any) has a leading layers axis."""
 
-        return self.final_norm(run_block(x, self.blocks, inputs))
+        @nnx.scan(in_axes=(nnx.Carry, 0, None, 0), out_axes=(nnx.Carry, 0), unroll=self.unroll,
+                  transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def run_block(x, block: Block, inputs: AttentionInputs, cache: BlockCache | None):
+            if self.remat:  # keep only the block input; recompute the rest in the backward pass
+                return nnx.remat(lambda b, h, i, c: b(h, i, c))(block, x, inputs, cache)
+            return block(x, inputs, cache)
+
+        x, cache = run_block(x, self.blocks, inputs, cache)
+        return self.final_norm(x), cache
+
+    def project_cross(self, encoded: jax.Array) -> KVCache:
+        """encoded: [b, k, d] -> every layer's cross-attention keys/values [layers, b, k, g, e]."""
+
+        @nnx.vmap(in_axes=(0, None), out_axes=0,
+                  transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def project(block: Block, encoded: jax.Array) -> KVCache:
+            return block.cross_attention.project_kv(encoded)
+
+        return project(self.blocks, encoded)
 
 
 class OutputHead(nnx.Module):
@@ -111,11 +151,23 @@ class DecoderOnlyNetwork(nnx.Module):
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
         """tokens, positions: [b, l]; mask: [b, 1, l, l] -> logits [b, l, v]."""
-        x = self.token_embed(tokens)
+        logits, _ = self._run(tokens, AttentionInputs(self_mask=mask, positions=positions), None)
+        return logits
+
+    def extend(self, cache: BlockCache, index: jax.Array, tokens: jax.Array,
+               positions: jax.Array, mask: jax.Array) -> tuple[jax.Array, BlockCache]:
+        """Decoding: `tokens` [b, l] go into cache slots [index, index + l); mask: [b, 1, l, s]
+        over all s slots -> (logits [b, l, v], updated cache)."""
+        inputs = AttentionInputs(self_mask=mask, positions=positions, cache_index=index)
+        return self._run(tokens, inputs, cache)
+
+    def _run(self, tokens: jax.Array, inputs: AttentionInputs,
+             cache: BlockCache | None) -> tuple[jax.Array, BlockCache | None]:
+        x = self.token_embed(tokens)  # [b, l, d]
         if hasattr(self, "position_embed"):
-            x = x + self.position_embed(positions)
-        x = self.decoder(x, AttentionInputs(self_mask=mask, positions=positions))
-        return self.output_head(x, self.token_embed)
+            x = x + self.position_embed(inputs.positions)
+        x, cache = self.decoder(x, inputs, cache)
+        return self.output_head(x, self.token_embed), cache
 
 
 class EncoderDecoderNetwork(nnx.Module):
@@ -133,22 +185,42 @@ class EncoderDecoderNetwork(nnx.Module):
 
     def encode(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
         """tokens, positions: [b, k]; mask: [b, 1, k, k] -> encoded [b, k, d]."""
-        bias = self._relative_bias("encoder_relative_bias", tokens.shape[1])
-        return self.encoder(self.token_embed(tokens),
-                            AttentionInputs(self_mask=mask, self_bias=bias, positions=positions))
+        steps = jnp.arange(tokens.shape[1])
+        bias = self._relative_bias("encoder_relative_bias", steps, steps)
+        encoded, _ = self.encoder(
+            self.token_embed(tokens),
+            AttentionInputs(self_mask=mask, self_bias=bias, positions=positions))
+        return encoded
 
     def decode(self, encoded: jax.Array, cross_mask: jax.Array, tokens: jax.Array,
                positions: jax.Array, mask: jax.Array) -> jax.Array:
         """encoded: [b, k, d]; cross_mask: [b, 1, l, k]; tokens, positions: [b, l];
         mask: [b, 1, l, l] -> logits [b, l, v]."""
-        bias = self._relative_bias("decoder_relative_bias", tokens.shape[1])
-        x = self.decoder(self.token_embed(tokens),
-                         AttentionInputs(self_mask=mask, self_bias=bias, positions=positions,
-                                         encoded=encoded, cross_mask=cross_mask))
+        steps = jnp.arange(tokens.shape[1])
+        bias = self._relative_bias("decoder_relative_bias", steps, steps)
+        x, _ = self.decoder(self.token_embed(tokens),
+                            AttentionInputs(self_mask=mask, self_bias=bias, positions=positions,
+                                            encoded=encoded, cross_mask=cross_mask))
         return self.output_head(x, self.token_embed)
 
-    def _relative_bias(self, name: str, length: int) -> jax.Array | None:
+    def extend(self, cache: BlockCache, index: jax.Array, cross_mask: jax.Array,
+               tokens: jax.Array, positions: jax.Array,
+               mask: jax.Array) -> tuple[jax.Array, BlockCache]:
+        """Decoding: like `decode`, with the encoder output's keys/values read from the cache
+        (see `Stack.project_cross`) and `tokens` [b, l] written into slots [index, index + l).
+        cross_mask: [b, 1, 1 or l, k]; mask: [b, 1, l, s] -> (logits [b, l, v], cache)."""
+        # Relative bias depends on key-minus-query offsets only, so slot numbers serve as
+        # positions: the decoder's slot 0 is its start token.
+        query_slots = index + jnp.arange(tokens.shape[1])  # [l]
+        key_slots = jnp.arange(cache.self_attention.key.shape[2])  # [s]
+        bias = self._relative_bias("decoder_relative_bias", query_slots, key_slots)
+        inputs = AttentionInputs(self_mask=mask, self_bias=bias, positions=positions,
+                                 cross_mask=cross_mask, cache_index=index)
+        x, cache = self.decoder(self.token_embed(tokens), inputs, cache)
+        return self.output_head(x, self.token_embed), cache
+
+    def _relative_bias(self, name: str, query_positions: jax.Array,
+                       key_positions: jax.Array) -> jax.Array | None:
         if not hasattr(self, name):
             return None
-        steps = jnp.arange(length)
-        return getattr(self, name)(steps, steps)
+        return getattr(self, name)(query_positions, key_positions)  # [1, h, q, k]

@@ -1,5 +1,6 @@
 """`arch-compare train` with t5x-style gin files: a tiny run, and errors before any compute."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,39 @@ def test_an_unknown_task_suggests_close_names(tmp_path, capsys, sentencepiece_mo
     assert main(["train", f"--gin_file={MODEL}", f"--gin_file={RUN}", *argv]) == 2
     assert "did you mean imitation_hc3_fixture" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+EVAL = str(ROOT / "gin_configs" / "runs" / "eval.gin")
+INFER = str(ROOT / "gin_configs" / "runs" / "infer.gin")
+
+
+def inference_flags(checkpoint, output, vocabulary, **extra):
+    values = {"CHECKPOINT_PATH": f"'{checkpoint}'", "OUTPUT_PATH": f"'{output}'",
+              "TASK_FEATURE_LENGTHS": "{'inputs': 256, 'targets': 16}", "BATCH_SIZE": "4",
+              "VOCABULARY_PATH": f"'{vocabulary}'", "MAX_DECODE_LENGTH": "8", **extra}
+    return [f"--gin.{name}={value}" for name, value in values.items()]
+
+
+def test_eval_and_infer_read_the_training_directory(tmp_path, capsys, sentencepiece_model_path):
+    run = tmp_path / "run"
+    assert main(["train", f"--gin_file={MODEL}", f"--gin_file={RUN}",
+                 *flags(run, sentencepiece_model_path)]) == 0
+    code = main(["eval", f"--gin_file={MODEL}", f"--gin_file={EVAL}",
+                 *inference_flags(run, tmp_path / "eval", sentencepiece_model_path,
+                                  EVAL_TASKS="['nq_open_3shot_fixture', 'mmlu_5shot_fixture']",
+                                  EVAL_SPLIT="'validation'")])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert 0.0 <= metrics["nq_open_3shot_fixture"]["exact_match"] <= 100.0
+    assert 0.0 <= metrics["mmlu_5shot_fixture"]["accuracy_micro"] <= 100.0
+    assert (tmp_path / "eval" / "config.gin").is_file()
+
+    code = main(["infer", f"--gin_file={MODEL}", f"--gin_file={INFER}",
+                 *inference_flags(run, tmp_path / "infer", sentencepiece_model_path,
+                                  MIXTURE_OR_TASK_NAME="'imitation_hc3_fixture'",
+                                  DECODE_METHOD="'beam'", NUM_BEAMS="2")])
+    assert code == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in
+            (tmp_path / "infer" / "predictions.jsonl").read_text().splitlines()]
+    assert [row["index"] for row in rows] == [0]  # the fixture's one validation example
+    assert rows[0]["inputs"].endswith("Assistant:") and isinstance(rows[0]["prediction"], str)

@@ -6,6 +6,7 @@ import gin
 import pytest
 
 from arch_compare.cli import runs
+from arch_compare.trainer.inference import InferenceConfig
 from arch_compare.trainer.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2] / "gin_configs"
@@ -16,14 +17,16 @@ PLACEHOLDERS = {"MODEL_DIR": "'/tmp/x'", "MIXTURE_OR_TASK_NAME": "'imitation_hc3
                 "TASK_FEATURE_LENGTHS": "{'inputs': 8, 'targets': 8}", "TRAIN_STEPS": "10",
                 "BATCH_SIZE": "2", "VOCABULARY_PATH": "'/tmp/spm.model'",
                 "CHECKPOINT_PATH": "'/tmp/x/checkpoints'", "OUTPUT_PATH": "'/tmp/out'",
-                "EVAL_TASKS": "['nq_open_3shot_fixture']", "INFER_SPLIT": "'validation'"}
+                "EVAL_TASKS": "['nq_open_3shot_fixture']"}
+# What each run file configures: eval and infer build an InferenceConfig, training a TrainConfig.
+BUILDS = {"eval.gin": InferenceConfig, "infer.gin": InferenceConfig}
 
 
 def unset(name):
     return str(gin.query_parameter(f"{name}/macro.value")) == "%gin.REQUIRED"
 
 
-def build(files):
+def build(files, built=TrainConfig):
     """Parse `files`, give placeholder values to the required macros they leave unset, build."""
     required = runs._required_in(files)
     runs.parse_gin(files, [])
@@ -31,7 +34,7 @@ def build(files):
     runs.parse_gin(files, bindings)
     try:
         runs.check_required(files)
-        return required, gin.get_configurable(TrainConfig)()
+        return required, gin.get_configurable(built)()
     finally:
         gin.clear_config()
 
@@ -40,11 +43,11 @@ def build(files):
 def test_gin_file_parses_and_declares_its_required_macros(path):
     files = [str(path)] if path in EXPERIMENTS else [MODEL_FILE, str(path)]
     text = path.read_text()
-    required, config = build(files)
-    for name in required:
-        if name in runs._required_in([str(path)]):
-            assert name in text.split("from __gin__")[0], f"{name} missing from the header"
-    assert isinstance(config, TrainConfig)
+    built = BUILDS.get(path.name, TrainConfig)
+    required, config = build(files, built)
+    for name in runs._required_in([str(path)]):
+        assert name in text.split("from __gin__")[0], f"{name} missing from the header"
+    assert isinstance(config, built)
 
 
 def test_every_t5x_macro_is_required_by_finetune():

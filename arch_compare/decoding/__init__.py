@@ -1,0 +1,1 @@
+"""KV-cached decoding (greedy, sampling, beam search) and target scoring for both architectures."""

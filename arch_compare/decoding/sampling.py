@@ -1,0 +1,108 @@
+"""Greedy and sampled decoding: one token per row per step, chosen from the next-token logits.
+
+The loop is a `jax.lax.while_loop` over `model.decode_step`, so it compiles once and stops as soon
+as every row has produced EOS. Rows that finished keep stepping with the others (their outputs are
+discarded and their tokens are padding): the batch moves in lockstep through one cache index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from arch_compare.decoding.config import DecodeConfig, Knobs, length_penalty
+from arch_compare.models.model import BaseModel, DecodeCache, Params
+
+
+def filter_logits(logits: jax.Array, knobs: Knobs) -> jax.Array:
+    """Temperature, then top-k, then top-p (transformers' order); removed tokens get -inf.
+
+    logits: [b, v] -> [b, v] float32. top_k=0 and top_p=1 switch their filter off; a token tied
+    with the last one kept is kept too.
+    """
+    logits = logits.astype(jnp.float32) / knobs.temperature
+    vocab = logits.shape[-1]
+    ranked = -jnp.sort(-logits, axis=-1)  # [b, v], most likely first
+    rank = jnp.arange(vocab)  # [v]
+    in_top_k = rank < jnp.where(knobs.top_k > 0, knobs.top_k, vocab)
+    # Top-p renormalises over what top-k kept, then keeps a token while the mass of the tokens
+    # ranked above it is still short of p (so the most likely token always stays).
+    probs = jax.nn.softmax(jnp.where(in_top_k, ranked, -jnp.inf), axis=-1)  # [b, v]
+    mass_above = jnp.cumsum(probs, axis=-1) - probs
+    # p = 1 must keep everything even where float32 cumsums reach 1 early.
+    in_top_p = (mass_above < knobs.top_p) | (knobs.top_p >= 1)
+    threshold = jnp.min(jnp.where(in_top_k & in_top_p, ranked, jnp.inf), axis=-1,
+                        keepdims=True)  # [b, 1]: the least likely logit kept
+    return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+
+def _greedy(logits: jax.Array, key: jax.Array, knobs: Knobs) -> jax.Array:
+    return jnp.argmax(logits, axis=-1)
+
+
+def _sample(logits: jax.Array, key: jax.Array, knobs: Knobs) -> jax.Array:
+    return jax.random.categorical(key, filter_logits(logits, knobs), axis=-1)
+
+
+# method -> (logits [b, v], key, knobs) -> tokens [b]
+TOKEN_CHOICES: dict[str, Callable[[jax.Array, jax.Array, Knobs], jax.Array]] = {
+    "greedy": _greedy,
+    "sample": _sample,
+}
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _State:
+    step: jax.Array  # [] int32: tokens chosen so far
+    tokens: jax.Array  # [b, n]: pad after EOS and after `step`
+    chosen: jax.Array  # [b]: the last choice, also for finished rows (a valid id to feed on)
+    log_prob: jax.Array  # [b] float32: summed log-probabilities, EOS included
+    lengths: jax.Array  # [b] int32, EOS included
+    done: jax.Array  # [b] bool: EOS produced
+    cache: DecodeCache
+
+
+def sample_search(model: BaseModel, params: Params, prompts: jax.Array, lengths: jax.Array,
+                  config: DecodeConfig, knobs: Knobs, pad_id: int
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """prompts: [b, p] left-padded, lengths: [b] -> (tokens [b, n], lengths [b], scores [b])."""
+    choose = TOKEN_CHOICES[config.method]
+    num_tokens = config.max_new_tokens
+    batch_size = prompts.shape[0]
+    # The first token comes from the prompt's logits; each further one costs a decode step.
+    logits, cache = model.prefill(params, prompts, lengths, num_tokens - 1)
+
+    def add_token(state: _State, logits: jax.Array) -> _State:
+        chosen = choose(logits, jax.random.fold_in(knobs.key, state.step), knobs)  # [b]
+        # Scores use the model's own distribution, whatever filters chose the token.
+        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [b, v]
+        chosen_log_prob = jnp.take_along_axis(log_probs, chosen[:, None], axis=-1)[:, 0]
+        live = ~state.done
+        token = jnp.where(live, chosen, pad_id)
+        return _State(
+            step=state.step + 1, tokens=state.tokens.at[:, state.step].set(token),
+            chosen=chosen, log_prob=state.log_prob + jnp.where(live, chosen_log_prob, 0.0),
+            lengths=state.lengths + live, done=state.done | (live & (chosen == knobs.eos_id)),
+            cache=state.cache)
+
+    def unfinished(state: _State) -> jax.Array:
+        return (state.step < num_tokens) & ~jnp.all(state.done)
+
+    def next_token(state: _State) -> _State:
+        logits, cache = model.decode_step(params, state.cache, state.chosen)
+        return add_token(dataclasses.replace(state, cache=cache), logits)
+
+    start = _State(
+        step=jnp.zeros((), jnp.int32),
+        tokens=jnp.full((batch_size, num_tokens), pad_id, jnp.int32),
+        chosen=jnp.zeros((batch_size,), jnp.int32),
+        log_prob=jnp.zeros((batch_size,), jnp.float32),
+        lengths=jnp.zeros((batch_size,), jnp.int32),
+        done=jnp.zeros((batch_size,), bool), cache=cache)
+    final = jax.lax.while_loop(unfinished, next_token, add_token(start, logits))
+    scores = final.log_prob / length_penalty(final.lengths, knobs.length_penalty)
+    return final.tokens, final.lengths, scores

@@ -1,0 +1,132 @@
+"""Public decoding API: `generate` (greedy, sampling, beam search) and `score`.
+
+    from arch_compare.decoding.search import DecodeConfig, generate, score
+    out = generate(model, params, [[5, 6, 7], [8, 9]], DecodeConfig(max_new_tokens=32))
+    out.tokens   # [b, 32]: generated tokens only, padding after EOS
+    out.lengths  # [b]: tokens generated, EOS included
+    out.scores   # [b]: sum of log-probabilities / lengths ** length_penalty
+
+Prompts are what the model reads before generating: for a decoder-only model the start of its
+token sequence (begin it with BOS if the model was trained that way, as the feature converter
+does), for an encoder-decoder model the encoder input (UL2's mode token included); its decoder
+starts from `ModelConfig.decoder_start_id`. Give them as token-id lists, or as one padded
+`[b, p]` array with real tokens first (seqio's layout) plus `lengths` [b]. They are left-padded
+internally (see `arch_compare.models.model`).
+
+Both architectures run the same code; the compiled programs are kept per model, per
+`DecodeConfig.static()` and per input shape, so changing temperature, top-k, top-p, the length
+penalty, the EOS id or the seed reuses them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from arch_compare.decoding.beam import beam_search
+from arch_compare.decoding.config import DecodeConfig, Knobs
+from arch_compare.decoding.sampling import sample_search
+from arch_compare.models.model import BaseModel, Params
+
+__all__ = ["DecodeConfig", "Generation", "generate", "left_pad", "score"]
+
+SEARCHES: dict[str, Callable[..., tuple[jax.Array, jax.Array, jax.Array]]] = {
+    "greedy": sample_search,
+    "sample": sample_search,
+    "beam": beam_search,
+}
+SCORE_FEATURES = ("decoder_target_tokens", "decoder_loss_weights")
+# Fills the left padding of prompts: any valid id works (padding is masked), but a pad id outside
+# the vocabulary (GPT-2 checkpoints may declare one) would embed as NaN.
+PROMPT_FILL = 0
+
+
+class Generation(NamedTuple):
+    tokens: jax.Array  # [b, n] int32: generated tokens; the model's pad_id after EOS
+    lengths: jax.Array  # [b] int32: generated tokens including EOS
+    scores: jax.Array  # [b] float32: summed log-probabilities / lengths ** length_penalty
+
+
+def generate(model: BaseModel, params: Params, prompts: Sequence[Sequence[int]] | Any,
+             config: DecodeConfig, *, lengths: Sequence[int] | None = None) -> Generation:
+    """Decode up to `config.max_new_tokens` tokens after each prompt (see the module doc)."""
+    vocab_size = model.config.vocab_size
+    if config.eos_id is not None and config.eos_id >= vocab_size:
+        raise ValueError(f"DecodeConfig.eos_id={config.eos_id} is outside the model's "
+                         f"vocabulary [0, {vocab_size})")
+    tokens, lengths = left_pad(prompts, lengths, vocab_size)
+    search = _compiled(model, ("generate", config.static()))
+    return Generation(*search(params, tokens, lengths, config.knobs(model.config.eos_id)))
+
+
+def score(model: BaseModel, params: Params, batch: Mapping[str, Any]) -> jax.Array:
+    """Per-example sum of `decoder_loss_weights` * log p(`decoder_target_tokens`) [b], from a
+    seqio batch for `model` (rank classification: the highest-scoring target wins)."""
+    missing = [name for name in SCORE_FEATURES if name not in batch]
+    if missing:
+        raise KeyError(f"score needs batch features {', '.join(missing)}; "
+                       f"got {', '.join(sorted(batch)) or 'none'}")
+    # Only numeric features can enter a compiled program (seqio batches may carry text too).
+    arrays = {name: jnp.asarray(value) for name, value in batch.items()
+              if np.asarray(value).dtype.kind in "biuf"}
+    return _compiled(model, ("score",))(params, arrays)
+
+
+def left_pad(prompts: Sequence[Sequence[int]] | Any, lengths: Sequence[int] | None,
+             vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token-id lists, or a `[b, p]` array with real tokens first and `lengths` [b] (default:
+    all p), -> (left-padded `[b, max(lengths)]` int32, lengths [b] int32)."""
+    if isinstance(prompts, (np.ndarray, jax.Array)):
+        padded = np.asarray(prompts)
+        if padded.ndim != 2:
+            raise ValueError(f"prompts: expected a [batch, length] array, got shape "
+                             f"{padded.shape}")
+        counts = np.full(len(padded), padded.shape[1]) if lengths is None else np.asarray(lengths)
+        if counts.shape != (len(padded),) or np.any(counts > padded.shape[1]):
+            raise ValueError(f"lengths: expected {len(padded)} values <= {padded.shape[1]}, got "
+                             f"{counts.tolist()}")
+        rows = [padded[i, :n] for i, n in enumerate(counts)]
+    else:
+        if lengths is not None:
+            raise ValueError("lengths: only for a padded array of prompts, not for lists")
+        rows = [np.asarray(row, dtype=np.int64).reshape(-1) for row in prompts]
+    if not rows:
+        raise ValueError("prompts: no prompts given")
+    width = max(len(row) for row in rows)
+    tokens = np.full((len(rows), width), PROMPT_FILL, np.int32)
+    for i, row in enumerate(rows):
+        if len(row) == 0:
+            raise ValueError(f"prompts[{i}] is empty; a prompt needs at least one token "
+                             f"(a decoder-only model's BOS, say)")
+        if row.min() < 0 or row.max() >= vocab_size:
+            raise ValueError(f"prompts[{i}] has token ids outside the vocabulary "
+                             f"[0, {vocab_size}): {row.min()}..{row.max()}")
+        tokens[i, width - len(row):] = row
+    return tokens, np.array([len(row) for row in rows], np.int32)
+
+
+# (model, program key) -> jitted function. Bounded: each entry keeps its model alive.
+@functools.lru_cache(maxsize=32)
+def _compiled(model: BaseModel, key: tuple) -> Callable:
+    return jax.jit(functools.partial(_PROGRAM_BUILDERS[key[0]], model, *key[1:]))
+
+
+def _generate(model: BaseModel, config: DecodeConfig, params: Params, prompts: jax.Array,
+              lengths: jax.Array, knobs: Knobs) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return SEARCHES[config.method](model, params, prompts, lengths, config, knobs,
+                                   model.config.pad_id)
+
+
+def _score(model: BaseModel, params: Params, batch: dict[str, jax.Array]) -> jax.Array:
+    logits = model.logits(params, batch).astype(jnp.float32)  # [b, l, v]
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    targets = batch["decoder_target_tokens"]  # [b, l]
+    target_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(target_log_probs * batch["decoder_loss_weights"], axis=-1)  # [b]
+
+
+_PROGRAM_BUILDERS: dict[str, Callable] = {"generate": _generate, "score": _score}

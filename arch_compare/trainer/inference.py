@@ -1,0 +1,189 @@
+"""Scoring and generating with a trained model: `evaluate` (seqio metrics) and `infer`
+(predictions JSONL).
+
+Both read any checkpoint this project knows — a training directory (`MODEL_DIR`, its newest
+checkpoint), a native checkpoint or a Hugging Face directory — and feed models through the same
+feature converter as training, so prompts are exactly what the model was trained to continue:
+for a decoder-only model the start token, the inputs and their EOS; for an encoder-decoder model
+the encoder inputs (UL2's mode token included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import seqio
+from tqdm import tqdm
+
+from arch_compare.data.converters import feature_converter_for
+from arch_compare.decoding.search import DecodeConfig, generate, score
+from arch_compare.models.hf import load_hf_checkpoint
+from arch_compare.models.hf.checkpoint import CheckpointError
+from arch_compare.models.model import BaseModel, Params
+from arch_compare.models.native import is_native_checkpoint, load_model
+from arch_compare.trainer.checkpoints import CHECKPOINT_DIR
+from arch_compare_tasks.registry import seqio_task
+
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig:
+    checkpoint_path: str  # a training MODEL_DIR, a native checkpoint or an HF directory
+    output_path: str  # a directory for metrics.json / predictions.jsonl
+    feature_lengths: dict  # {"inputs": ..., "targets": ...}
+    batch_size: int
+    decode: DecodeConfig
+    split: str = "validation"
+
+    def __post_init__(self):
+        if self.batch_size <= 0:
+            raise ValueError(f"InferenceConfig.batch_size must be positive, got {self.batch_size}")
+
+
+def load_params(model: BaseModel, path: str | Path) -> Params:
+    """Parameters for `model` from a training directory, a native checkpoint or an HF directory."""
+    path = Path(path)
+    if (path / CHECKPOINT_DIR).is_dir():
+        with ocp.CheckpointManager(path / CHECKPOINT_DIR, item_names=("state", "data")) as manager:
+            step = manager.latest_step()
+            if step is None:
+                raise CheckpointError(f"{path / CHECKPOINT_DIR}: no checkpoint to read")
+            try:
+                state = manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore()))["state"]
+            except Exception as error:
+                raise CheckpointError(f"{path / CHECKPOINT_DIR / str(step)}: cannot restore "
+                                      f"({error})") from error
+        params = state["params"]
+    elif is_native_checkpoint(path):
+        params = load_model(path)[1]
+    elif (path / "config.json").is_file():
+        params = load_hf_checkpoint(path)[1]
+    else:
+        raise CheckpointError(f"{path}: neither a training directory ({CHECKPOINT_DIR}/), a "
+                              f"native checkpoint nor a Hugging Face directory (config.json)")
+    expected = jax.tree.map(lambda x: x.shape, model.abstract_params())
+    if jax.tree.map(lambda x: tuple(x.shape), params) != expected:
+        raise CheckpointError(f"{path}: its parameters do not fit the configured model")
+    return jax.tree.map(lambda x: np.asarray(x, model.config.weight_dtype), params)
+
+
+def prompts_of(model: BaseModel, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The prompt each converted example asks the model to continue: [b, p] and lengths [b]."""
+    if model.config.is_encoder_decoder:
+        tokens = batch["encoder_input_tokens"]
+        return tokens, (tokens != 0).sum(axis=1)
+    # Prefix LM: the start token, the inputs and their EOS are marked as the causal prefix.
+    return batch["decoder_input_tokens"], batch["decoder_causal_attention"].sum(axis=1)
+
+
+def _batches(dataset: Iterable, batch_size: int) -> Iterable[tuple[list[int], dict]]:
+    """(indices, features) in fixed-size batches; the last is padded by repeating its first row,
+    so one compiled program serves every batch."""
+    indices, rows = [], []
+    for index, features in dataset:
+        indices.append(int(index))
+        rows.append(features)
+        if len(rows) == batch_size:
+            yield indices, _stack(rows, batch_size)
+            indices, rows = [], []
+    if rows:
+        yield indices, _stack(rows, batch_size)
+
+
+def _stack(rows: list[dict], batch_size: int) -> dict[str, np.ndarray]:
+    rows = rows + [rows[0]] * (batch_size - len(rows))
+    return {name: np.stack([row[name] for row in rows]) for name in rows[0]}
+
+
+def _decode_config(config: InferenceConfig, vocabulary: seqio.Vocabulary) -> DecodeConfig:
+    if config.decode.eos_id is None and vocabulary.eos_id is not None:
+        return dataclasses.replace(config.decode, eos_id=vocabulary.eos_id)
+    return config.decode
+
+
+def evaluate(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary,
+             tasks: Sequence[str], config: InferenceConfig, *, progress: bool = True
+             ) -> dict[str, dict[str, float]]:
+    """Run seqio's Evaluator on each task and write `metrics.json`; returns task -> metrics."""
+    converter = feature_converter_for(model.config, vocabulary)
+    decode = _decode_config(config, vocabulary)
+
+    def predict_fn(dataset):
+        outputs = []
+        for indices, batch in tqdm(_batches(dataset.as_numpy_iterator(), config.batch_size),
+                                   desc="generate", disable=not progress):
+            prompts, lengths = prompts_of(model, batch)
+            tokens = np.asarray(generate(model, params, prompts, decode, lengths=lengths).tokens)
+            outputs += [(index, tokens[row].tolist()) for row, index in enumerate(indices)]
+        return outputs
+
+    def score_fn(dataset):
+        outputs = []
+        for indices, batch in tqdm(_batches(dataset.as_numpy_iterator(), config.batch_size),
+                                   desc="score", disable=not progress):
+            scores = np.asarray(score(model, params, batch))
+            outputs += [(index, float(scores[row])) for row, index in enumerate(indices)]
+        return outputs
+
+    results = {}
+    for name in tasks:
+        task = seqio_task(name, vocabulary)
+        evaluator = seqio.Evaluator(task.name, converter, eval_split=config.split,
+                                    sequence_length=dict(config.feature_lengths),
+                                    use_memory_cache=False)
+        metrics, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn,
+                                        score_fn=score_fn)
+        results[name] = {key: float(value) for key, value in metrics.result()[task.name].items()}
+    output = Path(config.output_path)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / METRICS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def infer(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary, task_name: str,
+          config: InferenceConfig, *, progress: bool = True) -> Path:
+    """Generate for every example of a task's split and write `predictions.jsonl`."""
+    task = seqio_task(task_name, vocabulary)
+    lengths = dict(config.feature_lengths)
+    examples = task.get_dataset(lengths, split=config.split, shuffle=False, use_cached=False)
+    converted = feature_converter_for(model.config, vocabulary)(examples, lengths)
+    decode = _decode_config(config, vocabulary)
+    output = Path(config.output_path)
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / PREDICTIONS_FILE
+    # Same order on both sides (no shuffling, no packing): the text beside its model features.
+    rows = ((index, {**converted_row, **{f"text:{name}": value for name, value in row.items()
+                                         if np.ndim(value) == 0}})
+            for index, (row, converted_row) in enumerate(zip(examples.as_numpy_iterator(),
+                                                             converted.as_numpy_iterator())))
+    with path.open("w") as handle:
+        for indices, batch in tqdm(_batches(rows, config.batch_size),
+                                   desc=f"infer {task_name}", disable=not progress):
+            prompts, prompt_lengths = prompts_of(model, batch)
+            generated = generate(model, params, prompts, decode, lengths=prompt_lengths)
+            tokens, scores = np.asarray(generated.tokens), np.asarray(generated.scores)
+            for row, index in enumerate(indices):
+                text = lambda name: _text(batch[f"text:{name}"][row])
+                handle.write(json.dumps({
+                    "index": index,
+                    "id": text("id") if "text:id" in batch else str(index),
+                    "inputs": text("inputs_pretokenized"),
+                    "target": text("targets_pretokenized"),
+                    "prediction": vocabulary.decode(tokens[row].tolist()),
+                    "score": float(scores[row])}) + "\n")
+    return path
+
+
+def _text(value) -> str:
+    if isinstance(value, (bytes, np.bytes_)):
+        return value.decode("utf-8")
+    return str(value.item() if isinstance(value, np.generic) else value)
