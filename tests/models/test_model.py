@@ -126,14 +126,19 @@ def test_bfloat16_parameters_and_activations():
     assert logits.dtype == jnp.bfloat16 and bool(jnp.isfinite(logits).all())
 
 
+def _batch_for(model, seed, target_length, input_length):
+    rng = np.random.default_rng(seed)
+    batch = {"decoder_input_tokens": _random_tokens(rng, target_length, 512)}
+    if model.config.is_encoder_decoder:
+        batch["encoder_input_tokens"] = _random_tokens(rng, input_length, 512)
+    return batch
+
+
 @pytest.mark.parametrize("name", ["llama-tiny", "t5-tiny"])
 def test_unrolled_layers_equal_scanned_layers(name):
     model, params = tiny_model(name)
     unrolled = build_model(PRESETS[name].replace(scan_layers=False))
-    rng = np.random.default_rng(3)
-    batch = {"decoder_input_tokens": _random_tokens(rng, 12, 512)}
-    if model.config.is_encoder_decoder:
-        batch["encoder_input_tokens"] = _random_tokens(rng, 9, 512)
+    batch = _batch_for(model, 3, 12, 9)
     np.testing.assert_allclose(unrolled.logits(params, batch), model.logits(params, batch),
                                atol=1e-5)
 
@@ -142,10 +147,7 @@ def test_unrolled_layers_equal_scanned_layers(name):
 def test_rematerialised_layers_give_the_same_gradients(name):
     model, params = tiny_model(name)
     remat = build_model(PRESETS[name].replace(remat_layers=True))
-    rng = np.random.default_rng(4)
-    batch = {"decoder_input_tokens": _random_tokens(rng, 10, 512)}
-    if model.config.is_encoder_decoder:
-        batch["encoder_input_tokens"] = _random_tokens(rng, 7, 512)
+    batch = _batch_for(model, 4, 10, 7)
 
     def loss(m):
         return lambda p: jnp.mean(jax.nn.log_softmax(m.logits(p, batch))[..., 5])
