@@ -10,7 +10,10 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from arch_compare import optim
+from arch_compare.models import build_model, get_preset
+from arch_compare.models.hf import save_hf_checkpoint
 from arch_compare.models.hf.checkpoint import CheckpointError
+from arch_compare.models.native import save_model
 from arch_compare.trainer.loop import TrainingDiverged
 
 
@@ -77,3 +80,22 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
     assert kept[-1] == step
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(line["loss"]) for line in lines)
+
+
+SAVERS = {"hf": lambda model, params, path: save_hf_checkpoint(model, params, path),
+          "native": lambda model, params, path: save_model(path, model, params)}
+
+
+@pytest.mark.parametrize("kind", list(SAVERS))
+def test_training_starts_from_an_initial_checkpoint(tmp_path, run_training, kind):
+    model = build_model(get_preset("llama-tiny"))
+    start = model.init(jax.random.key(42))
+    SAVERS[kind](model, start, tmp_path / "init")
+    tiny_steps = optim.OptimizerConfig("adamw", optim.ScheduleConfig(1e-9))
+    result = run_training(tmp_path / "run", "llama-tiny", steps=1, optimizer=tiny_steps,
+                          initial_checkpoint_path=str(tmp_path / "init"))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+                 result.state.params, start)
+    with pytest.raises(CheckpointError, match="do not fit the configured model"):
+        run_training(tmp_path / "other", "llama-tiny", steps=1, overrides={"d_ff": 96},
+                     initial_checkpoint_path=str(tmp_path / "init"))
