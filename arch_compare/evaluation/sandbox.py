@@ -48,7 +48,6 @@ import logging
 import os
 import pwd
 import re
-import selectors
 import shutil
 import signal
 import subprocess
@@ -56,6 +55,8 @@ import sys
 import tempfile
 import time
 from typing import Callable
+
+from arch_compare.evaluation.supervision import OutputTail, supervise
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,6 @@ _SIGNAL_BASE = 128
 # Signals the kernel sends for a limit: CPU soft/hard limit, file size limit; SIGKILL is also what
 # the OOM killer sends.
 _RESOURCE_SIGNALS = (signal.SIGXCPU, signal.SIGKILL, signal.SIGXFSZ)
-_KILL_GRACE_S = 5.0  # how long to wait for killed processes to close their pipes
-_READ_CHUNK = 65536
 
 
 class Status(str, enum.Enum):
@@ -381,90 +380,14 @@ def _run_in(workdir: str, source: str, limits: SandboxLimits,
         return SandboxResult(Status.SANDBOX_ERROR, None, time.monotonic() - start, "", "", False,
                              f"could not start the sandbox: {error}", workdir, isolation.mode)
     with process:
-        stdout, stderr = _Tail(limits.max_output_bytes), _Tail(limits.max_output_bytes)
-        timed_out = _supervise(process, {process.stdout: stdout, process.stderr: stderr},
+        stdout, stderr = OutputTail(limits.max_output_bytes), OutputTail(limits.max_output_bytes)
+        timed_out = supervise(process, {process.stdout: stdout, process.stderr: stderr},
                                start + limits.timeout_s)
         exit_code = process.wait()
     duration = time.monotonic() - start
     status, detail = _classify(exit_code, timed_out, stderr.text(), limits)
     return SandboxResult(status, exit_code, duration, stdout.text(), stderr.text(),
                          stdout.truncated or stderr.truncated, detail, workdir, isolation.mode)
-
-
-class _Tail:
-    """The last `limit` bytes written to a stream."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.data = bytearray()
-        self.truncated = False
-
-    def add(self, chunk: bytes) -> None:
-        self.data += chunk
-        if len(self.data) > self.limit:
-            del self.data[:len(self.data) - self.limit]
-            self.truncated = True
-
-    def text(self) -> str:
-        return self.data.decode("utf-8", errors="replace")
-
-
-def _supervise(process: subprocess.Popen, tails: dict, deadline: float) -> bool:
-    """Collect output until the program ends or the deadline passes; kill what is left.
-
-    Returns whether the deadline passed. The process group is killed while its leader is still
-    unreaped (a zombie at worst), so its id cannot have been reused by an unrelated group.
-    """
-    selector = selectors.DefaultSelector()
-    for pipe in tails:
-        selector.register(pipe, selectors.EVENT_READ)
-    exit_fd = os.pidfd_open(process.pid)  # becomes readable when the leader exits
-    selector.register(exit_fd, selectors.EVENT_READ)
-    timed_out = False
-    try:
-        try:
-            while not _has_exited(process.pid):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    timed_out = True
-                    break
-                _read_ready(selector, tails, remaining)
-        finally:
-            # Runs on every path: ends the program at the deadline, stray children after a normal
-            # exit (`process_group` mode; a finished namespace is already empty), and everything
-            # when the caller is interrupted.
-            _kill_group(process.pid)
-        selector.unregister(exit_fd)
-        grace = time.monotonic() + _KILL_GRACE_S
-        while selector.get_map() and time.monotonic() < grace:
-            _read_ready(selector, tails, grace - time.monotonic())
-    finally:
-        selector.close()
-        os.close(exit_fd)
-    return timed_out
-
-
-def _read_ready(selector: selectors.BaseSelector, tails: dict, timeout: float) -> None:
-    for key, _ in selector.select(timeout):
-        if key.fileobj not in tails:
-            continue  # the exit notification; the caller's loop condition handles it
-        chunk = os.read(key.fileobj.fileno(), _READ_CHUNK)
-        if chunk:
-            tails[key.fileobj].add(chunk)
-        else:
-            selector.unregister(key.fileobj)
-
-
-def _has_exited(pid: int) -> bool:
-    # WNOWAIT leaves the zombie in place so the group id stays reserved until we kill the group.
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 # "OSError: ..." / "BlockingIOError: [Errno 11] ..." at the start of a traceback's last line.

@@ -1,6 +1,5 @@
 """Study grids: every run priced, most expensive first, evaluations counted, calibration."""
 
-from pathlib import Path
 
 import pytest
 

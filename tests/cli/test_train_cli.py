@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import pytest
 
 from arch_compare.cli import main
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import seqio
 
 from arch_compare.data.converters import MODE_TOKENS, feature_converter_for
 from arch_compare.data.vocabularies import load_vocabulary
