@@ -43,6 +43,7 @@ SCORE_FEATURES = ("decoder_target_tokens", "decoder_loss_weights")
 # Fills the left padding of prompts: any valid id works (padding is masked), but a pad id outside
 # the vocabulary (GPT-2 checkpoints may declare one) would embed as NaN.
 PROMPT_FILL = 0
+PROMPT_WIDTH_MULTIPLE = 16
 
 
 class Generation(NamedTuple):
@@ -59,6 +60,10 @@ def generate(model: BaseModel, params: Params, prompts: Sequence[Sequence[int]] 
         raise ValueError(f"DecodeConfig.eos_id={config.eos_id} is outside the model's "
                          f"vocabulary [0, {vocab_size})")
     tokens, lengths = left_pad(prompts, lengths, vocab_size)
+    # Prompt widths rounded up: batches of similar prompts share one compiled search instead of
+    # compiling one per exact width (extra left padding is masked like any other).
+    extra = -tokens.shape[1] % PROMPT_WIDTH_MULTIPLE
+    tokens = np.pad(tokens, ((0, 0), (extra, 0)), constant_values=PROMPT_FILL)
     search = _compiled(model, ("generate", config.static()))
     return Generation(*search(params, tokens, lengths, config.knobs(model.config.eos_id)))
 
