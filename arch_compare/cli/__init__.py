@@ -14,13 +14,14 @@ from types import ModuleType
 # TensorFlow (under seqio) logs start-up chatter at INFO; keep the terminal for results.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from arch_compare.cli import budget, convert, presets, runs, tasks
+from arch_compare.cli import budget, convert, presets, runs, serve, tasks
 
 COMMANDS: dict[str, ModuleType | runs.RunCommand] = {
     "presets": presets,
     "convert": convert,
     "budget": budget,
     "tasks": tasks,
+    "serve": serve,
     **runs.RUN_COMMANDS,
 }
 

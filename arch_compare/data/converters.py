@@ -93,3 +93,13 @@ def feature_converter_for(config: ModelConfig, vocabulary: seqio.Vocabulary | No
     mode_ids = tuple(vocabulary.encode(mode_text)) if mode_text else ()
     return CONVERTERS[config.arch](decoder_start_id=config.decoder_start_id, mode_ids=mode_ids,
                                    pack=pack)
+
+
+def prompt_tokens(config: ModelConfig, vocabulary: seqio.Vocabulary, inputs: str) -> list[int]:
+    """The tokens a converted example puts before the model's first target token, for `inputs`
+    text (untruncated): the mode token (UL2), the inputs and EOS; a decoder-only model reads its
+    start token first. What a model generating from an `inputs` string must be given."""
+    mode_text = MODE_TOKENS.get(config.family)
+    mode_ids = list(vocabulary.encode(mode_text)) if mode_text else []
+    tokens = mode_ids + list(vocabulary.encode(inputs)) + [vocabulary.eos_id]
+    return tokens if config.is_encoder_decoder else [config.decoder_start_id] + tokens

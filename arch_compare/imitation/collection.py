@@ -1,0 +1,331 @@
+"""Collecting a target's answers: cached, resumable, retried and rate-limited.
+
+    result = collect(target, prompts, GenerationSettings(max_tokens=512), "answers.jsonl")
+    export_openai_chat("answers.jsonl", "imitation.jsonl")  # successes only, as training data
+
+The cache is one append-only JSON-lines file. Every record carries the answer's `key`
+(`cache_key(target.name, prompt, settings)`), the prompt id, the messages, the settings, the
+target's name and either `response` (the answer) or `error` (with `transient` and the number of
+`attempts`). Each record is flushed and fsynced as it is written, so a collector killed at any
+moment loses at most the answers in flight; running it again skips every key already answered.
+
+What a rerun does with a key, by its records so far:
+- any `response`: done, never asked again (one success per key, so nothing is duplicated);
+- last record a transient error (retries ran out: a server down, rate limits): asked again;
+- last record a permanent error (HTTP 400, an empty answer): kept as it is unless
+  `retry_failed=True`.
+
+A kill can leave the last line cut short (no final newline); it is dropped and overwritten. Any
+other line that does not parse is an error naming `file:line`: the file was edited or damaged,
+and guessing would risk answers silently lost or duplicated. Two collectors cannot append to one
+file at once (an exclusive lock says so). Errors are recorded to be seen, never exported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from tqdm import tqdm
+
+from arch_compare.data.conversations import Turn
+from arch_compare.imitation.targets import GenerationSettings, Prompt, Reply, Target, cache_key
+
+# Every record has these; a success adds `response`, a failure `error`, `transient`, `attempts`.
+RECORD_FIELDS = ("key", "prompt_id", "messages", "settings", "target")
+
+
+class CacheError(ValueError):
+    """A cache file that cannot be read safely (the message names file:line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectionResult:
+    """What a `collect` call found and did; every count is in distinct prompts (cache keys)."""
+
+    path: Path
+    total: int  # distinct prompts asked for
+    cached: int  # answered before this call
+    collected: int  # answered by this call
+    failed: int  # permanent errors: not retried unless retry_failed=True
+    retry_later: int  # transient errors that ran out of attempts: asked again next time
+
+    def __post_init__(self):
+        counts = (self.cached, self.collected, self.failed, self.retry_later)
+        if min(counts) < 0 or sum(counts) != self.total:
+            raise ValueError(f"CollectionResult: counts {counts} must be >= 0 and add up to "
+                             f"total={self.total}")
+
+    @property
+    def answered(self) -> int:
+        return self.cached + self.collected
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectedAnswer:
+    """A successful record of the cache."""
+
+    key: str
+    prompt: Prompt
+    settings: GenerationSettings
+    target: str
+    response: str
+
+
+# --- Reading the cache ----------------------------------------------------------------------------
+
+def _records(path: Path) -> Iterator[tuple[int, int, dict]]:
+    """(line number, offset after the line, record) for every complete line; a last line
+    without its newline (a write cut short by a kill) is not complete."""
+    offset = 0
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.endswith(b"\n"):
+                return
+            offset += len(line)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                _check_record(record)
+            except (ValueError, TypeError) as error:
+                raise CacheError(f"{path}:{number}: not a cache record ({error}); the file was "
+                                 f"edited or damaged — fix or remove that line") from None
+            yield number, offset, record
+
+
+def _check_record(record) -> None:
+    if not isinstance(record, dict):
+        raise TypeError(f"expected a JSON object, got {type(record).__name__}")
+    missing = [name for name in RECORD_FIELDS if name not in record]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    if ("response" in record) == ("error" in record):
+        raise ValueError("needs exactly one of 'response' and 'error'")
+    if "response" in record and not (isinstance(record["response"], str)
+                                     and record["response"].strip()):
+        raise ValueError("'response' must be a non-empty string")
+
+
+def _latest(path: Path) -> tuple[dict[str, dict], int]:
+    """key -> the record that decides it (its success, else its last error), and the size of the
+    file's complete lines."""
+    latest, size = {}, 0
+    if path.exists():
+        for _, size, record in _records(path):
+            if "response" not in latest.get(record["key"], {}):
+                latest[record["key"]] = record
+    return latest, size
+
+
+def load_collected(cache_path: str | os.PathLike, *, target: str | None = None
+                   ) -> list[CollectedAnswer]:
+    """Every answered prompt in the cache (one per key, in the order first answered), optionally
+    only those of one target name."""
+    answers = []
+    for record in _latest(Path(cache_path))[0].values():
+        if "response" in record and target in (None, record["target"]):
+            turns = tuple(Turn(m["role"], m["content"]) for m in record["messages"])
+            answers.append(CollectedAnswer(
+                key=record["key"], prompt=Prompt(record["prompt_id"], turns),
+                settings=GenerationSettings(**record["settings"]), target=record["target"],
+                response=record["response"]))
+    return answers
+
+
+def export_openai_chat(cache_path: str | os.PathLike, out_path: str | os.PathLike, *,
+                       target: str | None = None) -> tuple[Path, int]:
+    """Write the answered prompts as OpenAI chat JSONL (`{"id", "messages"}`, the answer as the
+    last, assistant, message), the "openai_chat" format of `arch_compare_tasks.readers`.
+
+    Note that the reader makes an example of every assistant turn; earlier assistant turns of a
+    multi-turn history are exported as they were given. Ids must be unique: collect different
+    targets or settings into different files, or pass `target`.
+    """
+    answers = load_collected(cache_path, target=target)
+    seen: dict[str, str] = {}
+    for answer in answers:
+        if answer.prompt.prompt_id in seen:
+            raise ValueError(f"{cache_path}: prompt id {answer.prompt.prompt_id!r} is answered "
+                             f"twice (keys {seen[answer.prompt.prompt_id][:12]}…, "
+                             f"{answer.key[:12]}…: other settings or targets); export one "
+                             f"target or settings at a time")
+        seen[answer.prompt.prompt_id] = answer.key
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    with partial.open("w", encoding="utf-8") as handle:
+        for answer in answers:
+            messages = answer.prompt.messages() + [{"role": "assistant",
+                                                    "content": answer.response}]
+            handle.write(json.dumps({"id": answer.prompt.prompt_id, "messages": messages},
+                                    ensure_ascii=False) + "\n")
+    partial.replace(out)  # readers never see half a file
+    return out, len(answers)
+
+
+# --- Writing the cache ----------------------------------------------------------------------------
+
+class _CacheWriter:
+    """Appends records durably to a cache file held under an exclusive lock."""
+
+    def __init__(self, path: Path, complete_size: int):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = path.open("ab")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.close()
+            raise CacheError(f"{path}: another collector is writing this cache") from None
+        # Drop a line cut short by a kill; the locked file cannot have grown since it was read.
+        self._handle.truncate(complete_size)
+
+    def write(self, record: dict) -> None:
+        self._handle.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()  # also releases the lock
+
+
+class _RateLimit:
+    """At most `per_second` requests per second on average; None: no limit."""
+
+    def __init__(self, per_second: float | None):
+        if per_second is not None and not per_second > 0:
+            raise ValueError(f"requests_per_second must be positive, got {per_second}")
+        self._interval = 1.0 / per_second if per_second else 0.0
+        self._next = time.monotonic()
+
+    def wait(self, requests: int) -> None:
+        """Sleep until `requests` more may start (targets send one request per prompt)."""
+        delay = self._next - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        self._next = max(self._next, time.monotonic()) + requests * self._interval
+
+
+def _backoff_delay(attempt: int, backoff: float, max_backoff: float, reply: Reply) -> float:
+    """Exponential (backoff * 2**(attempt-1)), capped, with up to 50% jitter so that clients
+    failing together do not retry together; never sooner than the server's Retry-After (which
+    `max_backoff` does not cap: the server knows how long it needs)."""
+    delay = min(max_backoff, backoff * 2 ** (attempt - 1))
+    delay *= 1 + 0.5 * random.random()
+    return max(delay, reply.retry_after or 0.0)
+
+
+def collect(target: Target, prompts: Sequence[Prompt], settings: GenerationSettings,
+            cache_path: str | os.PathLike, *, max_attempts: int = 5, backoff: float = 1.0,
+            max_backoff: float = 60.0, requests_per_second: float | None = None,
+            batch_size: int | None = None, retry_failed: bool = False,
+            progress: bool = True) -> CollectionResult:
+    """Ask `target` for every prompt not yet answered in `cache_path` (see the module doc).
+
+    `batch_size` prompts go to the target per call (default: the target's own `batch_size`, else
+    1); a transient error is retried up to `max_attempts` times in all, `backoff` seconds after
+    the first failure, doubling up to `max_backoff`. `requests_per_second` counts one request
+    per prompt.
+    """
+    if max_attempts < 1 or backoff < 0 or max_backoff < 0:
+        raise ValueError("collect: max_attempts must be >= 1 and backoff, max_backoff >= 0")
+    batch_size = batch_size or getattr(target, "batch_size", 1)
+    if batch_size < 1:
+        raise ValueError(f"collect: batch_size must be positive, got {batch_size}")
+    path = Path(cache_path)
+    unique = {cache_key(target.name, prompt, settings): prompt for prompt in prompts}
+    latest, complete_size = _latest(path)
+
+    def settled(key: str) -> bool:
+        record = latest.get(key)
+        return record is not None and ("response" in record or not (
+            record.get("transient") or retry_failed))
+
+    cached = sum("response" in latest.get(key, {}) for key in unique)
+    pending = [key for key in unique if not settled(key)]
+    limit = _RateLimit(requests_per_second)
+    writer = _CacheWriter(path, complete_size)
+    collected = 0
+    try:
+        with tqdm(total=len(pending), desc=f"collect {target.name}", unit="prompt",
+                  disable=not progress) as bar:
+            for start in range(0, len(pending), batch_size):
+                batch = pending[start:start + batch_size]
+                for key, reply, attempts in _ask(target, [(k, unique[k]) for k in batch],
+                                                 settings, limit, max_attempts, backoff,
+                                                 max_backoff):
+                    record = {"key": key, "prompt_id": unique[key].prompt_id,
+                              "messages": unique[key].messages(),
+                              "settings": settings.to_dict(), "target": target.name}
+                    if reply.ok:
+                        record["response"] = reply.text
+                        collected += 1
+                    else:
+                        record.update(error=reply.error or "the target answered with no text",
+                                      transient=bool(reply.error and reply.transient))
+                    record["attempts"] = attempts
+                    writer.write(record)
+                    latest[key] = record
+                    bar.update(1)
+    finally:
+        writer.close()
+    final = [latest.get(key) for key in unique]
+    failures = [record for record in final if record is not None and "error" in record]
+    return CollectionResult(
+        path=path, total=len(unique), cached=cached, collected=collected,
+        failed=sum(not record.get("transient") for record in failures),
+        retry_later=sum(bool(record.get("transient")) for record in failures))
+
+
+def _ask(target: Target, batch: list[tuple[str, Prompt]], settings: GenerationSettings,
+         limit: _RateLimit, max_attempts: int, backoff: float, max_backoff: float
+         ) -> Iterator[tuple[str, Reply, int]]:
+    """(key, final reply, attempts) for each prompt of `batch`, as each is settled: retries go
+    to the target together, after the longest delay any of them needs."""
+    for attempt in range(1, max_attempts + 1):
+        limit.wait(len(batch))
+        replies = target.complete([prompt for _, prompt in batch], settings)
+        if len(replies) != len(batch):
+            raise RuntimeError(f"target {target.name!r} returned {len(replies)} replies for "
+                               f"{len(batch)} prompts")
+        retry = []
+        for (key, prompt), reply in zip(batch, replies):
+            if reply.error and reply.transient and attempt < max_attempts:
+                retry.append(((key, prompt), reply))
+            else:
+                yield key, reply, attempt
+        if not retry:
+            return
+        time.sleep(max(_backoff_delay(attempt, backoff, max_backoff, reply)
+                       for _, reply in retry))
+        batch = [item for item, _ in retry]
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedTarget:
+    """A target whose answers go through a collection cache: each prompt is asked once (with
+    retries), a restarted caller reuses what was already paid for, and a prompt that still has
+    no answer comes back as an error reply, never as empty text."""
+
+    target: Target
+    cache_path: Path
+    progress: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    def complete(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Reply]:
+        collect(self.target, prompts, settings, self.cache_path, progress=self.progress)
+        answers = {answer.key: answer.response for answer in load_collected(self.cache_path)}
+        keys = [cache_key(self.target.name, prompt, settings) for prompt in prompts]
+        return [Reply(text=answers[key]) if key in answers else
+                Reply(error=f"no answer in {self.cache_path} (its last error is recorded there; "
+                            f"run again to retry)")
+                for key in keys]

@@ -1,0 +1,298 @@
+"""The results database of imitation studies: one SQLite file, any number of studies.
+
+The study runner writes here as it goes and the report reads only from here (it never imports the
+trainer or the models). A run is one row keyed by `(study, run_id)`; its metrics and sample outputs
+hang off that key, and every write is an upsert on it, so a resumed study rewrites the rows it
+repeats instead of adding duplicates. Two studies can share one file: rows carry the study's name,
+and registering a name that already holds a study of a different configuration is refused rather
+than mixed into it.
+
+SQLite runs in WAL mode with a busy timeout, so a report can read while a study writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+DATABASE_FILE = "results.sqlite"
+ROLES = ("base", "imitation", "target")
+STATUSES = ("pending", "running", "done", "failed")
+METRIC_KINDS = ("capability", "style", "other")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    name TEXT PRIMARY KEY,
+    config_json TEXT NOT NULL,      -- the study's whole configuration
+    config_hash TEXT NOT NULL,
+    directory TEXT NOT NULL,        -- where its per-run files live
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    study TEXT NOT NULL REFERENCES studies(name),
+    run_id TEXT NOT NULL,           -- e.g. "imitation/llama-tiny/broad/256"
+    role TEXT NOT NULL,             -- base | imitation | target
+    model TEXT NOT NULL,            -- the model's name in tables and plots
+    architecture TEXT NOT NULL,     -- decoder_only | encoder_decoder | target
+    family TEXT NOT NULL,
+    parameters INTEGER,             -- NULL for targets of unknown size
+    data_source TEXT,               -- imitation runs only
+    data_examples INTEGER,
+    data_tokens INTEGER,            -- in the model's own tokens
+    data_reference_tokens INTEGER,  -- in the study's reference tokenizer
+    status TEXT NOT NULL,
+    config_json TEXT NOT NULL,      -- the exact configuration of the run
+    estimate_json TEXT,             -- budget module: FLOPs, chip-hours, dollars
+    measured_json TEXT,             -- wall-clock seconds, steps, tokens/s, FLOPs run
+    error TEXT,
+    started REAL,
+    finished REAL,
+    PRIMARY KEY (study, run_id)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    study TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    kind TEXT NOT NULL,             -- capability | style | other
+    value REAL,                     -- NULL when undefined (NaN)
+    PRIMARY KEY (study, run_id, task, metric),
+    FOREIGN KEY (study, run_id) REFERENCES runs(study, run_id)
+);
+CREATE TABLE IF NOT EXISTS samples (
+    study TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    example_id TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    output TEXT NOT NULL,
+    reference TEXT NOT NULL,
+    PRIMARY KEY (study, run_id, task, example_id),
+    FOREIGN KEY (study, run_id) REFERENCES runs(study, run_id)
+);
+"""
+
+
+class StudyConflict(ValueError):
+    """A study name already used in this database by a study of another configuration."""
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    name: str
+    config: dict
+    directory: str
+    created: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One row of `runs`: a base model, an imitation model or the target, and how it went."""
+
+    run_id: str
+    role: str
+    model: str
+    architecture: str
+    family: str
+    config: dict
+    status: str = "pending"
+    parameters: int | None = None
+    data_source: str | None = None
+    data_examples: int | None = None
+    data_tokens: int | None = None
+    data_reference_tokens: int | None = None
+    estimate: dict | None = None
+    measured: dict | None = None
+    error: str | None = None
+    started: float | None = None
+    finished: float | None = None
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"run {self.run_id!r}: role must be one of {ROLES}, got {self.role!r}")
+        if self.status not in STATUSES:
+            raise ValueError(f"run {self.run_id!r}: status must be one of {STATUSES}, "
+                             f"got {self.status!r}")
+        if self.role == "imitation" and (self.data_source is None or self.data_examples is None):
+            raise ValueError(f"run {self.run_id!r}: an imitation run needs data_source and "
+                             f"data_examples")
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    run_id: str
+    task: str
+    metric: str
+    kind: str
+    value: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    run_id: str
+    task: str
+    example_id: str
+    prompt: str
+    output: str
+    reference: str
+
+
+_RUN_JSON = ("config", "estimate", "measured")
+
+
+def _dump(value) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True)
+
+
+class ResultsStore:
+    """Reads and writes one results database; `path` is the file or a directory holding it."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if path.is_dir():
+            path = path / DATABASE_FILE
+        if not path.exists() and not path.parent.is_dir():
+            raise FileNotFoundError(f"{path}: its directory does not exist")
+        self.path = path
+        try:
+            self._connection = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA foreign_keys=ON")
+            self._connection.executescript(SCHEMA)
+        except sqlite3.DatabaseError as error:
+            raise ValueError(f"{path}: not a results database ({error})") from None
+        self._connection.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> "ResultsStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._connection
+        except BaseException:
+            self._connection.execute("ROLLBACK")
+            raise
+        self._connection.execute("COMMIT")
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def register_study(self, name: str, config: Mapping[str, Any], directory: str | Path) -> Study:
+        """Create the study, or return it if it exists with the same configuration."""
+        digest = config_hash(config)
+        with self._transaction() as db:
+            row = db.execute("SELECT config_hash FROM studies WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO studies VALUES (?, ?, ?, ?, ?)",
+                           (name, _dump(dict(config)), digest, str(directory), time.time()))
+            elif row["config_hash"] != digest:
+                raise StudyConflict(
+                    f"{self.path}: holds a study named {name!r} with another configuration; "
+                    f"give this study another name (or use another database)")
+        return self.study(name)
+
+    def put_run(self, study: str, run: Run) -> None:
+        """Insert or replace the run's row (its metrics and samples are kept)."""
+        fields = dataclasses.asdict(run)
+        values = {name: _dump(fields[name]) if name in _RUN_JSON else fields[name]
+                  for name in fields}
+        columns = ["study", *(("config_json" if n == "config" else f"{n}_json" if n in _RUN_JSON
+                               else n) for n in values)]
+        placeholders = ", ".join("?" * len(columns))
+        updates = ", ".join(f"{column} = excluded.{column}" for column in columns[2:])
+        with self._transaction() as db:
+            db.execute(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({placeholders}) "
+                       f"ON CONFLICT (study, run_id) DO UPDATE SET {updates}",
+                       (study, *values.values()))
+
+    def put_metrics(self, study: str, run_id: str, task: str, values: Mapping[str, float],
+                    kinds: Mapping[str, str] | None = None) -> None:
+        """Upsert one task's metrics; `kinds` maps metric -> capability | style (default other)."""
+        kinds = kinds or {}
+        rows = []
+        for metric, value in values.items():
+            kind = kinds.get(metric, "other")
+            if kind not in METRIC_KINDS:
+                raise ValueError(f"metric {task}/{metric}: kind must be one of {METRIC_KINDS}, "
+                                 f"got {kind!r}")
+            value = None if value is None or value != value else float(value)  # NaN -> NULL
+            rows.append((study, run_id, task, metric, kind, value))
+        with self._transaction() as db:
+            db.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT "
+                           "(study, run_id, task, metric) DO UPDATE SET kind = excluded.kind, "
+                           "value = excluded.value", rows)
+
+    def put_samples(self, study: str, samples: Iterable[Sample]) -> None:
+        rows = [(study, s.run_id, s.task, s.example_id, s.prompt, s.output, s.reference)
+                for s in samples]
+        with self._transaction() as db:
+            db.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
+                           "(study, run_id, task, example_id) DO UPDATE SET prompt = "
+                           "excluded.prompt, output = excluded.output, reference = "
+                           "excluded.reference", rows)
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def studies(self) -> list[Study]:
+        rows = self._connection.execute("SELECT * FROM studies ORDER BY created").fetchall()
+        return [Study(row["name"], json.loads(row["config_json"]), row["directory"],
+                      row["created"]) for row in rows]
+
+    def study(self, name: str) -> Study:
+        for study in self.studies():
+            if study.name == name:
+                return study
+        known = ", ".join(s.name for s in self.studies()) or "none"
+        raise KeyError(f"{self.path}: no study named {name!r} (studies: {known})")
+
+    def runs(self, study: str) -> list[Run]:
+        rows = self._connection.execute(
+            "SELECT * FROM runs WHERE study = ? ORDER BY rowid", (study,)).fetchall()
+        runs = []
+        for row in rows:
+            fields = {name: row[name] for name in row.keys() if name != "study"}
+            for name in _RUN_JSON:
+                text = fields.pop(f"{name}_json")
+                fields[name] = None if text is None else json.loads(text)
+            runs.append(Run(**fields))
+        return runs
+
+    def run(self, study: str, run_id: str) -> Run | None:
+        return next((run for run in self.runs(study) if run.run_id == run_id), None)
+
+    def metrics(self, study: str) -> list[Metric]:
+        rows = self._connection.execute(
+            "SELECT run_id, task, metric, kind, value FROM metrics WHERE study = ? "
+            "ORDER BY rowid", (study,)).fetchall()
+        return [Metric(*row) for row in rows]
+
+    def samples(self, study: str, run_id: str | None = None) -> list[Sample]:
+        query, args = "SELECT * FROM samples WHERE study = ?", [study]
+        if run_id is not None:
+            query, args = query + " AND run_id = ?", args + [run_id]
+        rows = self._connection.execute(query + " ORDER BY rowid", args).fetchall()
+        return [Sample(*(row[name] for name in ("run_id", "task", "example_id", "prompt",
+                                                "output", "reference"))) for row in rows]
+
+    def row_counts(self, study: str) -> dict[str, int]:
+        """Rows per table for one study (the resume tests compare these)."""
+        return {table: self._connection.execute(
+                    f"SELECT COUNT(*) FROM {table} WHERE study = ?", (study,)).fetchone()[0]
+                for table in ("runs", "metrics", "samples")}
