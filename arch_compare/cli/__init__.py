@@ -14,7 +14,7 @@ from types import ModuleType
 # TensorFlow (under seqio) logs start-up chatter at INFO; keep the terminal for results.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from arch_compare.cli import budget, convert, presets, runs, serve, tasks
+from arch_compare.cli import budget, convert, presets, report, runs, serve, tasks
 
 COMMANDS: dict[str, ModuleType | runs.RunCommand] = {
     "presets": presets,
@@ -22,6 +22,7 @@ COMMANDS: dict[str, ModuleType | runs.RunCommand] = {
     "budget": budget,
     "tasks": tasks,
     "serve": serve,
+    "report": report,
     **runs.RUN_COMMANDS,
 }
 

@@ -1,0 +1,215 @@
+"""The report's figures, drawn with matplotlib's object API on the Agg canvas (no display, and no
+pyplot global state, so drawing here never changes another caller's backend).
+
+- one figure per metric: its value against the amount of imitation data (log x axis), one line per
+  model and data source, the base model as the leftmost point, the target as a dashed line;
+- the mean share of the gap closed against the amount, capability and style side by side;
+- style against capability, one point per imitation run (the paper's central contrast).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+
+from matplotlib.figure import Figure as MplFigure
+from matplotlib.lines import Line2D
+
+from arch_compare.report import analysis, fmt
+from arch_compare.report.analysis import GapRow
+from arch_compare.report.document import Figure
+from arch_compare.report.load import StudyData
+
+DPI = 110
+LINE_STYLES = ("-", ":", "-.", "--")
+MARKERS = ("o", "s", "^", "v", "P")
+ARCH_COLOURS = {"decoder_only": "#1f77b4", "encoder_decoder": "#d62728"}
+# How far left of the smallest amount the base model sits on the log axis (a factor).
+BASE_OFFSET = 4.0
+
+
+def _png(figure: MplFigure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight",
+                   metadata={"Software": None})  # no version stamp: same data, same bytes
+    return buffer.getvalue()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "figure"
+
+
+class _Styles:
+    """Colours per model and line styles per data source, the same in every figure."""
+
+    def __init__(self, data: StudyData):
+        palette = [f"C{i}" for i in range(10)]
+        self.colours = {m: palette[i % 10] for i, m in enumerate(analysis.models(data))}
+        sources = analysis.data_sources(data)
+        self.lines = {s: LINE_STYLES[i % len(LINE_STYLES)] for i, s in enumerate(sources)}
+        self.markers = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(sources)}
+
+    def legend(self, with_base: bool, with_target: bool,
+               drawn: set[str] | None = None) -> list[Line2D]:
+        """Models not in `drawn` (no values in this figure) are listed as such, not dropped."""
+        handles = [Line2D([], [], color=c, lw=2, label=m if drawn is None or m in drawn
+                          else f"{m} (no values)") for m, c in self.colours.items()]
+        handles += [Line2D([], [], color="grey", ls=self.lines[s], marker=self.markers[s],
+                           label=f"data: {s}") for s in self.lines]
+        if with_base:
+            handles.append(Line2D([], [], color="grey", ls="", marker="D", markersize=7,
+                                  label="base model"))
+        if with_target:
+            handles.append(Line2D([], [], color="black", ls="--", label="target"))
+        return handles
+
+
+def _amount_label(examples: int) -> str:
+    return f"{examples:,}" if examples < 100_000 else fmt.compact(examples)
+
+
+def _legend(axes, handles: list[Line2D]) -> None:
+    axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8,
+                frameon=False, borderaxespad=0)
+
+
+def _amount_axis(axes, amounts: list[int], with_base: bool) -> float:
+    """Log x axis ticked at the study's amounts (plus "base" at its left); returns base's x."""
+    smallest = min(amounts) if amounts else 1
+    base_x = smallest / BASE_OFFSET
+    ticks = ([base_x] if with_base or not amounts else []) + amounts
+    labels = (["base"] if with_base or not amounts else []) + [_amount_label(a) for a in amounts]
+    axes.set_xscale("log")
+    axes.set_xticks(ticks, labels)
+    axes.minorticks_off()
+    axes.set_xlim(min(ticks) / 1.6, max(ticks) * 1.6)
+    axes.set_xlabel("imitation data (examples, log scale)")
+    axes.grid(True, alpha=0.3)
+    return base_x
+
+
+def _amounts(data: StudyData) -> list[int]:
+    return sorted({r.data_examples for r in data.runs
+                   if r.role == "imitation" and r.status == "done"})
+
+
+def metric_figures(data: StudyData) -> list[Figure]:
+    values = analysis.values_by_run(data)
+    styles = _Styles(data)
+    target = analysis.target_run(data)
+    bases = analysis.base_runs(data)
+    amounts = _amounts(data)
+    done = [r for r in analysis.sorted_runs(data) if r.role == "imitation" and r.status == "done"]
+    figures = []
+    for key in analysis.metric_keys(data):
+        target_value = values.get(target.run_id, {}).get(key.name) if target else None
+        figure = MplFigure(figsize=(6.4, 3.6))
+        axes = figure.add_subplot()
+        base_x = _amount_axis(axes, amounts, with_base=bool(bases))
+        drawn: set[str] = set()
+        for model, colour in styles.colours.items():
+            base = values.get(bases[model].run_id, {}).get(key.name) if model in bases else None
+            if base is not None:
+                axes.plot([base_x], [base], ls="", marker="D", markersize=7, color=colour)
+                drawn.add(model)
+            for source, line in styles.lines.items():
+                points = [(r.data_examples, values.get(r.run_id, {}).get(key.name))
+                          for r in done if r.model == model and r.data_source == source]
+                points = ([(base_x, base)] if base is not None else []) + [
+                    p for p in points if p[1] is not None]
+                if len(points) > (base is not None):
+                    xs, ys = zip(*points)
+                    axes.plot(xs, ys, ls=line, marker=styles.markers[source], color=colour,
+                              markersize=5)
+                    drawn.add(model)
+        if not drawn:
+            continue  # no model has a value: a plot with the target alone would say nothing
+        if target_value is not None:
+            axes.axhline(target_value, color="black", ls="--", lw=1.2)
+            low, high = axes.get_ylim()
+            pad = 0.06 * (max(high, target_value) - min(low, target_value) or 1.0)
+            axes.set_ylim(min(low, target_value - pad), max(high, target_value + pad))
+        axes.set_title(f"{key.name} ({key.kind})", fontsize=11)
+        axes.set_ylabel(key.metric)
+        _legend(axes, styles.legend(bool(bases), target_value is not None, drawn))
+        figures.append(Figure(f"metric_{_slug(key.name)}",
+                              f"{key.name} ({key.kind}) against imitation data", _png(figure)))
+    return figures
+
+
+def gap_figure(data: StudyData, rows: list[GapRow]) -> Figure | None:
+    """Mean share of the gap closed against the amount: capability left, style right."""
+    kinds = [k for k in ("capability", "style") if any(r.mean_by_kind[k] is not None
+                                                        for r in rows)]
+    if not kinds:
+        return None
+    styles = _Styles(data)
+    figure = MplFigure(figsize=(4.2 * len(kinds) + 1.2, 3.6))
+    shared = None
+    for i, kind in enumerate(kinds):
+        axes = figure.add_subplot(1, len(kinds), i + 1, sharey=shared)
+        shared = shared or axes
+        _amount_axis(axes, sorted({r.run.data_examples for r in rows}), with_base=False)
+        axes.axhline(0, color="grey", lw=1)
+        axes.axhline(100, color="black", ls="--", lw=1.2)
+        for model, colour in styles.colours.items():
+            for source, line in styles.lines.items():
+                points = [(r.run.data_examples, r.mean_by_kind[kind] * 100) for r in rows
+                          if r.run.model == model and r.run.data_source == source
+                          and r.mean_by_kind[kind] is not None]
+                if points:
+                    xs, ys = zip(*points)
+                    axes.plot(xs, ys, ls=line, marker=styles.markers[source], color=colour)
+        axes.set_title(f"{kind} metrics (mean)", fontsize=11)
+        if i == 0:
+            axes.set_ylabel("share of gap closed (%)")
+    handles = styles.legend(with_base=False, with_target=False) + [
+        Line2D([], [], color="grey", lw=1, label="0% = base"),
+        Line2D([], [], color="black", ls="--", lw=1.2, label="100% = target")]
+    figure.tight_layout()
+    _legend(axes, handles)
+    return Figure("gap_closed_by_amount", "Share of the base-to-target gap closed against "
+                  "imitation data, averaged over each kind of metric", _png(figure))
+
+
+def style_capability_figure(data: StudyData, rows: list[GapRow]) -> Figure | None:
+    """One point per imitation run: x = capability gap closed, y = style gap closed."""
+    points = [r for r in rows if r.mean_by_kind["capability"] is not None
+              and r.mean_by_kind["style"] is not None]
+    if not points:
+        return None
+    styles = _Styles(data)
+    figure = MplFigure(figsize=(5.6, 4.6))
+    axes = figure.add_subplot()
+    largest = max(r.run.data_examples for r in points)
+    for row in points:
+        # Marker area grows with the log of the amount, so 1k and 100k examples both show.
+        size = 25 + 60 * math.log1p(row.run.data_examples) / math.log1p(largest)
+        axes.scatter(row.mean_by_kind["capability"] * 100, row.mean_by_kind["style"] * 100,
+                     s=size, marker=styles.markers[row.run.data_source], alpha=0.85,
+                     color=ARCH_COLOURS.get(row.run.architecture, "grey"), edgecolor="black",
+                     linewidth=0.5)
+    xs = [r.mean_by_kind["capability"] * 100 for r in points]
+    ys = [r.mean_by_kind["style"] * 100 for r in points]
+    low, high = min(xs + ys + [0]) - 10, max(xs + ys + [100]) + 10
+    axes.plot([low, high], [low, high], color="grey", ls=":", lw=1)
+    for at in (0, 100):
+        axes.axhline(at, color="grey" if at == 0 else "black", lw=0.8, ls="-" if at == 0 else "--")
+        axes.axvline(at, color="grey" if at == 0 else "black", lw=0.8, ls="-" if at == 0 else "--")
+    axes.set_xlim(low, high)
+    axes.set_ylim(low, high)
+    axes.set_xlabel("capability: share of gap closed (%)")
+    axes.set_ylabel("style: share of gap closed (%)")
+    axes.set_title("Style vs capability, one point per imitation run", fontsize=11)
+    axes.grid(True, alpha=0.3)
+    architectures = dict.fromkeys(r.run.architecture for r in points)
+    handles = [Line2D([], [], ls="", marker="o", color=ARCH_COLOURS.get(a, "grey"),
+                      markeredgecolor="black", label=a) for a in architectures]
+    handles += [Line2D([], [], ls="", marker=styles.markers[s], color="white",
+                       markeredgecolor="black", label=f"data: {s}") for s in styles.markers]
+    handles.append(Line2D([], [], color="grey", ls=":", label="style = capability"))
+    _legend(axes, handles)
+    return Figure("style_vs_capability", "Share of the gap closed on style against capability, "
+                  "per imitation run (larger markers: more data); above the dotted diagonal, "
+                  "style moved further toward the target than capability", _png(figure))
