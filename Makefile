@@ -1,4 +1,5 @@
-# Both targets create .venv when it is absent and install what is missing.
+# Both targets create .venv when it is absent and install what is missing (`test` also the
+# system packages its browser and PostgreSQL tests drive: scripts/system_packages.sh).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -18,10 +19,10 @@ $(VENV)/.installed-test: pyproject.toml setup.py | $(BIN)/python
 	touch $@ $(VENV)/.installed-main
 
 demo: $(VENV)/.installed-main
-	$(BIN)/arch-compare presets
-	$(BIN)/arch-compare budget --study budgets/paper_study.gin
+	$(BIN)/arch-compare demo --out runs/demo
 
 test: $(VENV)/.installed-test
+	bash scripts/system_packages.sh
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from arch_compare.evaluation import humaneval, metrics
-from arch_compare_tasks import mmlu, natural_questions, nq_synthetic, readers
+from arch_compare_tasks import demo_world, mmlu, natural_questions, nq_synthetic, readers
 from arch_compare_tasks.registry import MixtureSpec, TaskSpec, register_mixture, register_task
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -212,6 +212,7 @@ def register_all() -> None:
     register_humaneval()
     register_nq_synthetic_prompts("nq_synthetic_prompts_fixture",
                                   FIXTURES / "imitation" / "nq_seed_pairs.jsonl", num_prompts=20)
+    demo_world.register()
 
 
 register_all()

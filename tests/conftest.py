@@ -18,6 +18,7 @@ Both are session-scoped: trained once (well under a second), read-only for tests
 """
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,31 @@ def bpe_tokenizer_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
     tokenizer.save(str(path))
     return path
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    """Headless Debian Chromium driven by Selenium (skipped, with the reason, without them).
+
+    The flags keep it off the network: no background requests, updates or sync."""
+    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    if not (Path(CHROMIUM).exists() and Path(driver_path).exists()):
+        pytest.skip("needs Debian's chromium and chromium-driver packages "
+                    "(apt-get install chromium chromium-driver; .ci/run installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver",
+                                    reason="needs selenium (the test extra)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                 "--window-size=1280,1000", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options,
+                              service=webdriver.ChromeService(executable_path=driver_path))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()

@@ -14,7 +14,7 @@ from types import ModuleType
 # TensorFlow (under seqio) logs start-up chatter at INFO; keep the terminal for results.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from arch_compare.cli import budget, convert, presets, report, runs, serve, tasks
+from arch_compare.cli import budget, convert, demo, presets, report, runs, serve, study, tasks
 
 COMMANDS: dict[str, ModuleType | runs.RunCommand] = {
     "presets": presets,
@@ -23,6 +23,8 @@ COMMANDS: dict[str, ModuleType | runs.RunCommand] = {
     "tasks": tasks,
     "serve": serve,
     "report": report,
+    "study": study,
+    "demo": demo,
     **runs.RUN_COMMANDS,
 }
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -149,37 +149,44 @@ def evaluate(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary,
     return results
 
 
-def infer(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary, task_name: str,
-          config: InferenceConfig, *, progress: bool = True) -> Path:
-    """Generate for every example of a task's split and write `predictions.jsonl`."""
+def predict(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary, task_name: str,
+            config: InferenceConfig, *, progress: bool = True) -> Iterator[dict]:
+    """Generate for every example of a task's split, in the split's order: one dict per example
+    with its text features (`id`, `inputs`, `target`, ...), `prediction` and `score`."""
     task = seqio_task(task_name, vocabulary)
     lengths = dict(config.feature_lengths)
     examples = task.get_dataset(lengths, split=config.split, shuffle=False, use_cached=False)
     converted = feature_converter_for(model.config, vocabulary)(examples, lengths)
     decode = _decode_config(config, vocabulary)
-    output = Path(config.output_path)
-    output.mkdir(parents=True, exist_ok=True)
-    path = output / PREDICTIONS_FILE
     # Same order on both sides (no shuffling, no packing): the text beside its model features.
     rows = ((index, {**converted_row, **{f"text:{name}": value for name, value in row.items()
                                          if np.ndim(value) == 0}})
             for index, (row, converted_row) in enumerate(zip(examples.as_numpy_iterator(),
                                                              converted.as_numpy_iterator())))
+    for indices, batch in tqdm(_batches(rows, config.batch_size),
+                               desc=f"infer {task_name}", disable=not progress):
+        prompts, prompt_lengths = prompts_of(model, batch)
+        generated = generate(model, params, prompts, decode, lengths=prompt_lengths)
+        tokens, scores = np.asarray(generated.tokens), np.asarray(generated.scores)
+        for row, index in enumerate(indices):
+            text = lambda name: _text(batch[f"text:{name}"][row])
+            yield {"index": index,
+                   "id": text("id") if "text:id" in batch else str(index),
+                   "inputs": text("inputs_pretokenized"),
+                   "target": text("targets_pretokenized"),
+                   "prediction": vocabulary.decode(tokens[row].tolist()),
+                   "score": float(scores[row])}
+
+
+def infer(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary, task_name: str,
+          config: InferenceConfig, *, progress: bool = True) -> Path:
+    """Generate for every example of a task's split and write `predictions.jsonl`."""
+    output = Path(config.output_path)
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / PREDICTIONS_FILE
     with path.open("w") as handle:
-        for indices, batch in tqdm(_batches(rows, config.batch_size),
-                                   desc=f"infer {task_name}", disable=not progress):
-            prompts, prompt_lengths = prompts_of(model, batch)
-            generated = generate(model, params, prompts, decode, lengths=prompt_lengths)
-            tokens, scores = np.asarray(generated.tokens), np.asarray(generated.scores)
-            for row, index in enumerate(indices):
-                text = lambda name: _text(batch[f"text:{name}"][row])
-                handle.write(json.dumps({
-                    "index": index,
-                    "id": text("id") if "text:id" in batch else str(index),
-                    "inputs": text("inputs_pretokenized"),
-                    "target": text("targets_pretokenized"),
-                    "prediction": vocabulary.decode(tokens[row].tolist()),
-                    "score": float(scores[row])}) + "\n")
+        for row in predict(model, params, vocabulary, task_name, config, progress=progress):
+            handle.write(json.dumps(row) + "\n")
     return path
 
 

@@ -27,7 +27,8 @@ from arch_compare.models.hf import load_hf_checkpoint
 from arch_compare.models.hf.checkpoint import CheckpointError
 from arch_compare.models.model import BaseModel
 from arch_compare.models.native import is_native_checkpoint, load_model
-from arch_compare.trainer.checkpoints import Checkpoints
+from arch_compare.trainer import inference
+from arch_compare.trainer.checkpoints import CHECKPOINT_DIR, Checkpoints
 from arch_compare.trainer.data import BatchIterator, DataConfig
 from arch_compare.trainer.metrics import MetricsWriter
 from arch_compare.trainer.steps import TrainState, make_eval_step, make_train_step
@@ -77,6 +78,9 @@ def _initial_params(model: BaseModel, config: TrainConfig):
     path = config.initial_checkpoint_path
     if not path:
         return model.init(jax.random.key(config.seed))
+    if (Path(path) / CHECKPOINT_DIR).is_dir():  # another run's directory: its newest checkpoint
+        return jax.tree.map(lambda x: jnp.asarray(x, model.config.weight_dtype),
+                            inference.load_params(model, path))
     loader = load_model if is_native_checkpoint(path) else load_hf_checkpoint
     loaded_model, params = loader(path)
     expected = jax.tree.map(lambda x: x.shape, model.abstract_params())

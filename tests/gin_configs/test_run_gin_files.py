@@ -5,7 +5,8 @@ from pathlib import Path
 import gin
 import pytest
 
-from arch_compare.cli import runs
+from arch_compare.cli import runs, study
+from arch_compare.imitation.config import StudyConfig
 from arch_compare.trainer.inference import InferenceConfig
 from arch_compare.trainer.loop import TrainConfig
 
@@ -17,7 +18,14 @@ PLACEHOLDERS = {"MODEL_DIR": "'/tmp/x'", "MIXTURE_OR_TASK_NAME": "'imitation_hc3
                 "TASK_FEATURE_LENGTHS": "{'inputs': 8, 'targets': 8}", "TRAIN_STEPS": "10",
                 "BATCH_SIZE": "2", "VOCABULARY_PATH": "'/tmp/spm.model'",
                 "CHECKPOINT_PATH": "'/tmp/x/checkpoints'", "OUTPUT_PATH": "'/tmp/out'",
-                "EVAL_TASKS": "['nq_open_3shot_fixture']"}
+                "EVAL_TASKS": "['nq_open_3shot_fixture']", "STUDY_DIR": "'/tmp/study'",
+                "DEMO_BPE": "'/tmp/tokenizer.json'", "DEMO_SENTENCEPIECE_LLAMA": "'/tmp/l.model'",
+                "DEMO_SENTENCEPIECE_T5": "'/tmp/t5.model'", "BROAD_FILE": "'/data/s.json'",
+                "LOCAL_FILE": "'/data/nq.jsonl'",
+                "TARGET_BASE_URL": "'http://127.0.0.1:8000/v1'",
+                **{name: f"'/models/{name.lower()}'" for name in (
+                    "GPT2_XL", "GPT2_VOCABULARY", "LLAMA_7B", "LLAMA_VOCABULARY", "T5_XXL",
+                    "UL2_20B", "T5_VOCABULARY")}}
 # What each run file configures: eval and infer build an InferenceConfig, training a TrainConfig.
 BUILDS = {"eval.gin": InferenceConfig, "infer.gin": InferenceConfig}
 
@@ -44,10 +52,12 @@ def test_gin_file_parses_and_declares_its_required_macros(path):
     files = [str(path)] if path in EXPERIMENTS else [MODEL_FILE, str(path)]
     text = path.read_text()
     built = BUILDS.get(path.name, TrainConfig)
+    if "arch_compare.cli.study.configure" in text:  # a study: the whole grid in one config
+        built = study.configure
     required, config = build(files, built)
     for name in runs._required_in([str(path)]):
         assert name in text.split("from __gin__")[0], f"{name} missing from the header"
-    assert isinstance(config, built)
+    assert isinstance(config, StudyConfig if built is study.configure else built)
 
 
 def test_every_t5x_macro_is_required_by_finetune():

@@ -1,0 +1,218 @@
+"""What an imitation study is: frozen, validated descriptions, built from gin in experiment files.
+
+Gin files write nested parts as dicts (`{'preset': 'llama-tiny', ...}`); each dataclass turns
+its dict-valued fields into the right type in `__post_init__`, so a typo in a key fails at
+parse time with the field's name, before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+from arch_compare import optim
+from arch_compare.imitation.targets import GenerationSettings
+from arch_compare.models.zoo import get_preset
+
+EVALUATION_KINDS = ("capability", "style")
+
+
+def _coerce(value, cls, where: str):
+    """`value` as a `cls`: a `cls` already, or a dict of its fields."""
+    if isinstance(value, cls) or value is None:
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{where}: expected a {cls.__name__} or a dict of its fields, "
+                        f"got {type(value).__name__}")
+    fields = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; "
+                         f"{cls.__name__} takes {', '.join(sorted(fields))}")
+    return cls(**value)
+
+
+def _freeze(instance, name: str, value) -> None:
+    object.__setattr__(instance, name, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretraining:
+    """Pre-train a base model from scratch here (tiny studies): `steps` on `task`."""
+
+    task: str
+    steps: int
+    batch_size: int = 16
+    feature_lengths: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: {"inputs": 8, "targets": 64})
+    learning_rate: float = 3e-3
+    warmup_steps: int = 20
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps <= 0 or self.batch_size <= 0:
+            raise ValueError(f"Pretraining on {self.task!r}: steps and batch_size must be positive")
+        _freeze(self, "feature_lengths", dict(self.feature_lengths))
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyModel:
+    """A base model of the study: a preset (with overrides), its vocabulary and where its
+    weights come from — a checkpoint (HF directory, native checkpoint or training directory)
+    or pre-training here."""
+
+    preset: str
+    vocabulary: str
+    base_checkpoint: str | None = None
+    pretraining: Pretraining | None = None
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    name: str | None = None  # how tables and plots call it; default: the preset
+
+    def __post_init__(self):
+        where = f"model {self.name or self.preset!r}"
+        get_preset(self.preset, dict(self.overrides))  # unknown presets / fields fail here
+        _freeze(self, "pretraining", _coerce(self.pretraining, Pretraining, f"{where}.pretraining"))
+        _freeze(self, "overrides", dict(self.overrides))
+        if (self.base_checkpoint is None) == (self.pretraining is None):
+            raise ValueError(f"{where}: give exactly one of base_checkpoint and pretraining")
+        if self.name is None:
+            _freeze(self, "name", self.preset)
+
+    @property
+    def config(self):
+        return get_preset(self.preset, dict(self.overrides))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """Imitation data: the target's answers to a prompts task, or a pre-collected file, used in
+    increasing amounts (examples, first N in order, so larger amounts contain smaller ones)."""
+
+    name: str
+    amounts: tuple[int, ...]
+    prompts_task: str | None = None
+    file: str | None = None
+    format: str = "openai_chat"
+
+    def __post_init__(self):
+        amounts = tuple(int(a) for a in self.amounts)
+        _freeze(self, "amounts", amounts)
+        if not amounts or any(a <= 0 for a in amounts) or list(amounts) != sorted(set(amounts)):
+            raise ValueError(f"data source {self.name!r}: amounts must be positive and "
+                             f"increasing, got {list(self.amounts)}")
+        if (self.prompts_task is None) == (self.file is None):
+            raise ValueError(f"data source {self.name!r}: give exactly one of prompts_task (the "
+                             f"target answers them) and file (pre-collected)")
+        if "/" in self.name or not self.name:
+            raise ValueError(f"data source name {self.name!r}: must be non-empty without '/'")
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """A task every model and the target are evaluated on; `headline` metrics get `kind`
+    (capability or style), the task's other metrics are recorded as "other"."""
+
+    task: str
+    kind: str = "capability"
+    split: str = "validation"
+    headline: tuple[str, ...] = ()  # empty: every metric of the task
+    max_examples: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in EVALUATION_KINDS:
+            raise ValueError(f"evaluation {self.task!r}: kind must be one of "
+                             f"{EVALUATION_KINDS}, got {self.kind!r}")
+        _freeze(self, "headline", tuple(self.headline))
+
+    def kind_of(self, metric: str) -> str:
+        return self.kind if not self.headline or metric in self.headline else "other"
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """One recipe for every imitation run (the fairness rule): steps follow from the amount."""
+
+    feature_lengths: Mapping[str, int]
+    batch_size: int
+    optimizer: optim.OptimizerConfig
+    epochs: float = 1.0
+    min_steps: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        _freeze(self, "feature_lengths", dict(self.feature_lengths))
+        if isinstance(self.optimizer, Mapping):  # {'name': ..., 'schedule': {...}, ...}
+            fields = dict(self.optimizer)
+            fields["schedule"] = _coerce(fields.get("schedule"), optim.ScheduleConfig,
+                                         "training.optimizer.schedule")
+            _freeze(self, "optimizer", _coerce(fields, optim.OptimizerConfig,
+                                               "training.optimizer"))
+        if self.batch_size <= 0 or self.epochs <= 0 or self.min_steps <= 0:
+            raise ValueError("training: batch_size, epochs and min_steps must be positive")
+
+    def steps(self, examples: int) -> int:
+        return max(self.min_steps, math.ceil(self.epochs * examples / self.batch_size))
+
+    def optimizer_for(self, steps: int) -> optim.OptimizerConfig:
+        """The optimizer with its schedule ending at this run's last step."""
+        schedule = dataclasses.replace(self.optimizer.schedule, total_steps=steps,
+                                       warmup_steps=min(self.optimizer.schedule.warmup_steps,
+                                                        steps - 1))
+        return dataclasses.replace(self.optimizer, schedule=schedule)
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetSettings:
+    """Where the study's runs are priced, and above what it asks before starting."""
+
+    hardware: str = "a100-80gb"
+    chips: int | None = None
+    confirm_above_usd: float = 100.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    directory: str
+    target: Mapping[str, Any]  # a target spec (imitation.targets.make_target)
+    models: tuple[StudyModel, ...]
+    sources: tuple[DataSource, ...]
+    evaluations: tuple[Evaluation, ...]
+    training: Training
+    generation: GenerationSettings = GenerationSettings()  # how the target answers
+    decode_max_tokens: int = 64  # how many tokens the models may answer with
+    eval_batch_size: int = 16
+    eval_feature_lengths: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: {"inputs": 64, "targets": 64})
+    reference_vocabulary: str | None = None  # counts every amount in one tokenizer too
+    budget: BudgetSettings = BudgetSettings()
+    database: str | None = None  # default: <directory>/results.sqlite
+    samples_per_task: int = 4
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        _freeze(self, "target", dict(self.target))
+        _freeze(self, "models", tuple(_coerce(m, StudyModel, f"models[{i}]")
+                                      for i, m in enumerate(self.models)))
+        _freeze(self, "sources", tuple(_coerce(s, DataSource, f"sources[{i}]")
+                                       for i, s in enumerate(self.sources)))
+        _freeze(self, "evaluations", tuple(_coerce(e, Evaluation, f"evaluations[{i}]")
+                                           for i, e in enumerate(self.evaluations)))
+        _freeze(self, "training", _coerce(self.training, Training, "training"))
+        _freeze(self, "generation", _coerce(self.generation, GenerationSettings, "generation"))
+        _freeze(self, "budget", _coerce(self.budget, BudgetSettings, "budget"))
+        _freeze(self, "eval_feature_lengths", dict(self.eval_feature_lengths))
+        _freeze(self, "notes", tuple(self.notes))
+        if not self.models or not self.sources or not self.evaluations:
+            raise ValueError(f"study {self.name!r}: needs models, sources and evaluations")
+        for label, names in (("model", [m.name for m in self.models]),
+                             ("data source", [s.name for s in self.sources]),
+                             ("evaluation", [e.task for e in self.evaluations])):
+            if len(set(names)) != len(names):
+                raise ValueError(f"study {self.name!r}: {label} names repeat: {names}")
+        if "kind" not in self.target or "name" not in self.target:
+            raise ValueError(f"study {self.name!r}: target needs 'kind' and 'name'")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

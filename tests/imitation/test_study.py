@@ -1,0 +1,207 @@
+"""The study runner: a tiny study end to end through the CLI, killed and resumed, two studies in
+one database, the budget gate, and the configuration's errors."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from arch_compare.imitation import config as study_config
+from arch_compare.imitation.study import StudyDeclined, confirm, plan
+from arch_compare.results import ResultsStore
+from arch_compare_tasks import demo_world
+
+TINY_STUDY = Path(__file__).with_name("tiny_study.gin")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def demo_vocabulary(tmp_path_factory):
+    return demo_world.write_vocabularies(tmp_path_factory.mktemp("world"))["DEMO_BPE"]
+
+
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory):
+    """One persistent compilation cache for every study process of this module: the same tiny
+    programs are compiled once, not once per process."""
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+def _command(study_dir, vocabulary, *extra):
+    return [sys.executable, "-m", "arch_compare", "study", f"--gin_file={TINY_STUDY}",
+            f"--gin.STUDY_DIR='{study_dir}'", f"--gin.VOCABULARY='{vocabulary}'", *extra]
+
+
+def _environment(jax_cache):
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(jax_cache),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+def _results(database, study="tiny"):
+    with ResultsStore(database) as store:
+        metrics = {(m.run_id, m.task, m.metric): m.value for m in store.metrics(study)}
+        samples = {(s.run_id, s.task, s.example_id): s.output for s in store.samples(study)}
+        statuses = {run.run_id: run.status for run in store.runs(study)}
+        return metrics, samples, statuses, store.row_counts(study)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, demo_vocabulary, jax_cache):
+    study_dir = tmp_path_factory.mktemp("uninterrupted")
+    done = subprocess.run(_command(study_dir, demo_vocabulary, "--yes"), capture_output=True,
+                          text=True, env=_environment(jax_cache), cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return study_dir, done.stdout
+
+
+def test_a_study_runs_every_run_and_records_it(uninterrupted):
+    study_dir, stdout = uninterrupted
+    metrics, samples, statuses, counts = _results(study_dir)
+    assert statuses == {"base/gpt2-tiny": "done", "imitation/gpt2-tiny/broad/8": "done",
+                        "imitation/gpt2-tiny/broad/16": "done", "target/demo-target": "done"}
+    for run_id in statuses:
+        assert (run_id, "demo_facts_known", "fact_accuracy") in metrics
+        assert (run_id, "demo_style", "list_when_target_lists") in metrics
+    # The target answers from the knowledge base in its own style: perfect on its own metrics.
+    assert metrics[("target/demo-target", "demo_facts_known", "fact_accuracy")] == 100.0
+    assert metrics[("target/demo-target", "demo_style", "length_pearson")] == pytest.approx(1.0)
+    assert "Budget of study 'tiny'" in stdout and "report:" in stdout
+    assert (study_dir / "report" / "report.html").is_file()
+    with ResultsStore(study_dir) as store:
+        runs = {run.run_id: run for run in store.runs("tiny")}
+    imitation = runs["imitation/gpt2-tiny/broad/16"]
+    assert imitation.data_examples == 16 and imitation.data_tokens > 16
+    assert imitation.measured["steps"] == 4  # 16 examples, batch 4, one epoch
+    assert imitation.estimate["train_flops"] > 0 and imitation.estimate["cost_usd"] > 0
+    assert imitation.config["training"]["steps"] == 4
+    # Collected once, exported for training: the largest amount's prompts, each answered once.
+    lines = (study_dir / "collection" / "broad.openai_chat.jsonl").read_text().splitlines()
+    assert len(lines) == 16
+
+
+def test_a_killed_study_resumes_to_the_same_results_without_duplicates(
+        tmp_path, uninterrupted, demo_vocabulary, jax_cache):
+    study_dir = tmp_path / "killed"
+    database = study_dir / "results.sqlite"
+    process = subprocess.Popen(_command(study_dir, demo_vocabulary, "--yes", "--no-report"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=_environment(jax_cache), cwd=ROOT)
+    deadline = time.monotonic() + 300
+    try:  # kill it once the base model is done and the first imitation run has begun
+        while time.monotonic() < deadline and process.poll() is None:
+            if database.exists():
+                with sqlite3.connect(database) as db:
+                    rows = dict(db.execute("SELECT run_id, status FROM runs").fetchall())
+                if rows.get("imitation/gpt2-tiny/broad/8") == "running":
+                    break
+            time.sleep(0.05)
+        assert process.poll() is None, "the study finished before it could be interrupted"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    _, _, statuses, _ = _results(study_dir)
+    assert statuses["base/gpt2-tiny"] == "done"
+    assert statuses["imitation/gpt2-tiny/broad/8"] == "running"
+
+    resumed = subprocess.run(_command(study_dir, demo_vocabulary, "--yes", "--no-report"),
+                             capture_output=True, text=True, env=_environment(jax_cache),
+                             cwd=ROOT, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "1 already done" in resumed.stdout
+    assert _results(study_dir) == _results(uninterrupted[0])
+
+
+def test_two_studies_share_one_database(tmp_path, uninterrupted, demo_vocabulary, jax_cache):
+    database = tmp_path / "shared.sqlite"
+    for name in ("first", "second"):
+        done = subprocess.run(
+            _command(tmp_path / name, demo_vocabulary, "--yes", "--no-report",
+                     f"--gin.STUDY_NAME='{name}'",
+                     f"--gin.DATABASE='{database}'"),
+            capture_output=True, text=True, env=_environment(jax_cache), cwd=ROOT, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    first, second = _results(database, "first"), _results(database, "second")
+    assert first[3] == second[3] == _results(uninterrupted[0])[3]
+    assert first[0] == second[0]  # same configuration, same numbers
+
+
+def test_a_study_above_its_budget_threshold_asks_first(tmp_path, demo_vocabulary):
+    done = subprocess.run(_command(tmp_path, demo_vocabulary, "--gin.CONFIRM_ABOVE_USD=0.0"),
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, cwd=ROOT, timeout=300)
+    assert done.returncode == 1
+    assert "pass --yes" in done.stdout
+    assert not (tmp_path / "results.sqlite").exists()  # nothing ran
+
+
+def _config(**changes):
+    fields = dict(
+        name="s", directory="/tmp/s", target={"kind": "function", "name": "t",
+                                               "function": "x:y"},
+        models=[{"preset": "t5-tiny", "vocabulary": "/v", "base_checkpoint": "/b"}],
+        sources=[{"name": "broad", "prompts_task": "demo_broad_prompts", "amounts": [4, 8]}],
+        evaluations=[{"task": "demo_style", "kind": "style"}],
+        training={"feature_lengths": {"inputs": 8, "targets": 8}, "batch_size": 2,
+                  "optimizer": {"name": "adamw", "schedule": {"peak_learning_rate": 1e-3}}},
+        budget={"confirm_above_usd": 10.0})
+    return study_config.StudyConfig(**{**fields, **changes})
+
+
+def test_the_plan_covers_the_grid_in_order():
+    config = _config(models=[
+        {"preset": "t5-tiny", "vocabulary": "/v", "base_checkpoint": "/b"},
+        {"preset": "llama-tiny", "vocabulary": "/v", "base_checkpoint": "/b"}])
+    ids = [item.run.run_id for item in plan(config)]
+    assert ids == ["base/t5-tiny", "base/llama-tiny",
+                   "imitation/t5-tiny/broad/4", "imitation/t5-tiny/broad/8",
+                   "imitation/llama-tiny/broad/4", "imitation/llama-tiny/broad/8", "target/t"]
+    steps = {item.run.run_id: item.steps for item in plan(config)}
+    assert steps["imitation/t5-tiny/broad/8"] == 4  # 8 examples, batch 2, one epoch
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"models": [{"preset": "t5-tiny", "vocabulary": "/v", "base_checkpont": "/b"}]},
+     "unknown key.*base_checkpont"),
+    ({"models": [{"preset": "t5-tiny", "vocabulary": "/v"}]}, "exactly one of base_checkpoint"),
+    ({"models": [{"preset": "t5-tiyn", "vocabulary": "/v", "base_checkpoint": "/b"}]},
+     "did you mean t5-tiny"),
+    ({"sources": [{"name": "b", "prompts_task": "x", "amounts": [8, 4]}]}, "increasing"),
+    ({"sources": [{"name": "b", "prompts_task": "x", "file": "y", "amounts": [4]}]},
+     "exactly one of prompts_task"),
+    ({"evaluations": [{"task": "demo_style", "kind": "vibes"}]}, "kind must be one of"),
+    ({"target": {"kind": "function"}}, "target needs 'kind' and 'name'"),
+])
+def test_configuration_errors_name_the_field(changes, message):
+    with pytest.raises((ValueError, KeyError), match=message):
+        _config(**changes)
+
+
+def test_confirmation_gate():
+    config = _config()
+    confirm(config, 5.0, yes=False)  # under the threshold: no question
+    confirm(config, 50.0, yes=True)
+    with pytest.raises(StudyDeclined, match="not confirmed"):
+        confirm(config, 50.0, yes=False, ask=lambda question: "n")
+    confirm(config, 50.0, yes=False, ask=lambda question: "y")
+    with pytest.raises(StudyDeclined, match="cost is unknown"):
+        confirm(config, None, yes=False, ask=lambda question: "")
+
+
+def test_the_report_renders_in_chromium_with_every_plot_visible(uninterrupted, chromium):
+    study_dir, _ = uninterrupted
+    chromium.get((study_dir / "report" / "report.html").as_uri())
+    images = chromium.find_elements("css selector", "img")
+    assert len(images) >= 4  # one plot per metric, the gap and style-vs-capability plots
+    for image in images:
+        loaded = chromium.execute_script(
+            "const img = arguments[0]; img.scrollIntoView();"
+            "return img.complete && img.naturalWidth > 100 && img.naturalHeight > 100 "
+            "&& img.getBoundingClientRect().width > 100;", image)
+        assert loaded, image.get_attribute("alt")
+    headings = [h.text for h in chromium.find_elements("css selector", "h2")]
+    assert any("gap" in h.lower() for h in headings) and any("Style" in h for h in headings)
