@@ -13,5 +13,5 @@ setup(
     packages=find_packages(include=["arch_compare", "arch_compare.*"]) + task_packages,
     package_dir={"arch_compare_tasks": "tasks"},
     package_data={"arch_compare_tasks": ["README.md"],
-                  "": ["*.json", "*.jsonl", "*.csv", "*.txt"]},
+                  "": ["*.json", "*.jsonl", "*.csv", "*.txt", "*.html", "*.css"]},
 )

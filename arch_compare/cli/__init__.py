@@ -14,7 +14,8 @@ from types import ModuleType
 # TensorFlow (under seqio) logs start-up chatter at INFO; keep the terminal for results.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from arch_compare.cli import budget, convert, demo, presets, report, runs, serve, study, tasks
+from arch_compare.cli import (budget, convert, demo, pairwise, presets, report, runs, serve,
+                              study, tasks)
 
 COMMANDS: dict[str, ModuleType | runs.RunCommand] = {
     "presets": presets,
@@ -25,6 +26,7 @@ COMMANDS: dict[str, ModuleType | runs.RunCommand] = {
     "report": report,
     "study": study,
     "demo": demo,
+    "pairwise": pairwise,
     **runs.RUN_COMMANDS,
 }
 

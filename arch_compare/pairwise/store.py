@@ -1,0 +1,650 @@
+"""Storage of campaigns, raters and ratings: SQLAlchemy 2, SQLite by default, PostgreSQL by URL.
+
+Every write is one short transaction that is committed before the server answers, so a rating
+acknowledged to a rater survives a crash or restart of the server. `UNIQUE (item_id, rater_id)` on
+ratings makes a double submit store one row whatever the timing; the loser of a race reads the
+winner's row back and is told whether it was the same answer.
+
+Rater and admin tokens are stored as SHA-256 hashes only: a copy of the database does not let
+anyone act as a rater or as the administrator.
+
+SQLite runs in WAL mode and every transaction takes the write lock up front (BEGIN IMMEDIATE):
+under concurrent raters a deferred transaction that read first could otherwise fail to upgrade
+to a writer without waiting on the busy timeout. PostgreSQL needs no such help; slot claims are
+conditional UPDATEs that work on both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+from typing import Iterator, Sequence
+
+from sqlalchemy import (Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
+                        create_engine, event, func, select, update)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.pool import StaticPool
+
+from arch_compare.pairwise.campaign import (CampaignPlan, CampaignSettings, plan_slots,
+                                            rater_sequence)
+from arch_compare.pairwise.items import Item
+from arch_compare.pairwise.workforces import Arrival
+
+CHOICES = ("left", "right", "tie", "both_bad")  # what a rater clicks, in screen terms
+MAX_REASON_CHARS = 2000
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SettingRow(Base):
+    __tablename__ = "pairwise_settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class CampaignRow(Base):
+    __tablename__ = "pairwise_campaigns"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    # Raters see this random id, never the name (which may well name the models compared).
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    plan_json: Mapped[str] = mapped_column(Text)
+    settings_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ItemRow(Base):
+    __tablename__ = "pairwise_items"
+    __table_args__ = (UniqueConstraint("campaign_id", "key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("pairwise_campaigns.id"), index=True)
+    key: Mapped[str] = mapped_column(String(200))  # the item's id in the imported file
+    prompt: Mapped[str] = mapped_column(Text)
+    model_a: Mapped[str] = mapped_column(String(200))
+    output_a: Mapped[str] = mapped_column(Text)
+    model_b: Mapped[str] = mapped_column(String(200))
+    output_b: Mapped[str] = mapped_column(Text)
+    gold: Mapped[str | None] = mapped_column(String(16))
+    meta_json: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class RaterRow(Base):
+    __tablename__ = "pairwise_raters"
+    __table_args__ = (UniqueConstraint("campaign_id", "workforce", "external_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("pairwise_campaigns.id"), index=True)
+    workforce: Mapped[str] = mapped_column(String(16))
+    external_id: Mapped[str] = mapped_column(String(64))  # invite label or platform worker id
+    study_id: Mapped[str | None] = mapped_column(String(64))
+    session_id: Mapped[str | None] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | expired
+    created_at: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+    completed_at: Mapped[float | None] = mapped_column(Float)
+
+
+class SlotRow(Base):
+    __tablename__ = "pairwise_slots"
+    __table_args__ = (UniqueConstraint("campaign_id", "number"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("pairwise_campaigns.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    rater_id: Mapped[int | None] = mapped_column(ForeignKey("pairwise_raters.id"), index=True)
+
+
+class SlotItemRow(Base):
+    __tablename__ = "pairwise_slot_items"
+    slot_id: Mapped[int] = mapped_column(ForeignKey("pairwise_slots.id"), primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("pairwise_items.id"), primary_key=True)
+
+
+class AssignmentRow(Base):
+    __tablename__ = "pairwise_assignments"
+    __table_args__ = (UniqueConstraint("rater_id", "item_id"),
+                      UniqueConstraint("rater_id", "position"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rater_id: Mapped[int] = mapped_column(ForeignKey("pairwise_raters.id"), index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("pairwise_items.id"))
+    position: Mapped[int] = mapped_column(Integer)  # 1-based order in the rater's session
+    a_on_left: Mapped[bool] = mapped_column(Boolean)  # left/right lives here, never in a page
+
+
+class RatingRow(Base):
+    __tablename__ = "pairwise_ratings"
+    __table_args__ = (UniqueConstraint("item_id", "rater_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("pairwise_items.id"), index=True)
+    rater_id: Mapped[int] = mapped_column(ForeignKey("pairwise_raters.id"), index=True)
+    choice: Mapped[str] = mapped_column(String(16))  # left | right | tie | both_bad
+    verdict: Mapped[str] = mapped_column(String(16))  # A | B | tie | both_bad (stored order)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+@dataclasses.dataclass(frozen=True)
+class Campaign:
+    id: int
+    name: str
+    public_id: str
+    plan: CampaignPlan
+    settings: CampaignSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class Rater:
+    id: int
+    campaign_id: int
+    workforce: str
+    external_id: str
+    status: str
+    last_seen: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Shown:
+    """One item as a rater sees it: texts in screen order, nothing that names a model."""
+
+    position: int
+    prompt: str
+    left: str
+    right: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    rated: int
+    total: int
+
+    @property
+    def done(self) -> bool:
+        return self.total > 0 and self.rated == self.total
+
+
+class ArrivalRefused(ValueError):
+    """A platform id that already has a session, arriving from another browser."""
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def verdict_for(choice: str, a_on_left: bool) -> str:
+    """Screen terms (left/right) to the item's stored order (A/B)."""
+    if choice == "left":
+        return "A" if a_on_left else "B"
+    if choice == "right":
+        return "B" if a_on_left else "A"
+    return choice
+
+
+def normalise_url(url: str) -> str:
+    """A bare path means a SQLite file; `postgresql://` uses the psycopg 3 driver."""
+    if "://" not in url:
+        return f"sqlite:///{url}"
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
+
+
+def _engine(url: str, immediate: bool = True):
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    in_memory = parsed.database in (None, "", ":memory:")
+    engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False},
+                           **({"poolclass": StaticPool} if in_memory else
+                              {"pool_size": 10, "max_overflow": 20}))
+
+    @event.listens_for(engine, "connect")
+    def _connect(connection, _record):
+        connection.isolation_level = None  # the BEGIN below is the only one issued
+        cursor = connection.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _campaign(row: CampaignRow) -> Campaign:
+    return Campaign(row.id, row.name, row.public_id, CampaignPlan(**json.loads(row.plan_json)),
+                    CampaignSettings(**json.loads(row.settings_json)))
+
+
+def _rater(row: RaterRow) -> Rater:
+    return Rater(row.id, row.campaign_id, row.workforce, row.external_id, row.status,
+                 row.last_seen)
+
+
+class PairwiseStore:
+    def __init__(self, url: str):
+        self.url = normalise_url(url)
+        self.engine = _engine(url)
+        Base.metadata.create_all(self.engine)
+        # Reads get their own engine on SQLite: in WAL mode they need no lock, so they must not
+        # queue behind writers as BEGIN IMMEDIATE would make them. (In memory, one engine.)
+        in_memory = isinstance(self.engine.pool, StaticPool)
+        self._write_lock = (threading.Lock() if self.engine.dialect.name == "sqlite"
+                            else contextlib.nullcontext())
+        self.read_engine = (_engine(url, immediate=False)
+                            if self.engine.dialect.name == "sqlite" and not in_memory
+                            else self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.read_engine.dispose()
+
+    @contextlib.contextmanager
+    def _writer(self) -> Iterator[Session]:
+        """A write transaction, committed on leaving the block.
+
+        On SQLite writers also queue on a lock in this process first: SQLite makes a blocked
+        writer poll with growing sleeps, which under many concurrent raters left some waiting for
+        seconds while others went first; a lock hands the database over in turn.
+        """
+        with self._write_lock, Session(self.engine, expire_on_commit=False) as session, \
+                session.begin():
+            yield session
+
+    def _reader(self) -> Session:
+        return Session(self.read_engine, expire_on_commit=False)
+
+    # -- server secrets -------------------------------------------------------------------------
+
+    def secret(self) -> bytes:
+        """The key of the forms' CSRF tokens, kept in the database: forms survive a restart."""
+        with self._writer() as session:
+            row = session.get(SettingRow, "csrf_secret")
+            if row is None:
+                row = SettingRow(key="csrf_secret", value=secrets.token_hex(32))
+                session.add(row)
+            return bytes.fromhex(row.value)
+
+    def set_admin_token(self, token: str) -> None:
+        if len(token) < 16:
+            raise ValueError("the admin token must be at least 16 characters")
+        with self._writer() as session:
+            session.merge(SettingRow(key="admin_token_hash", value=hash_token(token)))
+
+    def ensure_admin_token(self) -> str | None:
+        """Creates an admin token if there is none; returns it (shown once) or None."""
+        with self._writer() as session:
+            if session.get(SettingRow, "admin_token_hash") is not None:
+                return None
+            token = secrets.token_urlsafe(32)
+            session.add(SettingRow(key="admin_token_hash", value=hash_token(token)))
+            return token
+
+    def is_admin(self, token: str | None) -> bool:
+        if not token:
+            return False
+        with self._reader() as session:
+            row = session.get(SettingRow, "admin_token_hash")
+        return row is not None and hmac.compare_digest(row.value, hash_token(token))
+
+    # -- campaigns ------------------------------------------------------------------------------
+
+    def create_campaign(self, name: str, items: Sequence[Item], gold: Sequence[Item],
+                        plan: CampaignPlan, settings: CampaignSettings) -> Campaign:
+        if not name or len(name) > 200:
+            raise ValueError("a campaign name must be 1 to 200 characters")
+        if not items:
+            raise ValueError("a campaign needs at least one item")
+        overlap_ids = {item.id for item in items} & {item.id for item in gold}
+        if overlap_ids:
+            raise ValueError(f"ids used both as items and as gold items: {sorted(overlap_ids)[:5]}")
+        if any(item.gold is None for item in gold):
+            raise ValueError("every gold item needs a 'gold' answer")
+        if plan.gold_per_rater > len(gold):
+            raise ValueError(f"gold_per_rater is {plan.gold_per_rater} but there are only "
+                             f"{len(gold)} gold items")
+        with self._writer() as session:
+            if session.scalar(select(CampaignRow.id).where(CampaignRow.name == name)):
+                raise ValueError(f"campaign {name!r} already exists in this database")
+            row = CampaignRow(name=name, public_id=secrets.token_urlsafe(12),
+                              plan_json=json.dumps(dataclasses.asdict(plan)),
+                              settings_json=json.dumps(dataclasses.asdict(settings)),
+                              created_at=time.time())
+            session.add(row)
+            session.flush()
+            rows = [ItemRow(campaign_id=row.id, key=item.id, prompt=item.prompt,
+                            model_a=item.model_a, output_a=item.output_a, model_b=item.model_b,
+                            output_b=item.output_b, gold=item.gold,
+                            meta_json=json.dumps(item.meta))
+                    for item in list(items) + list(gold)]
+            session.add_all(rows)
+            session.flush()
+            ids = [item_row.id for item_row in rows[:len(items)]]
+            for number, slot_items in enumerate(
+                    plan_slots(ids, plan.overlap, plan.items_per_rater, plan.seed), start=1):
+                slot = SlotRow(campaign_id=row.id, number=number)
+                session.add(slot)
+                session.flush()
+                session.add_all(SlotItemRow(slot_id=slot.id, item_id=item_id)
+                                for item_id in slot_items)
+            return _campaign(row)
+
+    def configure(self, name: str, **changes) -> Campaign:
+        """Changes a campaign's settings (workforce, completion code, ...), never its items."""
+        with self._writer() as session:
+            row = self._campaign_row(session, name)
+            current = json.loads(row.settings_json)
+            unknown = set(changes) - set(current)
+            if unknown:
+                raise ValueError(f"unknown setting(s) {sorted(unknown)}")
+            settings = CampaignSettings(**{**current, **changes})
+            row.settings_json = json.dumps(dataclasses.asdict(settings))
+            return _campaign(row)
+
+    @staticmethod
+    def _campaign_row(session: Session, name: str) -> CampaignRow:
+        row = session.scalar(select(CampaignRow).where(CampaignRow.name == name))
+        if row is None:
+            names = session.scalars(select(CampaignRow.name)).all()
+            raise KeyError(f"no campaign {name!r} in this database (campaigns: {sorted(names)})")
+        return row
+
+    def campaign(self, name: str) -> Campaign:
+        with self._reader() as session:
+            return _campaign(self._campaign_row(session, name))
+
+    def campaign_by_id(self, campaign_id: int) -> Campaign | None:
+        with self._reader() as session:
+            row = session.get(CampaignRow, campaign_id)
+            return None if row is None else _campaign(row)
+
+    def campaign_by_public_id(self, public_id: str) -> Campaign | None:
+        with self._reader() as session:
+            row = session.scalar(select(CampaignRow).where(CampaignRow.public_id == public_id))
+            return None if row is None else _campaign(row)
+
+    def campaigns(self) -> list[Campaign]:
+        with self._reader() as session:
+            return [_campaign(row) for row in session.scalars(select(CampaignRow)
+                                                              .order_by(CampaignRow.id))]
+
+    # -- raters ---------------------------------------------------------------------------------
+
+    def invite(self, campaign: Campaign, count: int, prefix: str = "invite") -> list[
+            tuple[str, str]]:
+        """Creates `count` private raters; returns (label, token) pairs. Tokens are not stored."""
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        with self._writer() as session:
+            taken = session.scalar(select(func.count()).select_from(RaterRow).where(
+                RaterRow.campaign_id == campaign.id, RaterRow.workforce == "private"))
+            invites = [(f"{prefix}-{taken + number}", secrets.token_urlsafe(32))
+                       for number in range(1, count + 1)]
+            now = time.time()
+            session.add_all(RaterRow(campaign_id=campaign.id, workforce="private",
+                                     external_id=label, token_hash=hash_token(token),
+                                     created_at=now, last_seen=now)
+                            for label, token in invites)
+            return invites
+
+    def arrive(self, campaign: Campaign, arrival: Arrival, cookie_token: str | None) -> str:
+        """Admits a rater from the campaign's public workforce; returns their (new) token.
+
+        The same platform id arriving again resumes its session when the browser holds the
+        session's cookie or, for Prolific, when the study and session ids match; otherwise it is
+        refused, so knowing someone's worker id is not enough to take over their session.
+        """
+        workforce = campaign.settings.workforce
+        for _ in range(3):
+            token = secrets.token_urlsafe(32)
+            try:
+                with self._writer() as session:
+                    row = session.scalar(select(RaterRow).where(
+                        RaterRow.campaign_id == campaign.id, RaterRow.workforce == workforce,
+                        RaterRow.external_id == arrival.external_id))
+                    if row is None:
+                        now = time.time()
+                        session.add(RaterRow(
+                            campaign_id=campaign.id, workforce=workforce,
+                            external_id=arrival.external_id, study_id=arrival.study_id,
+                            session_id=arrival.session_id, token_hash=hash_token(token),
+                            created_at=now, last_seen=now))
+                        return token
+                    if cookie_token and hmac.compare_digest(row.token_hash,
+                                                            hash_token(cookie_token)):
+                        return cookie_token
+                    if (arrival.session_id is not None and row.session_id == arrival.session_id
+                            and row.study_id == arrival.study_id):
+                        row.token_hash = hash_token(token)  # the old link stops working
+                        return token
+            except IntegrityError:  # the same id arrived twice at once; look again
+                continue
+            raise ArrivalRefused("this id has already started a session in another browser")
+        raise ArrivalRefused("could not register this arrival; try the link again")
+
+    def rater(self, token: str) -> Rater | None:
+        if not token or len(token) > 128:
+            return None
+        with self._reader() as session:
+            row = session.scalar(select(RaterRow).where(RaterRow.token_hash == hash_token(token)))
+            return None if row is None else _rater(row)
+
+    def start(self, rater: Rater) -> bool:
+        """Gives the rater a slot and their item sequence if they have none; False when full."""
+        with self._reader() as session:  # the common case, every page after the first
+            if session.scalar(select(SlotRow.id).where(SlotRow.rater_id == rater.id)):
+                return True
+        campaign = self.campaign_by_id(rater.campaign_id)
+        for _ in range(5):
+            claimed = self._claim(rater, campaign)
+            if claimed is not None:
+                return claimed
+        return False
+
+    def _claim(self, rater: Rater, campaign: Campaign) -> bool | None:
+        """One attempt at claiming a slot; None when a concurrent claim won the chosen one."""
+        with self._writer() as session:
+            if session.scalar(select(SlotRow.id).where(SlotRow.rater_id == rater.id)):
+                return True
+            cutoff = time.time() - 60 * campaign.settings.hold_minutes
+            slot = session.scalar(select(SlotRow).where(
+                SlotRow.campaign_id == rater.campaign_id, SlotRow.rater_id.is_(None))
+                .order_by(SlotRow.number).limit(1))
+            previous = None
+            if slot is None:  # an abandoned slot: claimed, unfinished, idle past the hold
+                found = session.execute(
+                    select(SlotRow, RaterRow).join(RaterRow, SlotRow.rater_id == RaterRow.id)
+                    .where(SlotRow.campaign_id == rater.campaign_id,
+                           RaterRow.completed_at.is_(None), RaterRow.last_seen < cutoff)
+                    .order_by(SlotRow.number).limit(1)).first()
+                if found is None:
+                    return False
+                slot, previous = found
+            claimed = session.execute(
+                update(SlotRow).where(SlotRow.id == slot.id,
+                                      SlotRow.rater_id == previous.id if previous else
+                                      SlotRow.rater_id.is_(None))
+                .values(rater_id=rater.id)).rowcount
+            if claimed != 1:  # another transaction took it first (PostgreSQL): try again
+                return None
+            if previous is not None:
+                previous.status = "expired"
+            slot_items = session.scalars(select(SlotItemRow.item_id)
+                                         .where(SlotItemRow.slot_id == slot.id)).all()
+            gold_ids = session.scalars(select(ItemRow.id).where(
+                ItemRow.campaign_id == rater.campaign_id, ItemRow.gold.is_not(None))).all()
+            sequence = rater_sequence(sorted(slot_items), gold_ids, campaign.plan.gold_per_rater,
+                                      campaign.plan.seed, rater.id)
+            session.add_all(AssignmentRow(rater_id=rater.id, item_id=item_id, position=position,
+                                          a_on_left=a_on_left)
+                            for position, (item_id, a_on_left) in enumerate(sequence, start=1))
+            return True
+
+    def touch(self, rater: Rater, min_interval: float = 30.0) -> None:
+        """Marks the rater as active (writes at most every `min_interval` seconds)."""
+        now = time.time()
+        if rater.last_seen >= now - min_interval:
+            return
+        with self._writer() as session:
+            session.execute(update(RaterRow).where(RaterRow.id == rater.id,
+                                                   RaterRow.last_seen < now - min_interval)
+                            .values(last_seen=now))
+
+    def progress(self, rater: Rater) -> Progress:
+        return self.current(rater)[1]
+
+    def next_item(self, rater: Rater) -> Shown | None:
+        """The rater's first unrated item in their order, or None when all are rated."""
+        return self.current(rater)[0]
+
+    def current(self, rater: Rater) -> tuple[Shown | None, Progress]:
+        """The next item and the progress, read in one snapshot so that they agree."""
+        rated = select(RatingRow.id).where(RatingRow.rater_id == rater.id,
+                                           RatingRow.item_id == AssignmentRow.item_id)
+        with self._reader() as session:
+            found = session.execute(
+                select(AssignmentRow, ItemRow).join(ItemRow, ItemRow.id == AssignmentRow.item_id)
+                .where(AssignmentRow.rater_id == rater.id, ~rated.exists())
+                .order_by(AssignmentRow.position).limit(1)).first()
+            progress = Progress(*(session.scalar(select(func.count()).select_from(table)
+                                                 .where(table.rater_id == rater.id))
+                                  for table in (RatingRow, AssignmentRow)))
+        if found is None:
+            return None, progress
+        assignment, item = found
+        left, right = ((item.output_a, item.output_b) if assignment.a_on_left
+                       else (item.output_b, item.output_a))
+        return Shown(assignment.position, item.prompt, left, right), progress
+
+    def submit(self, rater: Rater, position: int, choice: str, reason: str) -> str:
+        """Stores one rating. Returns "stored", "duplicate" (the same answer was already stored),
+        "conflict" (a different answer is stored; it stands), "expired" or "unknown"."""
+        if choice not in CHOICES:
+            raise ValueError(f"choice must be one of {CHOICES}")
+        if len(reason) > MAX_REASON_CHARS or "\x00" in reason:
+            raise ValueError(f"a reason is at most {MAX_REASON_CHARS} characters, without NUL")
+        for _ in range(2):
+            try:
+                return self._submit_once(rater, position, choice, reason)
+            except IntegrityError:  # a concurrent double submit won; compare with it
+                continue
+        return "conflict"
+
+    def _submit_once(self, rater: Rater, position: int, choice: str, reason: str) -> str:
+        with self._writer() as session:
+            row = session.get(RaterRow, rater.id)
+            if row is None or row.status != "active":
+                return "expired"
+            assignment = session.scalar(select(AssignmentRow).where(
+                AssignmentRow.rater_id == rater.id, AssignmentRow.position == position))
+            if assignment is None:
+                return "unknown"
+            existing = session.scalar(select(RatingRow).where(
+                RatingRow.item_id == assignment.item_id, RatingRow.rater_id == rater.id))
+            if existing is not None:
+                same = existing.choice == choice and existing.reason == reason
+                return "duplicate" if same else "conflict"
+            now = time.time()
+            session.add(RatingRow(item_id=assignment.item_id, rater_id=rater.id, choice=choice,
+                                  verdict=verdict_for(choice, assignment.a_on_left),
+                                  reason=reason, created_at=now))
+            session.flush()  # raises IntegrityError if a twin request stored it meanwhile
+            row.last_seen = now
+            total, rated = (session.scalar(select(func.count()).select_from(table)
+                                           .where(table.rater_id == rater.id))
+                            for table in (AssignmentRow, RatingRow))
+            if rated == total:
+                row.completed_at = now
+            return "stored"
+
+    # -- administration -------------------------------------------------------------------------
+
+    def campaign_status(self, campaign: Campaign) -> dict:
+        with self._reader() as session:
+            def count(statement) -> int:
+                return session.scalar(statement) or 0
+
+            items = count(select(func.count()).select_from(ItemRow).where(
+                ItemRow.campaign_id == campaign.id, ItemRow.gold.is_(None)))
+            gold = count(select(func.count()).select_from(ItemRow).where(
+                ItemRow.campaign_id == campaign.id, ItemRow.gold.is_not(None)))
+            slots = count(select(func.count()).select_from(SlotRow)
+                          .where(SlotRow.campaign_id == campaign.id))
+            claimed = count(select(func.count()).select_from(SlotRow).where(
+                SlotRow.campaign_id == campaign.id, SlotRow.rater_id.is_not(None)))
+            raters = session.execute(
+                select(RaterRow.workforce, RaterRow.status,
+                       RaterRow.completed_at.is_not(None), func.count())
+                .where(RaterRow.campaign_id == campaign.id)
+                .group_by(RaterRow.workforce, RaterRow.status,
+                          RaterRow.completed_at.is_not(None))).all()
+            ratings = count(select(func.count()).select_from(RatingRow).join(
+                ItemRow, ItemRow.id == RatingRow.item_id).where(
+                ItemRow.campaign_id == campaign.id, ItemRow.gold.is_(None)))
+            gold_ratings = count(select(func.count()).select_from(RatingRow).join(
+                ItemRow, ItemRow.id == RatingRow.item_id).where(
+                ItemRow.campaign_id == campaign.id, ItemRow.gold.is_not(None)))
+        by_state: dict[str, int] = {}
+        for workforce, status, completed, number in raters:
+            state = "completed" if completed else status
+            key = f"{workforce}:{state}"
+            by_state[key] = by_state.get(key, 0) + number
+        return {"campaign": campaign.name, "workforce": campaign.settings.workforce,
+                "items": items, "gold_items": gold, "overlap": campaign.plan.overlap,
+                "slots": slots, "slots_claimed": claimed, "raters": by_state,
+                "ratings": ratings, "ratings_needed": items * campaign.plan.overlap,
+                "gold_ratings": gold_ratings}
+
+    def rating_rows(self, campaign: Campaign) -> Iterator[dict]:
+        """Every rating of the campaign with what the rater saw where; admin exports only."""
+        with self._reader() as session:
+            rows = session.execute(
+                select(RatingRow, ItemRow, RaterRow, AssignmentRow)
+                .join(ItemRow, ItemRow.id == RatingRow.item_id)
+                .join(RaterRow, RaterRow.id == RatingRow.rater_id)
+                .join(AssignmentRow, (AssignmentRow.rater_id == RatingRow.rater_id)
+                      & (AssignmentRow.item_id == RatingRow.item_id))
+                .where(ItemRow.campaign_id == campaign.id)
+                .order_by(RatingRow.id)).all()
+        for rating, item, rater, assignment in rows:
+            left, right = ((item.model_a, item.model_b) if assignment.a_on_left
+                           else (item.model_b, item.model_a))
+            by_stored = {"A": item.model_a, "B": item.model_b}
+            yield {"campaign": campaign.name, "item_id": item.key,
+                   "rater_id": f"{rater.workforce}:{rater.external_id}",
+                   "workforce": rater.workforce, "worker_id": rater.external_id,
+                   "study_id": rater.study_id, "session_id": rater.session_id,
+                   "rater_status": rater.status, "position": assignment.position,
+                   "model_a": item.model_a, "model_b": item.model_b,
+                   "left_model": left, "right_model": right,
+                   "choice": rating.choice,  # left | right | tie | both_bad, as clicked
+                   # The evaluation module's convention: "A" means the left output won.
+                   "verdict": {"left": "A", "right": "B"}.get(rating.choice, rating.choice),
+                   "stored_verdict": rating.verdict,  # in the item's own A/B order
+                   "winner": by_stored.get(rating.verdict, rating.verdict),
+                   "is_gold": item.gold is not None, "gold": item.gold,
+                   "winner_gold": None if item.gold is None else by_stored.get(item.gold,
+                                                                                item.gold),
+                   "gold_correct": None if item.gold is None else rating.verdict == item.gold,
+                   "reason": rating.reason, "created_at": rating.created_at,
+                   "meta": json.loads(item.meta_json)}
+
+    def rater_states(self, campaign: Campaign) -> dict[str, str]:
+        """Each rater's export id and state: active, expired or completed."""
+        with self._reader() as session:
+            rows = session.execute(select(RaterRow).where(RaterRow.campaign_id == campaign.id))
+            return {f"{row.workforce}:{row.external_id}":
+                    "completed" if row.completed_at is not None else row.status
+                    for (row,) in rows}
