@@ -333,6 +333,16 @@ def _check_fit_args(models: list[str], anchor: str | None, scores: np.ndarray,
             f"Collect more comparisons, or pass prior > 0 for virtual ties between every pair.")
 
 
+def _prepare_fit(comparisons, anchor: str | None, prior: float):
+    """Models, comparison types and their counts, and the score and game tables, checked to
+    have a finite fit."""
+    models, type_of, table = _tally(_as_comparisons(comparisons))
+    counts = np.bincount(type_of, minlength=len(table)).astype(float)  # [types]
+    scores, games = _scores_and_games(table, counts, len(models), prior)
+    _check_fit_args(models, anchor, scores, games)
+    return models, table, counts, scores, games
+
+
 def bradley_terry(comparisons: Iterable[Comparison | Rating | tuple], *, anchor: str | None = None,
                   base: float = 1000.0, scale: float = 400.0, prior: float = 0.0
                   ) -> dict[str, float]:
@@ -350,11 +360,7 @@ def bradley_terry(comparisons: Iterable[Comparison | Rating | tuple], *, anchor:
     """
     if prior < 0:
         raise ValueError(f"prior must be >= 0, got {prior}")
-    comparisons = _as_comparisons(comparisons)
-    models, type_of, table = _tally(comparisons)
-    counts = np.bincount(type_of, minlength=len(table)).astype(float)  # [types]
-    scores, games = _scores_and_games(table, counts, len(models), prior)
-    _check_fit_args(models, anchor, scores, games)
+    models, table, counts, scores, games = _prepare_fit(comparisons, anchor, prior)
     elo = _to_elo(_fit_log_strengths(scores, games), models, anchor, base, scale)
     return {m: float(r) for m, r in zip(models, elo)}
 
@@ -372,11 +378,7 @@ def bradley_terry_bootstrap(comparisons: Iterable[Comparison | Rating | tuple], 
     _check_confidence(confidence)
     if n_bootstrap < 1:
         raise ValueError(f"n_bootstrap must be positive, got {n_bootstrap}")
-    comparisons = _as_comparisons(comparisons)
-    models, type_of, table = _tally(comparisons)
-    counts = np.bincount(type_of, minlength=len(table)).astype(float)  # [types]
-    scores, games = _scores_and_games(table, counts, len(models), prior)
-    _check_fit_args(models, anchor, scores, games)
+    models, table, counts, scores, games = _prepare_fit(comparisons, anchor, prior)
     point_log_p = _fit_log_strengths(scores, games)
     point = _to_elo(point_log_p, models, anchor, base, scale)
 

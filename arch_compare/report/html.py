@@ -105,23 +105,24 @@ def _sample(group: SampleGroup) -> str:
             f"</table></div>")
 
 
+# Block type -> its HTML; a new kind of block adds one entry here and one in markdown.py.
+RENDERERS = {
+    Paragraph: lambda block: f"<p>{escape(block.text)}</p>",
+    Subheading: lambda block: f"<h3>{escape(block.text)}</h3>",
+    Bullets: lambda block: "<ul>" + "".join(f"<li>{escape(item)}</li>"
+                                            for item in block.items) + "</ul>",
+    Table: lambda block: _table(block),
+    Figures: lambda block: _figures(block),
+    SampleGroup: lambda block: _sample(block),
+    Collapsed: lambda block: (f"<details><summary>{escape(block.summary)}</summary>"
+                              f"<pre>{escape(block.text)}</pre></details>"),
+}
+
+
 def _block(block) -> str:
-    if isinstance(block, Paragraph):
-        return f"<p>{escape(block.text)}</p>"
-    if isinstance(block, Subheading):
-        return f"<h3>{escape(block.text)}</h3>"
-    if isinstance(block, Bullets):
-        return "<ul>" + "".join(f"<li>{escape(item)}</li>" for item in block.items) + "</ul>"
-    if isinstance(block, Table):
-        return _table(block)
-    if isinstance(block, Figures):
-        return _figures(block)
-    if isinstance(block, SampleGroup):
-        return _sample(block)
-    if isinstance(block, Collapsed):
-        return (f"<details><summary>{escape(block.summary)}</summary>"
-                f"<pre>{escape(block.text)}</pre></details>")
-    raise TypeError(f"no HTML for report block {type(block).__name__}")
+    if type(block) not in RENDERERS:
+        raise TypeError(f"no HTML for report block {type(block).__name__}")
+    return RENDERERS[type(block)](block)
 
 
 def render(document: Document) -> str:

@@ -59,24 +59,24 @@ def _sample(group: SampleGroup) -> str:
     return "\n\n".join(parts)
 
 
+# Block type -> its Markdown (the same blocks as html.RENDERERS).
+RENDERERS = {
+    Paragraph: lambda block: escape(block.text),
+    Subheading: lambda block: f"### {escape(block.text)}",
+    Bullets: lambda block: "\n".join(f"- {escape(item)}" for item in block.items),
+    Table: lambda block: _table(block),
+    Figures: lambda block: "\n\n".join(f"![{escape(f.caption)}]({figure_path(f.name)})\n\n"
+                                       f"_{escape(f.caption)}_" for f in block.figures),
+    SampleGroup: lambda block: _sample(block),
+    Collapsed: lambda block: (f"<details><summary>{escape(block.summary)}</summary>\n\n"
+                              f"{fenced(block.text, 'json')}\n\n</details>"),
+}
+
+
 def _block(block) -> str:
-    if isinstance(block, Paragraph):
-        return escape(block.text)
-    if isinstance(block, Subheading):
-        return f"### {escape(block.text)}"
-    if isinstance(block, Bullets):
-        return "\n".join(f"- {escape(item)}" for item in block.items)
-    if isinstance(block, Table):
-        return _table(block)
-    if isinstance(block, Figures):
-        return "\n\n".join(f"![{escape(f.caption)}]({figure_path(f.name)})\n\n"
-                           f"_{escape(f.caption)}_" for f in block.figures)
-    if isinstance(block, SampleGroup):
-        return _sample(block)
-    if isinstance(block, Collapsed):
-        return (f"<details><summary>{escape(block.summary)}</summary>\n\n"
-                f"{fenced(block.text, 'json')}\n\n</details>")
-    raise TypeError(f"no Markdown for report block {type(block).__name__}")
+    if type(block) not in RENDERERS:
+        raise TypeError(f"no Markdown for report block {type(block).__name__}")
+    return RENDERERS[type(block)](block)
 
 
 def render(document: Document) -> str:

@@ -59,6 +59,16 @@ def uninterrupted(tmp_path_factory, demo_vocabulary, jax_cache):
     return study_dir, done.stdout
 
 
+@pytest.fixture(scope="module")
+def shared_database(tmp_path_factory, uninterrupted):
+    """A copy of the uninterrupted study's database, for another study to share."""
+    path = tmp_path_factory.mktemp("shared") / "shared.sqlite"
+    with sqlite3.connect(uninterrupted[0] / "results.sqlite") as source, \
+            sqlite3.connect(path) as copy:
+        source.backup(copy)
+    return path
+
+
 def test_a_study_runs_every_run_and_records_it(uninterrupted):
     study_dir, stdout = uninterrupted
     metrics, samples, statuses, counts = _results(study_dir)
@@ -116,18 +126,20 @@ def test_a_killed_study_resumes_to_the_same_results_without_duplicates(
     assert _results(study_dir) == _results(uninterrupted[0])
 
 
-def test_two_studies_share_one_database(tmp_path, uninterrupted, demo_vocabulary, jax_cache):
-    database = tmp_path / "shared.sqlite"
-    for name in ("first", "second"):
-        done = subprocess.run(
-            _command(tmp_path / name, demo_vocabulary, "--yes", "--no-report",
-                     f"--gin.STUDY_NAME='{name}'",
-                     f"--gin.DATABASE='{database}'"),
-            capture_output=True, text=True, env=_environment(jax_cache), cwd=ROOT, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-    first, second = _results(database, "first"), _results(database, "second")
-    assert first[3] == second[3] == _results(uninterrupted[0])[3]
-    assert first[0] == second[0]  # same configuration, same numbers
+def test_two_studies_share_one_database(tmp_path, uninterrupted, shared_database,
+                                        demo_vocabulary, jax_cache):
+    before = _results(shared_database)
+    done = subprocess.run(
+        _command(tmp_path / "second", demo_vocabulary, "--yes", "--no-report",
+                 "--gin.STUDY_NAME='second'", f"--gin.DATABASE='{shared_database}'"),
+        capture_output=True, text=True, env=_environment(jax_cache), cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _results(shared_database) == before  # the first study's rows are untouched
+    second = _results(shared_database, "second")
+    assert second[3] == before[3]  # same grid, its own rows
+    assert second[0] == before[0]  # same configuration, same numbers
+    with ResultsStore(shared_database) as store:
+        assert [study.name for study in store.studies()] == ["tiny", "second"]
 
 
 def test_a_study_above_its_budget_threshold_asks_first(tmp_path, demo_vocabulary):

@@ -17,10 +17,22 @@ from tests.pairwise.conftest import ADMIN_TOKEN, IMITATION, TARGET, free_port, m
 
 pytest.importorskip("selenium", reason="needs selenium (the test extra)")
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CODE = "PROLIFIC-OK-42"
+
+
+def _left_the_page(element):
+    """A wait condition: `element`'s page has been replaced. Chromium reports this either as a
+    stale element or as a node that "does not belong to the document"; both mean gone."""
+    def gone(driver) -> bool:
+        try:
+            element.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+    return gone
 
 
 def realistic_items(count: int) -> list[Item]:
@@ -67,7 +79,7 @@ def rate_session(driver, store: PairwiseStore, campaign, rater_id: str, code: st
         button = driver.find_element(By.CSS_SELECTOR, "button[type=submit]")
         button.click()
         # The next page has replaced this one (POST, redirect, GET all done).
-        WebDriverWait(driver, 10).until(staleness_of(button))
+        WebDriverWait(driver, 10).until(_left_the_page(button))
         WebDriverWait(driver, 10).until(
             lambda d: d.execute_script("return document.readyState") == "complete")
     raise AssertionError("the session did not end")
