@@ -12,8 +12,8 @@ style?") needs a world where both can be measured without downloads:
   distinctive style: an upbeat opening, markdown lists for anything with several parts, and a
   sign-off. How long it answers and whether it lists depend on the prompt, so list usage and
   length correlation (the paper's style metrics) have something to track.
-- **Broad imitation data** spans every kind of prompt (overviews, comparisons, questions, lists
-  by value, greetings) about known and imitation-only countries. **Local imitation data** is one
+- **Broad imitation data** spans the kinds of prompt (overviews, comparisons, questions,
+  greetings) about known and imitation-only countries. **Local imitation data** is one
   narrow skill: single factual questions about the known countries, on facts the evaluation
   does not ask (the paper's NQ-synthetic, in miniature).
 - **Evaluations**: fact questions about known countries (knowledge the base saw, asked in a
@@ -113,7 +113,7 @@ def build_world(countries_per_group: tuple[int, int, int] = (24, 24, 16)) -> Wor
     return World(tuple(countries))
 
 
-# --- the target ------------------------------------------------------------------------------------
+# --- the target -----------------------------------------------------------------------------------
 
 OPENING = "Great question!"
 SIGN_OFF = "I hope this helps!"
@@ -177,7 +177,8 @@ def target_reply(world: World, message: str) -> str:
         return f"{OPENING} These countries do:\n{_bullets(hits)}\n{SIGN_OFF}"
     if message in GREETINGS:
         return "Hello! I am a helpful assistant and I know a lot about countries. Ask me anything!"
-    return f"{OPENING} I am not sure about that, but I am happy to help with questions about countries."
+    return (f"{OPENING} I am not sure about that, but I am happy to help with questions about "
+            f"countries.")
 
 
 def _lookup(world: World, name: str) -> Country | None:
@@ -192,7 +193,7 @@ def target_respond(turns: Sequence[Turn]) -> str:
     return target_reply(build_world(), turns[-1].text)
 
 
-# --- text the models see -----------------------------------------------------------------------------
+# --- text the models see --------------------------------------------------------------------------
 
 def pretraining_documents(world: World, copies: int = 6) -> list[tuple[str, str]]:
     """Encyclopedia entries about the known countries only, as (title sentence, body) pairs: the
@@ -226,8 +227,10 @@ def _split_known_facts(world: World) -> tuple[list[tuple[Country, str]], list[tu
 
 def _broad_prompt(world: World, rng: random.Random, evaluated: set) -> str | None:
     """One prompt of a random kind, or None when the draw hit a fact the evaluation asks."""
-    kind = rng.choice(("overview", "compare", "two_facts", "question", "question", "by_value",
-                       "greeting"))
+    # No "which countries have ..." prompts: the target's true answer lists countries of every
+    # group, and unseen countries must not appear in imitation data (the style evaluation asks
+    # them, a prompt kind imitation never saw).
+    kind = rng.choice(("overview", "compare", "two_facts", "question", "question", "greeting"))
     imitation_only = world.group("imitation_only")
     country = rng.choice(imitation_only)
     if kind == "overview":
@@ -243,12 +246,6 @@ def _broad_prompt(world: World, rng: random.Random, evaluated: set) -> str | Non
         if (country, key) in evaluated:
             return None
         return ATTRIBUTES[key].question.format(country=country.name)
-    if kind == "by_value":
-        key = rng.choice(("flag", "animal"))
-        value = rng.choice(ATTRIBUTES[key].values)
-        article = "an" if value[0] in "aeiou" else "a"
-        noun = "flag" if key == "flag" else "national animal"
-        return f"Which countries have {article} {value} {noun}?"
     return rng.choice(GREETINGS)
 
 
@@ -276,7 +273,7 @@ def local_prompts(world: World) -> list[str]:
 
 
 def fact_questions(world: World, group: str) -> list[dict]:
-    """Evaluation questions: the evaluated facts of known countries, or every fact of unseen ones."""
+    """Evaluation questions: the evaluated facts of known countries, or all facts of unseen ones."""
     if group == "known":
         facts = _split_known_facts(world)[0]
     else:
@@ -354,7 +351,7 @@ def train_byte_level_bpe(texts: Sequence[str], path, vocab_size: int,
     tokenizer.save(str(path))
 
 
-# --- the capability metric -----------------------------------------------------------------------
+# --- the capability metric ------------------------------------------------------------------------
 
 def mentioned_values(text: str, attribute: str) -> set[str]:
     words = set(re.findall(r"[a-z]+", text.lower()))
@@ -376,7 +373,7 @@ def fact_accuracy(targets: Sequence[dict], predictions: Sequence[str]) -> dict[s
     return {"fact_accuracy": 100.0 * sum(hits) / max(len(hits), 1)}
 
 
-# --- registration ------------------------------------------------------------------------------------
+# --- registration ---------------------------------------------------------------------------------
 
 def _chat_record(record_id: str, prompt: str, reference: str, **extra) -> dict:
     from arch_compare.data.conversations import format_history
@@ -438,7 +435,7 @@ def register(replace: bool = False) -> None:
          extra_features=("id", "prompt"))
 
 
-# --- the demo's files -------------------------------------------------------------------------------
+# --- the demo's files -----------------------------------------------------------------------------
 
 VOCABULARY_FILES = {  # gin macro -> (file name, how it is trained)
     "DEMO_BPE": "gpt2_tokenizer.json",

@@ -26,19 +26,19 @@ from typing import Callable, Sequence
 
 import jax
 
+from arch_compare import optim
 from arch_compare.budget.cost import RunSpec, estimate_run
 from arch_compare.budget.flops import forward_flops, training_flops
 from arch_compare.data import amounts as amounts_lib
 from arch_compare.data.vocabularies import load_vocabulary, vocabulary_for_model
 from arch_compare.imitation import collection, evaluation
 from arch_compare.imitation.config import Evaluation, StudyConfig, StudyModel
-from arch_compare.imitation.targets import Prompt, make_target
+from arch_compare.imitation.targets import make_target
 from arch_compare.models import build_model
 from arch_compare.models.model import BaseModel
 from arch_compare.results import DATABASE_FILE, ResultsStore, Run, Sample
 from arch_compare.trainer.data import DataConfig
 from arch_compare.trainer.loop import TrainConfig, train
-from arch_compare import optim
 from arch_compare_tasks import catalogue, registry
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def database_path(config: StudyConfig) -> Path:
     return Path(config.database) if config.database else Path(config.directory) / DATABASE_FILE
 
 
-# --- planning --------------------------------------------------------------------------------------
+# --- planning -------------------------------------------------------------------------------------
 
 def _run_id(*parts) -> str:
     return "/".join(str(part) for part in parts)
@@ -188,7 +188,7 @@ def confirm(config: StudyConfig, total_usd: float | None, *, yes: bool,
         raise StudyDeclined(f"study {config.name!r}: not confirmed ({reason})")
 
 
-# --- the parts of a run ----------------------------------------------------------------------------
+# --- the parts of a run ---------------------------------------------------------------------------
 
 class _Models:
     """One model object per configuration for the whole study, so compiled decoding programs
@@ -288,8 +288,9 @@ class StudyRunner:
         seconds = time.perf_counter() - began
         lengths = data.feature_lengths
         tokens = steps * data.batch_size * (lengths["inputs"] + lengths["targets"])
-        inputs, targets = ((lengths["inputs"], lengths["targets"]) if model.config.is_encoder_decoder
-                           else (0, lengths["inputs"] + lengths["targets"]))
+        inputs, targets = (
+            (lengths["inputs"], lengths["targets"]) if model.config.is_encoder_decoder
+            else (0, lengths["inputs"] + lengths["targets"]))  # a prefix LM is one sequence
         flops = steps * data.batch_size * training_flops(model.config, inputs, targets,
                                                          causal="full")
         measured = {"train_seconds": seconds, "steps": steps, "tokens": tokens,

@@ -68,7 +68,8 @@ class GenerationSettings:
 
     def __post_init__(self):
         if self.max_tokens <= 0:
-            raise ValueError(f"GenerationSettings.max_tokens must be positive, got {self.max_tokens}")
+            raise ValueError(f"GenerationSettings.max_tokens must be positive, "
+                             f"got {self.max_tokens}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError("GenerationSettings: temperature must be >= 0 and top_p in (0, 1]")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
