@@ -267,7 +267,11 @@ class StudyRunner:
             catalogue.register_imitation_task(name, path, source.format if source.file
                                               else "openai_chat", num_examples=amount,
                                               replace=True)
-            available = len(registry.records(name, "train"))
+            try:
+                available = len(registry.records(name, "train"))
+            except ValueError as error:  # the reader counts first: "only N exist"
+                raise RuntimeError(f"data source {source_name!r} ({path}): {error}; amount "
+                                   f"{amount} needs more") from None
             if available < amount:
                 raise RuntimeError(f"data source {source_name!r}: {path} holds only "
                                    f"{available} examples; amount {amount} needs more")

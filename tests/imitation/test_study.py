@@ -217,3 +217,25 @@ def test_the_report_renders_in_chromium_with_every_plot_visible(uninterrupted, c
         assert loaded, image.get_attribute("alt")
     headings = [h.text for h in chromium.find_elements("css selector", "h2")]
     assert any("gap" in h.lower() for h in headings) and any("Style" in h for h in headings)
+
+
+def test_a_pre_collected_file_is_a_data_source_in_its_own_format(tmp_path):
+    from arch_compare.imitation.study import StudyRunner
+    from arch_compare_tasks import catalogue, registry
+    fixture = catalogue.FIXTURES / "imitation" / "sharegpt.json"
+    available = len(registry.records("imitation_sharegpt_fixture", "train")) + 1  # + validation
+    config = _config(directory=str(tmp_path), sources=[
+        {"name": "given", "file": str(fixture), "format": "sharegpt", "amounts": [1, available]},
+        {"name": "too_much", "file": str(fixture), "format": "sharegpt",
+         "amounts": [available + 1]}],
+        target={"kind": "function", "name": "t",
+                "function": "arch_compare_tasks.demo_world:target_respond"})
+    runner = StudyRunner(config, progress=False, echo=lambda *_: None)
+    files = runner.collect()  # nothing to ask the target: files are used as they are
+    assert files == {"given": fixture, "too_much": fixture}
+    assert not (tmp_path / "collection").exists()
+    task = runner._imitation_task("given", 1, fixture)
+    assert len(registry.records(task, "train")) == 1
+    assert registry.records(task, "train")[0]["source"] == "sharegpt"
+    with pytest.raises(RuntimeError, match=r"data source 'too_much' .*only \d+ exist"):
+        runner._imitation_task("too_much", available + 1, fixture)
