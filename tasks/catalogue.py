@@ -17,7 +17,8 @@ from pathlib import Path
 
 from arch_compare.evaluation import humaneval, metrics
 from arch_compare_tasks import demo_world, mmlu, natural_questions, nq_synthetic, readers
-from arch_compare_tasks.registry import MixtureSpec, TaskSpec, register_mixture, register_task
+from arch_compare_tasks.registry import (MixtureSpec, TaskSpec, as_text, register_mixture,
+                                         register_task)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 IMITATION_FIXTURES = {"sharegpt": "sharegpt.json", "hc3": "hc3.jsonl",
@@ -108,7 +109,7 @@ def register_imitation_with_pretraining(name: str, imitation_task: str, text_tas
 def _mmlu_targets(target, example=None, is_target=False):
     """Targets become (question id, choice index, is correct) so scores can be regrouped."""
     if is_target and example is not None:
-        return (_text(example["id"]), int(example["choice_index"]), bool(example["is_correct"]))
+        return (as_text(example["id"]), int(example["choice_index"]), bool(example["is_correct"]))
     return target
 
 
@@ -133,8 +134,8 @@ def register_mmlu(name: str, folder: Path, shots: int = 5, replace: bool = False
 
 def _nq_postprocess(output, example=None, is_target=False):
     if is_target and example is not None:
-        return json.loads(_text(example["answers"]))
-    return metrics.first_line_answer(_text(output))
+        return json.loads(as_text(example["answers"]))
+    return metrics.first_line_answer(as_text(output))
 
 
 def register_natural_questions(name: str, folder: Path, shots: int = 3,
@@ -167,8 +168,8 @@ def register_nq_synthetic_prompts(name: str, seed_path: Path, num_prompts: int,
 def _humaneval_postprocess(output, example=None, is_target=False):
     """Targets become task ids (the metric looks problems up); predictions stay completions."""
     if is_target and example is not None:
-        return _text(example["task_id"])
-    return _text(output)
+        return as_text(example["task_id"])
+    return as_text(output)
 
 
 def humaneval_pass_at_k(targets, predictions) -> dict[str, float]:
@@ -189,10 +190,6 @@ def register_humaneval(name: str = "humaneval", replace: bool = False) -> TaskSp
         description="HumanEval 0-shot: completions executed against the problems' tests, pass@k",
         metric_fns=(humaneval_pass_at_k,), postprocess_fn=_humaneval_postprocess,
         extra_features=("id", "task_id")), replace=replace)
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 # --- what ships -----------------------------------------------------------------------------------

@@ -123,6 +123,11 @@ def _records(name: str, split: str) -> tuple[Mapping, ...]:
     return loaded
 
 
+def as_text(value) -> str:
+    """A record field as text: seqio hands post-processors bytes, plain records hold str."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 def vocabulary_fingerprint(vocabulary: seqio.Vocabulary) -> str:
     """A short name for a vocabulary that is equal for equal vocabularies."""
     if isinstance(vocabulary, seqio.SentencePieceVocabulary):

@@ -17,6 +17,7 @@ short trains on from its last checkpoint (bitwise as if never stopped) and is ev
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -29,6 +30,7 @@ import jax
 from arch_compare import optim
 from arch_compare.budget.cost import RunSpec, estimate_run
 from arch_compare.budget.flops import forward_flops, training_flops
+from arch_compare.budget.parameters import count_parameters
 from arch_compare.data import amounts as amounts_lib
 from arch_compare.data.vocabularies import load_vocabulary, vocabulary_for_model
 from arch_compare.imitation import collection, evaluation
@@ -78,7 +80,7 @@ def _run_id(*parts) -> str:
 def _model_fields(model: StudyModel) -> dict:
     cfg = model.config
     return {"model": model.name, "architecture": cfg.arch, "family": cfg.family,
-            "parameters": build_model(cfg).param_count()}
+            "parameters": count_parameters(cfg).total}
 
 
 def plan(config: StudyConfig) -> list[PlannedRun]:
@@ -149,14 +151,15 @@ def estimate(config: StudyConfig, planned: PlannedRun) -> dict | None:
             "mfu_source": summary["mfu_source"]}
 
 
-def budget_table(config: StudyConfig, planned: Sequence[PlannedRun]) -> tuple[str, float | None]:
-    """The grid's estimate as text, and its total in dollars (None: a price is unknown)."""
+def budget_table(config: StudyConfig, estimates: dict[str, dict | None]
+                 ) -> tuple[str, float | None]:
+    """The grid's estimates (run id -> `estimate`) as text, and their total in dollars (None: a
+    price is unknown)."""
     lines = [f"Budget of study {config.name!r} on {config.budget.hardware} "
              f"(budget module estimate, before anything runs):",
              f"  {'run':<48} {'FLOPs':>10} {'chip-hours':>11} {'USD':>9}"]
     total_usd, total_hours, total_flops = 0.0, 0.0, 0.0
-    for item in planned:
-        priced = estimate(config, item)
+    for run_id, priced in estimates.items():
         if priced is None:
             continue
         cost = priced["cost_usd"]
@@ -164,7 +167,7 @@ def budget_table(config: StudyConfig, planned: Sequence[PlannedRun]) -> tuple[st
         total_hours += priced["chip_hours"]
         total_flops += priced["flops"]
         usd = "n/a" if cost is None else f"{cost:.2f}"
-        lines.append(f"  {item.run.run_id:<48} {priced['flops']:>10.2e} "
+        lines.append(f"  {run_id:<48} {priced['flops']:>10.2e} "
                      f"{priced['chip_hours']:>11.4f} {usd:>9}")
     usd = "n/a (no price for this hardware)" if total_usd is None else f"${total_usd:,.2f}"
     lines.append(f"  total: {total_flops:.3e} FLOPs, {total_hours:,.4f} chip-hours, {usd}; "
@@ -212,12 +215,6 @@ class _Models:
         return self._vocabularies[key]
 
 
-def _reference_vocabulary(path: str | None):
-    if path is None:
-        return None
-    return load_vocabulary("hf_tokenizer" if path.endswith(".json") else "sentencepiece", path)
-
-
 class StudyRunner:
     def __init__(self, config: StudyConfig, *, progress: bool = True, echo=print):
         self.config = config
@@ -227,6 +224,14 @@ class StudyRunner:
         self.models = _Models()
         self.target = make_target(config.target)
         self._imitation_tasks: dict[tuple[str, int], str] = {}
+
+    @functools.cached_property
+    def reference_vocabulary(self):
+        """The one tokenizer every amount is also counted in (loaded once per study)."""
+        path = self.config.reference_vocabulary
+        if path is None:
+            return None
+        return load_vocabulary("hf_tokenizer" if path.endswith(".json") else "sentencepiece", path)
 
     # -- collection
 
@@ -396,7 +401,7 @@ class StudyRunner:
         task = self._imitation_task(run.data_source, run.data_examples, files[run.data_source])
         records = registry.records(task, "train")
         vocabularies = {"model": self.models.vocabulary(planned.model)}
-        reference = _reference_vocabulary(self.config.reference_vocabulary)
+        reference = self.reference_vocabulary
         if reference is not None:
             vocabularies["reference"] = reference
         counts = amounts_lib.count_tokens(records, vocabularies)
@@ -411,7 +416,8 @@ class StudyRunner:
         (self.directory / "study_config.json").write_text(
             json.dumps(config.to_dict(), indent=2, default=str) + "\n")
         planned = plan(config)
-        table, total_usd = budget_table(config, planned)
+        estimates = {item.run.run_id: estimate(config, item) for item in planned}
+        table, total_usd = budget_table(config, estimates)
         self.echo(table)
         confirm(config, total_usd, yes=yes, ask=ask)
         self.store = ResultsStore(database_path(config))
@@ -425,7 +431,7 @@ class StudyRunner:
                 skipped += 1
                 continue
             self.echo(f"[{index}/{len(planned)}] {run.run_id}")
-            fields = {"estimate": estimate(config, item), "started": time.time()}
+            fields = {"estimate": estimates[run.run_id], "started": time.time()}
             if run.role == "imitation":
                 fields |= self._data_tokens(item, files)
             run = dataclasses.replace(run, status="running", **fields)

@@ -51,6 +51,7 @@ class InferenceConfig:
 def load_params(model: BaseModel, path: str | Path) -> Params:
     """Parameters for `model` from a training directory, a native checkpoint or an HF directory."""
     path = Path(path)
+    family = None  # the checkpoint's own model family, where the checkpoint says it
     if (path / CHECKPOINT_DIR).is_dir():
         with ocp.CheckpointManager(path / CHECKPOINT_DIR, item_names=("state", "data")) as manager:
             step = manager.latest_step()
@@ -63,16 +64,17 @@ def load_params(model: BaseModel, path: str | Path) -> Params:
                 raise CheckpointError(f"{path / CHECKPOINT_DIR / str(step)}: cannot restore "
                                       f"({error})") from error
         params = state["params"]
-    elif is_native_checkpoint(path):
-        params = load_model(path)[1]
-    elif (path / "config.json").is_file():
-        params = load_hf_checkpoint(path)[1]
+    elif is_native_checkpoint(path) or (path / "config.json").is_file():
+        loader = load_model if is_native_checkpoint(path) else load_hf_checkpoint
+        loaded, params = loader(path)
+        family = loaded.config.family
     else:
         raise CheckpointError(f"{path}: neither a training directory ({CHECKPOINT_DIR}/), a "
                               f"native checkpoint nor a Hugging Face directory (config.json)")
     expected = jax.tree.map(lambda x: x.shape, model.abstract_params())
     if jax.tree.map(lambda x: tuple(x.shape), params) != expected:
-        raise CheckpointError(f"{path}: its parameters do not fit the configured model")
+        found = f" ({family} checkpoint, {model.config.family} model configured)" if family else ""
+        raise CheckpointError(f"{path}: its parameters do not fit the configured model{found}")
     return jax.tree.map(lambda x: np.asarray(x, model.config.weight_dtype), params)
 
 

@@ -23,12 +23,9 @@ from tqdm import tqdm
 from arch_compare import optim, partitioning
 from arch_compare.budget.flops import training_flops
 from arch_compare.data.converters import feature_converter_for
-from arch_compare.models.hf import load_hf_checkpoint
-from arch_compare.models.hf.checkpoint import CheckpointError
 from arch_compare.models.model import BaseModel
-from arch_compare.models.native import is_native_checkpoint, load_model
 from arch_compare.trainer import inference
-from arch_compare.trainer.checkpoints import CHECKPOINT_DIR, Checkpoints
+from arch_compare.trainer.checkpoints import Checkpoints
 from arch_compare.trainer.data import BatchIterator, DataConfig
 from arch_compare.trainer.metrics import MetricsWriter
 from arch_compare.trainer.steps import TrainState, make_eval_step, make_train_step
@@ -78,19 +75,8 @@ def _initial_params(model: BaseModel, config: TrainConfig):
     path = config.initial_checkpoint_path
     if not path:
         return model.init(jax.random.key(config.seed))
-    if (Path(path) / CHECKPOINT_DIR).is_dir():  # another run's directory: its newest checkpoint
-        return jax.tree.map(lambda x: jnp.asarray(x, model.config.weight_dtype),
-                            inference.load_params(model, path))
-    loader = load_model if is_native_checkpoint(path) else load_hf_checkpoint
-    loaded_model, params = loader(path)
-    expected = jax.tree.map(lambda x: x.shape, model.abstract_params())
-    found = jax.tree.map(lambda x: x.shape, params)
-    if expected != found:
-        raise CheckpointError(f"{path}: its parameters do not fit the configured model "
-                              f"({loaded_model.config.family} checkpoint, "
-                              f"{model.config.family} model configured)")
-    dtype = model.config.weight_dtype
-    return jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+    # Any checkpoint kind (another run's directory, native, HF), checked against the model.
+    return jax.tree.map(jnp.asarray, inference.load_params(model, path))
 
 
 def _model_flops_per_step(model: BaseModel, data: DataConfig) -> float:
