@@ -12,6 +12,7 @@ import math
 from typing import Any, Mapping
 
 from arch_compare import optim
+from arch_compare.execution import ExecutionConfig
 from arch_compare.imitation.targets import GenerationSettings
 from arch_compare.models.zoo import get_preset
 
@@ -68,10 +69,14 @@ class StudyModel:
     pretraining: Pretraining | None = None
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     name: str | None = None  # how tables and plots call it; default: the preset
+    # This model's changes to the study's execution settings, e.g. {'mesh': {'fsdp': 16}}.
+    execution: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         where = f"model {self.name or self.preset!r}"
         get_preset(self.preset, dict(self.overrides))  # unknown presets / fields fail here
+        _freeze(self, "execution", dict(self.execution or {}))
+        ExecutionConfig().override(self.execution, f"{where}.execution")  # keys checked here
         _freeze(self, "pretraining", _coerce(self.pretraining, Pretraining, f"{where}.pretraining"))
         _freeze(self, "overrides", dict(self.overrides))
         if (self.base_checkpoint is None) == (self.pretraining is None):
@@ -190,6 +195,9 @@ class StudyConfig:
     database: str | None = None  # default: <directory>/results.sqlite
     samples_per_task: int = 4
     notes: tuple[str, ...] = ()
+    # How every run is laid out on the devices (models may override parts): not a fairness
+    # difference, but recorded with each run and printed by the report.
+    execution: ExecutionConfig = ExecutionConfig()
 
     def __post_init__(self):
         _freeze(self, "target", dict(self.target))
@@ -202,6 +210,9 @@ class StudyConfig:
         _freeze(self, "training", _coerce(self.training, Training, "training"))
         _freeze(self, "generation", _coerce(self.generation, GenerationSettings, "generation"))
         _freeze(self, "budget", _coerce(self.budget, BudgetSettings, "budget"))
+        _freeze(self, "execution", ExecutionConfig.coerce(self.execution, "execution"))
+        for model in self.models:
+            self.execution_for(model)  # a model's override is checked against the study's
         _freeze(self, "eval_feature_lengths", dict(self.eval_feature_lengths))
         _freeze(self, "notes", tuple(self.notes))
         if not self.models or not self.sources or not self.evaluations:
@@ -213,6 +224,10 @@ class StudyConfig:
                 raise ValueError(f"study {self.name!r}: {label} names repeat: {names}")
         if "kind" not in self.target or "name" not in self.target:
             raise ValueError(f"study {self.name!r}: target needs 'kind' and 'name'")
+
+    def execution_for(self, model: StudyModel) -> ExecutionConfig:
+        """The study's execution settings with `model`'s own changes applied."""
+        return self.execution.override(model.execution, f"model {model.name!r}.execution")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -297,9 +297,7 @@ class StudyRunner:
         seconds = time.perf_counter() - began
         lengths = data.feature_lengths
         tokens = steps * data.batch_size * (lengths["inputs"] + lengths["targets"])
-        inputs, targets = (
-            (lengths["inputs"], lengths["targets"]) if model.config.is_encoder_decoder
-            else (0, lengths["inputs"] + lengths["targets"]))  # a prefix LM is one sequence
+        inputs, targets = model.sequence_lengths(lengths)
         flops = steps * data.batch_size * training_flops(model.config, inputs, targets,
                                                          causal="full")
         measured = {"train_seconds": seconds, "steps": steps, "tokens": tokens,

@@ -354,12 +354,9 @@ class ModelTarget:
         return results
 
     def _prompt_limit(self, settings: GenerationSettings) -> int:
-        config = self.model.config
         limit = self.max_prompt_tokens or sys.maxsize
-        if config.position == "learned" and not config.is_encoder_decoder:
-            # Prompt and reply share the decoder's position table.
-            limit = min(limit, config.max_length - settings.max_tokens)
-        return limit
+        model_limit = self.model.max_prompt_tokens(settings.max_tokens)
+        return limit if model_limit is None else min(limit, model_limit)
 
     def _generate_batch(self, rows: list[list[int]], settings: GenerationSettings
                         ) -> list[ModelReply]:

@@ -22,6 +22,12 @@ POSITIONS = ("learned", "rotary", "relative")
 POSITIONS_BY_ARCH = {"decoder_only": ("learned", "rotary"),
                      "encoder_decoder": ("relative", "rotary")}
 DTYPES = ("float32", "bfloat16", "float16")
+# Rematerialisation of each block in the backward pass, by what it keeps (the policies themselves
+# are in `transformer.REMAT_POLICIES`): "none" keeps every activation, "block" only each block's
+# input, "dots_saveable" the matmul outputs, "dots_with_no_batch_dims_saveable" the weight matmuls.
+REMAT_CHOICES = ("none", "block", "dots_saveable", "dots_with_no_batch_dims_saveable")
+# Fields that say how a model runs, not what it computes: checkpoints are shared across them.
+EXECUTION_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +66,7 @@ class ModelConfig:
     eos_id: int = 1
     decoder_start_id: int = 0  # first decoder input (T5: pad; GPT-2/LLaMA: BOS)
     scan_layers: bool = True  # False unrolls the layer loop (one compiled copy per layer)
-    remat_layers: bool = False  # rematerialise each block in the backward pass (saves memory)
+    remat: str = "none"  # one of REMAT_CHOICES
     dtype: str = "float32"  # activations
     param_dtype: str = "float32"
 
@@ -73,6 +79,7 @@ class ModelConfig:
         _check_choice("position", self.position, POSITIONS)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("param_dtype", self.param_dtype, DTYPES)
+        _check_choice("remat", self.remat, REMAT_CHOICES)
         for name in ("vocab_size", "d_model", "num_heads", "head_dim", "d_ff", "num_layers",
                      "num_kv_heads"):
             if getattr(self, name) <= 0:
@@ -120,8 +127,15 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def architecture_dict(self) -> dict:
+        """`to_dict` without the execution fields: what a checkpoint must agree with."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
+        values = dict(values)
+        if "remat_layers" in values:  # directories written before remat policies had names
+            values["remat"] = "block" if values.pop("remat_layers") else "none"
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -151,6 +151,27 @@ class BaseModel:
     def logits(self, params: Params, batch: Batch) -> jax.Array:
         raise NotImplementedError
 
+    # What code above `models/` asks instead of branching on the architecture.
+
+    def feature_converter(self, vocabulary, pack: bool = False):
+        """The seqio feature converter that turns task examples into this model's batches."""
+        from arch_compare.data.converters import feature_converter_for  # data imports models
+        return feature_converter_for(self.config, vocabulary, pack=pack)
+
+    def sequence_lengths(self, feature_lengths: Mapping[str, int]) -> tuple[int, int]:
+        """(encoder tokens, decoder tokens) one example of `feature_lengths` runs through the
+        network: what a step's FLOPs and activations are counted over."""
+        raise NotImplementedError
+
+    def prompts_of(self, batch: Mapping[str, Any]) -> tuple[Any, Any]:
+        """The prompt each converted example asks the model to continue, as this model's
+        `generate` reads it: tokens [b, p] (real tokens first) and lengths [b]."""
+        raise NotImplementedError
+
+    def max_prompt_tokens(self, max_new_tokens: int) -> int | None:
+        """The longest prompt that leaves room for `max_new_tokens` (None: no position limit)."""
+        return None
+
     # Decoding. Subclasses say how a prompt becomes a cache (`prefill`) and which network call
     # runs cached tokens (`_extend_network`); masks, positions and slots are shared here.
 
@@ -201,6 +222,19 @@ class DecoderOnlyModel(BaseModel):
 
     network_class = DecoderOnlyNetwork
 
+    def sequence_lengths(self, feature_lengths: Mapping[str, int]) -> tuple[int, int]:
+        # A prefix LM reads inputs and targets as one decoder sequence.
+        return 0, feature_lengths["inputs"] + feature_lengths["targets"]
+
+    def prompts_of(self, batch: Mapping[str, Any]) -> tuple[Any, Any]:
+        # The start token, the inputs and their EOS are what the converter marks as the prefix.
+        return batch["decoder_input_tokens"], batch["decoder_causal_attention"].sum(axis=1)
+
+    def max_prompt_tokens(self, max_new_tokens: int) -> int | None:
+        if self.config.position != "learned":
+            return None
+        return self.config.max_length - max_new_tokens  # prompt and reply share the table
+
     def logits(self, params: Params, batch: Batch) -> jax.Array:
         _require(batch, ("decoder_input_tokens",), type(self).__name__)
         tokens = batch["decoder_input_tokens"]  # [b, l]
@@ -233,6 +267,13 @@ class EncoderDecoderModel(BaseModel):
     (targets shifted right) the decoder."""
 
     network_class = EncoderDecoderNetwork
+
+    def sequence_lengths(self, feature_lengths: Mapping[str, int]) -> tuple[int, int]:
+        return feature_lengths["inputs"], feature_lengths["targets"]
+
+    def prompts_of(self, batch: Mapping[str, Any]) -> tuple[Any, Any]:
+        tokens = batch["encoder_input_tokens"]  # the encoder input; 0 pads it
+        return tokens, (tokens != self.config.pad_id).sum(axis=1)
 
     def logits(self, params: Params, batch: Batch) -> jax.Array:
         _require(batch, ("encoder_input_tokens", "decoder_input_tokens"), type(self).__name__)

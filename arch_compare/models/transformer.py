@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from arch_compare.models.config import ModelConfig
+from arch_compare.models.config import REMAT_CHOICES, ModelConfig
 from arch_compare.models.layers import (Attention, Dense, Embed, KVCache, Mlp, Norm,
                                         RelativePositionBias)
 
@@ -44,6 +44,16 @@ class BlockCache:
     self_attention: KVCache  # [b, s, g, e]: s slots, filled as tokens arrive
     # [b, k, g, e]: the encoder output's keys/values, projected once per input (encoder-decoder).
     cross_attention: KVCache | None = None
+
+
+# ModelConfig.remat -> what jax.checkpoint keeps of a block for the backward pass (None: no remat).
+REMAT_POLICIES = {
+    "none": None,
+    "block": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+assert tuple(REMAT_POLICIES) == REMAT_CHOICES
 
 
 class Block(nnx.Module):
@@ -95,7 +105,7 @@ class Stack(nnx.Module):
         # Unrolling compiles every layer separately (slower to compile) but lets XLA's cost
         # analysis see each one: it counts a loop body once whatever the trip count.
         self.unroll = True if not cfg.scan_layers else 1
-        self.remat = cfg.remat_layers
+        self.remat_policy = REMAT_POLICIES[cfg.remat]
 
     def __call__(self, x: jax.Array, inputs: AttentionInputs, cache: BlockCache | None = None
                  ) -> tuple[jax.Array, BlockCache | None]:
@@ -104,9 +114,11 @@ class Stack(nnx.Module):
         @nnx.scan(in_axes=(nnx.Carry, 0, None, 0), out_axes=(nnx.Carry, 0), unroll=self.unroll,
                   transform_metadata={nnx.PARTITION_NAME: "layers"})
         def run_block(x, block: Block, inputs: AttentionInputs, cache: BlockCache | None):
-            if self.remat:  # keep only the block input; recompute the rest in the backward pass
-                return nnx.remat(lambda b, h, i, c: b(h, i, c))(block, x, inputs, cache)
-            return block(x, inputs, cache)
+            if self.remat_policy is None:
+                return block(x, inputs, cache)
+            # Keep what the policy saves; recompute the rest of the block in the backward pass.
+            return nnx.remat(lambda b, h, i, c: b(h, i, c), policy=self.remat_policy)(
+                block, x, inputs, cache)
 
         x, cache = run_block(x, self.blocks, inputs, cache)
         return self.final_norm(x), cache

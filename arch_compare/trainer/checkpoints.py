@@ -40,9 +40,11 @@ class Checkpoints:
     def _check_model_config(self, config: ModelConfig) -> None:
         path = self.model_dir / CONFIG_FILE
         if path.exists():
-            recorded = json.loads(path.read_text())
-            differences = sorted(k for k in set(recorded) | set(config.to_dict())
-                                 if recorded.get(k) != config.to_dict().get(k))
+            # Execution fields (dtypes, remat) may change between runs of one model.
+            recorded = ModelConfig.from_dict(json.loads(path.read_text())).architecture_dict()
+            current = config.architecture_dict()
+            differences = sorted(k for k in set(recorded) | set(current)
+                                 if recorded.get(k) != current.get(k))
             if differences:
                 raise CheckpointError(
                     f"{path}: this model directory belongs to a different model (fields "

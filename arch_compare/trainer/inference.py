@@ -21,7 +21,6 @@ import orbax.checkpoint as ocp
 import seqio
 from tqdm import tqdm
 
-from arch_compare.data.converters import feature_converter_for
 from arch_compare.decoding.search import DecodeConfig, generate, score
 from arch_compare.models.hf import load_hf_checkpoint
 from arch_compare.models.hf.checkpoint import CheckpointError
@@ -78,15 +77,6 @@ def load_params(model: BaseModel, path: str | Path) -> Params:
     return jax.tree.map(lambda x: np.asarray(x, model.config.weight_dtype), params)
 
 
-def prompts_of(model: BaseModel, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The prompt each converted example asks the model to continue: [b, p] and lengths [b]."""
-    if model.config.is_encoder_decoder:
-        tokens = batch["encoder_input_tokens"]
-        return tokens, (tokens != 0).sum(axis=1)
-    # Prefix LM: the start token, the inputs and their EOS are marked as the causal prefix.
-    return batch["decoder_input_tokens"], batch["decoder_causal_attention"].sum(axis=1)
-
-
 def _batches(dataset: Iterable, batch_size: int) -> Iterable[tuple[list[int], dict]]:
     """(indices, features) in fixed-size batches; the last is padded by repeating its first row,
     so one compiled program serves every batch."""
@@ -116,14 +106,14 @@ def evaluate(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary,
              tasks: Sequence[str], config: InferenceConfig, *, progress: bool = True
              ) -> dict[str, dict[str, float]]:
     """Run seqio's Evaluator on each task and write `metrics.json`; returns task -> metrics."""
-    converter = feature_converter_for(model.config, vocabulary)
+    converter = model.feature_converter(vocabulary)
     decode = _decode_config(config, vocabulary)
 
     def predict_fn(dataset):
         outputs = []
         for indices, batch in tqdm(_batches(dataset.as_numpy_iterator(), config.batch_size),
                                    desc="generate", disable=not progress):
-            prompts, lengths = prompts_of(model, batch)
+            prompts, lengths = model.prompts_of(batch)
             tokens = np.asarray(generate(model, params, prompts, decode, lengths=lengths).tokens)
             outputs += [(index, tokens[row].tolist()) for row, index in enumerate(indices)]
         return outputs
@@ -158,7 +148,7 @@ def predict(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary, task
     task = seqio_task(task_name, vocabulary)
     lengths = dict(config.feature_lengths)
     examples = task.get_dataset(lengths, split=config.split, shuffle=False, use_cached=False)
-    converted = feature_converter_for(model.config, vocabulary)(examples, lengths)
+    converted = model.feature_converter(vocabulary)(examples, lengths)
     decode = _decode_config(config, vocabulary)
     # Same order on both sides (no shuffling, no packing): the text beside its model features.
     rows = ((index, {**converted_row, **{f"text:{name}": value for name, value in row.items()
@@ -167,7 +157,7 @@ def predict(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary, task
                                                              converted.as_numpy_iterator())))
     for indices, batch in tqdm(_batches(rows, config.batch_size),
                                desc=f"infer {task_name}", disable=not progress):
-        prompts, prompt_lengths = prompts_of(model, batch)
+        prompts, prompt_lengths = model.prompts_of(batch)
         generated = generate(model, params, prompts, decode, lengths=prompt_lengths)
         tokens, scores = np.asarray(generated.tokens), np.asarray(generated.scores)
         for row, index in enumerate(indices):

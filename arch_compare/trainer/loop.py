@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from arch_compare import optim, partitioning
 from arch_compare.budget.flops import training_flops
-from arch_compare.data.converters import feature_converter_for
 from arch_compare.models.model import BaseModel
 from arch_compare.trainer import inference
 from arch_compare.trainer.checkpoints import Checkpoints
@@ -80,11 +79,7 @@ def _initial_params(model: BaseModel, config: TrainConfig):
 
 
 def _model_flops_per_step(model: BaseModel, data: DataConfig) -> float:
-    lengths = data.feature_lengths
-    if model.config.is_encoder_decoder:
-        inputs, targets = lengths["inputs"], lengths["targets"]
-    else:  # the prefix LM concatenates both into one decoder sequence
-        inputs, targets = 0, lengths["inputs"] + lengths["targets"]
+    inputs, targets = model.sequence_lengths(data.feature_lengths)
     # The models compute the full causal square, so count what runs.
     return data.batch_size * training_flops(model.config, inputs, targets, causal="full")
 
@@ -134,7 +129,7 @@ def train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, *
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
 
     provider = seqio_provider(config.data.task, vocabulary)
-    converter = feature_converter_for(model.config, vocabulary, pack=config.data.pack)
+    converter = model.feature_converter(vocabulary, pack=config.data.pack)
     batches = BatchIterator(provider, converter, config.data, position=position,
                             process_index=jax.process_index(),
                             process_count=jax.process_count())

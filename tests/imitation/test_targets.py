@@ -236,7 +236,6 @@ def test_prompt_tokens_equal_the_feature_converter(preset, vocabulary_path, tmp_
     from arch_compare.data.converters import feature_converter_for, prompt_tokens
     from arch_compare.data.vocabularies import vocabulary_for_model
     from arch_compare.models import build_model, get_preset
-    from arch_compare.trainer.inference import prompts_of
     from arch_compare_tasks.registry import seqio_task
 
     config = get_preset(preset)
@@ -252,7 +251,7 @@ def test_prompt_tokens_equal_the_feature_converter(preset, vocabulary_path, tmp_
         prompt = ids.get(example["id"].decode())
         if prompt is None:  # the reader's example of an earlier assistant turn
             continue
-        tokens, lengths = prompts_of(model, {k: v[None] for k, v in batch.items()})
+        tokens, lengths = model.prompts_of({k: v[None] for k, v in batch.items()})
         expected = tokens[0, :lengths[0]].tolist()
         assert prompt_tokens(config, vocabulary, format_history(prompt.turns)) == expected
         checked += 1

@@ -146,7 +146,7 @@ def test_unrolled_layers_equal_scanned_layers(name):
 @pytest.mark.parametrize("name", ["gpt2-tiny", "ul2-tiny"])
 def test_rematerialised_layers_give_the_same_gradients(name):
     model, params = tiny_model(name)
-    remat = build_model(PRESETS[name].replace(remat_layers=True))
+    remat = build_model(PRESETS[name].replace(remat="block"))
     batch = _batch_for(model, 4, 10, 7)
 
     def loss(m):
