@@ -23,7 +23,7 @@ demo: $(VENV)/.installed-main
 
 test: $(VENV)/.installed-test
 	bash scripts/system_packages.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV)
