@@ -160,3 +160,120 @@ def min_chips(memory: TrainingMemory, hbm_bytes: float, batch_size: int,
         return chips
     # Past one example per chip, only the sharded state still shrinks with more chips.
     return math.ceil(memory.state / (usable - per_example))
+
+
+# -------------------------------------------------------------------------------------------------
+# Per device, on the run's mesh: the check made before any compute is spent
+
+from arch_compare.budget.device_memory import (  # noqa: E402  (after the whole-batch model)
+    DeviceInferenceMemory, DeviceTrainingMemory, per_device_inference_memory,
+    per_device_training_memory)
+from arch_compare.partitioning import MeshConfig  # noqa: E402
+
+GIB = 2**30
+
+
+class MemoryShortfall(ValueError):
+    """A training step will not fit in one device's memory; the message gives the numbers and
+    a mesh or microbatch count that would fit, if any does."""
+
+
+def device_memory_bytes(device) -> int | None:
+    """A device's memory in bytes (`memory_stats()['bytes_limit']`), or None where the runtime
+    does not say (CPU)."""
+    try:
+        stats = device.memory_stats()
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return None
+    limit = (stats or {}).get("bytes_limit")
+    return int(limit) if limit else None
+
+
+def usable_bytes(device_bytes: float) -> float:
+    return device_bytes * USABLE_HBM_FRACTION
+
+
+def _batch_splits(mesh: MeshConfig, batch_size: int, microbatches: int) -> bool:
+    ways = mesh.data * mesh.fsdp
+    return batch_size % ways == 0 and (batch_size // ways) % microbatches == 0
+
+
+def training_fits(cfg: ModelConfig, mesh: MeshConfig, input_length: int, target_length: int,
+                  batch_size: int, optimizer: str = "adamw", microbatches: int = 1,
+                  device_bytes: int | None = None) -> bool:
+    """True when the batch splits over `mesh` into `microbatches` and the per-device estimate
+    fits in `USABLE_HBM_FRACTION` of `device_bytes` (None, unknown: only the split is checked).
+    Suits `arch_compare.execution.resolve_mesh`'s `fits` callback."""
+    if not _batch_splits(mesh, batch_size, microbatches):
+        return False
+    if device_bytes is None:
+        return True
+    memory = per_device_training_memory(cfg, mesh, input_length, target_length, batch_size,
+                                        optimizer, microbatches)
+    return memory.total <= usable_bytes(device_bytes)
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+def _mesh_words(mesh: MeshConfig) -> str:
+    from arch_compare.execution import mesh_description  # execution imports the budget's users
+    return mesh_description(mesh)
+
+
+def fitting_alternatives(cfg: ModelConfig, mesh: MeshConfig, input_length: int,
+                         target_length: int, batch_size: int, optimizer: str,
+                         microbatches: int, device_bytes: int, limit: int = 3
+                         ) -> list[tuple[MeshConfig, int, DeviceTrainingMemory]]:
+    """Up to `limit` (mesh, microbatches, estimate) over the same number of devices that fit:
+    first more microbatches on the same mesh, then other meshes (in `candidate_meshes` order,
+    with the fewest microbatches each needs)."""
+    from arch_compare.execution import candidate_meshes
+    found = []
+    meshes = [mesh] + [m for m in candidate_meshes(mesh.num_devices) if m != mesh]
+    for candidate in meshes:
+        if batch_size % (candidate.data * candidate.fsdp):
+            continue
+        per_device = batch_size // (candidate.data * candidate.fsdp)
+        for micro in range(1, per_device + 1):
+            if per_device % micro or (candidate, micro) == (mesh, microbatches):
+                continue
+            memory = per_device_training_memory(cfg, candidate, input_length, target_length,
+                                                batch_size, optimizer, micro)
+            if memory.total <= usable_bytes(device_bytes):
+                found.append((candidate, micro, memory))
+                break  # the fewest microbatches this mesh needs
+        if len(found) >= limit:
+            break
+    return found
+
+
+def check_training_fits(cfg: ModelConfig, mesh: MeshConfig, input_length: int,
+                        target_length: int, batch_size: int, optimizer: str = "adamw",
+                        microbatches: int = 1, device_bytes: int | None = None
+                        ) -> DeviceTrainingMemory:
+    """The per-device estimate, or MemoryShortfall when it exceeds the usable share of
+    `device_bytes` (None: unknown, as on CPU; nothing is refused)."""
+    memory = per_device_training_memory(cfg, mesh, input_length, target_length, batch_size,
+                                        optimizer, microbatches)
+    if device_bytes is None or memory.total <= usable_bytes(device_bytes):
+        return memory
+    parts = ", ".join(f"{name} {_gib(value)}" for name, value in memory.to_dict().items()
+                      if name != "total")
+    alternatives = fitting_alternatives(cfg, mesh, input_length, target_length, batch_size,
+                                        optimizer, microbatches, device_bytes)
+    if alternatives:
+        advice = "; would fit: " + "; ".join(
+            f"mesh {_mesh_words(m)} with {micro} microbatch{'es' if micro > 1 else ''} "
+            f"({_gib(est.total)} per device)" for m, micro, est in alternatives)
+    else:
+        advice = (f"; no mesh over {mesh.num_devices} devices and no microbatch count fits: "
+                  f"use more devices, a smaller batch or model, remat, bfloat16 or adafactor")
+    raise MemoryShortfall(
+        f"{cfg.family} training needs {_gib(memory.total)} per device on mesh "
+        f"{_mesh_words(mesh)} with {microbatches} microbatch{'es' if microbatches > 1 else ''} "
+        f"(batch {batch_size}, lengths {input_length} + {target_length}, {optimizer}, "
+        f"{cfg.dtype} compute, {cfg.param_dtype} params, remat {cfg.remat}), but "
+        f"{_gib(usable_bytes(device_bytes))} is usable ({USABLE_HBM_FRACTION:.0%} of "
+        f"{_gib(device_bytes)}); breakdown: {parts}{advice}")

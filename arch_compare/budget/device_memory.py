@@ -1,0 +1,277 @@
+"""Memory ONE device holds during a training step (or an evaluation), given the mesh it runs on.
+
+The whole-batch estimate in `memory.py` prices a run before its layout is chosen; this module
+follows the layout the trainer really uses, so its numbers can be checked against XLA's own
+`compiled.memory_analysis()` (benchmarks/memory_vs_xla.py) and used to refuse a run that will not
+fit before any compute is spent (`memory.check_training_fits`).
+
+Parameters are split exactly as `arch_compare.partitioning` splits them: its logical-axis rules are
+applied to the model's parameter tree on an `AbstractMesh` of the mesh's sizes, so a dimension that
+the mesh axes do not divide (GPT-2's 50257-token vocabulary on a 2-way `tensor` axis) stays whole.
+The batch splits over data x fsdp, microbatches divide the activations again, and `tensor` splits
+the head, MLP and vocabulary dimensions of the activations when it divides them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+from jax.sharding import AbstractMesh
+
+from arch_compare import partitioning
+from arch_compare.models.config import ModelConfig
+from arch_compare.partitioning import MESH_AXES, MeshConfig
+
+FLOAT32_BYTES = 4
+ADAFACTOR_MIN_DIM_TO_FACTOR = 128  # optax's default
+
+
+def dtype_bytes(name: str) -> int:
+    return jax.numpy.dtype(name).itemsize
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterShard:
+    """One parameter: its global shape and the shape of the piece each device holds."""
+
+    path: str
+    axes: tuple[str | None, ...]
+    shape: tuple[int, ...]
+    shard_shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def shard_size(self) -> int:
+        return math.prod(self.shard_shape)
+
+
+def abstract_mesh(mesh: MeshConfig) -> AbstractMesh:
+    return AbstractMesh(mesh.shape, MESH_AXES)
+
+
+@functools.lru_cache(maxsize=32)
+def _parameter_tree(cfg: ModelConfig):
+    """(logical axes, abstract params) of the model: built once per architecture (~0.1-0.6 s)."""
+    from arch_compare.models.model import build_model  # models import flax; budget loads lazily
+    model = build_model(cfg.replace(dtype="float32", param_dtype="float32", remat="none"))
+    return model.logical_axes(), model.abstract_params()
+
+
+@functools.lru_cache(maxsize=256)
+def parameter_shards(cfg: ModelConfig, mesh: MeshConfig) -> tuple[ParameterShard, ...]:
+    """Every parameter with the piece of it one device holds on `mesh` (the trainer's specs)."""
+    logical_axes, params = _parameter_tree(cfg)
+    layout = abstract_mesh(mesh)
+    specs = partitioning.param_partition_specs(logical_axes, params, layout)
+    axes_leaves = jax.tree_util.tree_leaves_with_path(logical_axes,
+                                                      is_leaf=lambda n: isinstance(n, tuple))
+    spec_leaves = jax.tree.leaves(specs, is_leaf=lambda n: isinstance(n, jax.sharding.PartitionSpec))
+    shape_leaves = jax.tree.leaves(params)
+    shards = []
+    for (path, axes), spec, leaf in zip(axes_leaves, spec_leaves, shape_leaves):
+        shard = tuple(size // _ways(entry, layout) for entry, size in zip(spec, leaf.shape))
+        shards.append(ParameterShard(jax.tree_util.keystr(path, simple=True, separator="/"),
+                                     tuple(axes), tuple(leaf.shape), shard))
+    return tuple(shards)
+
+
+def _ways(entry, layout) -> int:
+    """How many pieces a PartitionSpec entry cuts its dimension into."""
+    axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    return math.prod(layout.shape[axis] for axis in axes)
+
+
+def split(size: int, ways: int) -> int:
+    """`size` over `ways` devices if it divides evenly, else whole (as partitioning does)."""
+    return size // ways if size % ways == 0 else size
+
+
+# -------------------------------------------------------------------------------------------------
+# Optimizer state per device
+
+
+def _adamw_floats(shards: tuple[ParameterShard, ...]) -> int:
+    return sum(2 * shard.shard_size for shard in shards)  # mu and nu, shaped like the params
+
+
+def _adafactor_floats(shards: tuple[ParameterShard, ...]) -> int:
+    # Factored statistics are one row and one column per layer matrix; they are a small fraction
+    # of the state, so each is priced at its share of the parameter's split.
+    from arch_compare.optim import MatrixView
+    floats = 0
+    for shard in shards:
+        view = MatrixView.from_axes(shard.path, shard.axes)
+        matrices = view.matrices_shape(shard.shape)
+        fraction = shard.shard_size / shard.size
+        if view.is_matrix and min(matrices[1:]) >= ADAFACTOR_MIN_DIM_TO_FACTOR:
+            floats += math.ceil(matrices[0] * (matrices[1] + matrices[2]) * fraction)
+        else:
+            floats += shard.shard_size
+    return floats
+
+
+OPTIMIZER_FLOATS = {"adamw": _adamw_floats, "adafactor": _adafactor_floats}
+
+
+# -------------------------------------------------------------------------------------------------
+# Activations per device
+
+
+@dataclasses.dataclass(frozen=True)
+class _Split:
+    """How the activations of one device's microbatch are cut."""
+
+    rows: int  # examples per device per microbatch
+    tensor: int
+
+    def heads(self, n: int) -> int:
+        return split(n, self.tensor)
+
+
+def _block_numbers(cfg: ModelConfig, cut: _Split, queries: int, keys: int,
+                   cross_keys: int) -> int:
+    """Numbers one block stores per example for its backward pass (no rematerialisation)."""
+    d, e = cfg.d_model, cfg.head_dim
+    h, g = cut.heads(cfg.num_heads), cut.heads(cfg.num_kv_heads)
+    f = split(cfg.d_ff, cut.tensor)
+    # attention: residual input, its norm, q/k/v, probabilities over `keys`, attended values
+    attention = queries * (2 * d + (h + 2 * g) * e + h * keys + h * e)
+    cross = queries * (2 * d + 2 * h * e + h * cross_keys) + 2 * cross_keys * g * e \
+        if cross_keys else 0
+    # MLP: residual input, its norm, the up projection(s) before and after the activation
+    mlp = queries * (2 * d + (3 if cfg.mlp_gated else 2) * f)
+    return attention + cross + mlp
+
+
+def _stacks(cfg: ModelConfig, input_length: int, target_length: int):
+    """(layers, queries, keys, cross keys) per stack, and the tokens that get logits."""
+    if cfg.is_encoder_decoder:
+        return [(cfg.num_encoder_layers, input_length, input_length, 0),
+                (cfg.num_layers, target_length, target_length, input_length)], target_length
+    length = input_length + target_length
+    return [(cfg.num_layers, length, length, 0)], length
+
+
+def _activation_bytes(cfg: ModelConfig, cut: _Split, input_length: int,
+                      target_length: int) -> int:
+    act = dtype_bytes(cfg.dtype)
+    stacks, _ = _stacks(cfg, input_length, target_length)
+    numbers = 0
+    for layers, queries, keys, cross_keys in stacks:
+        if not queries:
+            continue
+        block = _block_numbers(cfg, cut, queries, keys, cross_keys)
+        if cfg.remat == "none":
+            numbers += layers * block
+        else:  # keeps each block's input; one block's activations are live at a time
+            numbers += layers * queries * cfg.d_model + block
+    return cut.rows * numbers * act
+
+
+def _logits_bytes(cfg: ModelConfig, cut: _Split, input_length: int, target_length: int) -> int:
+    """The loss takes the logits in float32: logits and their gradient are live together."""
+    _, tokens = _stacks(cfg, input_length, target_length)
+    return cut.rows * 2 * tokens * split(cfg.vocab_size, cut.tensor) * FLOAT32_BYTES
+
+
+# -------------------------------------------------------------------------------------------------
+# The estimate
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceTrainingMemory:
+    """Bytes one device holds at the peak of a training step."""
+
+    weights: int
+    gradients: int
+    optimizer_state: int
+    activations: int
+    logits: int  # float32 logits and their gradient for one microbatch
+    gathered_weights: int  # fsdp: weights gathered whole for the layer being computed
+
+    @property
+    def state(self) -> int:
+        return self.weights + self.gradients + self.optimizer_state
+
+    @property
+    def total(self) -> int:
+        return sum(dataclasses.astuple(self))
+
+    def to_dict(self) -> dict[str, int]:
+        return {**dataclasses.asdict(self), "total": self.total}
+
+
+def _check_batch(mesh: MeshConfig, batch_size: int, microbatches: int) -> int:
+    """Examples each device runs per microbatch; ValueError naming the sizes otherwise."""
+    if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches <= 0:
+        raise ValueError(f"microbatches must be a positive int, got {microbatches!r}")
+    ways = mesh.data * mesh.fsdp
+    if batch_size <= 0 or batch_size % ways:
+        raise ValueError(f"batch size {batch_size} does not split over data {mesh.data} x fsdp "
+                         f"{mesh.fsdp} = {ways} devices")
+    per_device = batch_size // ways
+    if per_device % microbatches:
+        raise ValueError(f"the per-device batch of {per_device} (batch {batch_size} over "
+                         f"{ways} devices) does not split into {microbatches} microbatches")
+    return per_device // microbatches
+
+
+def per_device_training_memory(cfg: ModelConfig, mesh: MeshConfig, input_length: int,
+                               target_length: int, batch_size: int, optimizer: str = "adamw",
+                               microbatches: int = 1) -> DeviceTrainingMemory:
+    """Bytes one device of `mesh` holds at the peak of a training step of `batch_size` examples
+    (the global batch) with `cfg`'s dtypes and remat policy."""
+    if optimizer not in OPTIMIZER_FLOATS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZER_FLOATS)}")
+    cut = _Split(_check_batch(mesh, batch_size, microbatches), mesh.tensor)
+    shards = parameter_shards(cfg, mesh)
+    param_bytes = dtype_bytes(cfg.param_dtype)
+    weights = sum(shard.shard_size for shard in shards) * param_bytes
+    return DeviceTrainingMemory(
+        weights=weights,
+        gradients=weights,
+        optimizer_state=OPTIMIZER_FLOATS[optimizer](shards) * param_bytes,
+        activations=_activation_bytes(cfg, cut, input_length, target_length),
+        logits=_logits_bytes(cfg, cut, input_length, target_length),
+        gathered_weights=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceInferenceMemory:
+    """Bytes one device holds while decoding or scoring a batch."""
+
+    weights: int
+    kv_cache: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.activations
+
+    def to_dict(self) -> dict[str, int]:
+        return {**dataclasses.asdict(self), "total": self.total}
+
+
+def per_device_inference_memory(cfg: ModelConfig, mesh: MeshConfig, input_length: int,
+                                target_length: int, batch_size: int) -> DeviceInferenceMemory:
+    """Weights in the param dtype, the KV cache for `batch_size` rows decoded to full length,
+    and a rough activation term (one block's activations plus the float32 logits of a step)."""
+    rows = _check_batch(mesh, batch_size, 1)
+    cut = _Split(rows, mesh.tensor)
+    shards = parameter_shards(cfg, mesh)
+    weights = sum(shard.shard_size for shard in shards) * dtype_bytes(cfg.param_dtype)
+    kv_heads = split(cfg.num_kv_heads, mesh.tensor)
+    # Decoder-only: prefix + targets; encoder-decoder: cross (inputs) + self (targets) slots.
+    kv_cache = (rows * (input_length + target_length) * 2 * cfg.num_layers * kv_heads
+                * cfg.head_dim * dtype_bytes(cfg.dtype))
+    stacks, _ = _stacks(cfg, input_length, target_length)
+    block = max(_block_numbers(cfg, cut, q, k, c) for _, q, k, c in stacks if q)
+    activations = rows * block * dtype_bytes(cfg.dtype) + _logits_bytes(
+        cfg, cut, input_length, target_length) // 2
+    return DeviceInferenceMemory(weights, kv_cache, activations)
