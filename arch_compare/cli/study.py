@@ -11,6 +11,15 @@ The experiment gin file binds `arch_compare.imitation.config.StudyConfig` (see
 gin_configs/experiments/). The grid's budget is printed first; above the study's
 `confirm_above_usd` it asks before starting, unless --yes. Running the same command again resumes:
 finished runs are skipped, an interrupted one continues from its last checkpoint.
+
+`--plan` prints the budget and, for every run, its execution settings (the mesh 'auto' resolves
+to over `budget.chips` x `budget.hardware`, dtypes, remat, microbatches) and the per-device
+memory estimate of its training and evaluation against the chip's memory, then exits: 1 when a
+run does not fit, naming it and what would. Nothing is loaded; paths need not exist.
+
+`--multihost` (with --coordinator_address/--num_processes/--process_id outside TPU/SLURM/MPI)
+runs the study SPMD on several hosts: start the same command on every host; the study directory
+must be on a filesystem they share. Process 0 calls the target and writes every file.
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start without asking, whatever the budget estimate")
     parser.add_argument("--no-report", dest="report", action="store_false",
                         help="do not write the report at the end")
+    parser.add_argument("--plan", action="store_true",
+                        help="print every run's execution settings and memory estimate, then "
+                             "exit (1 if a run does not fit); nothing runs")
 
 
 def study_config(files: list[str], bindings: list[str]) -> StudyConfig:
@@ -49,13 +61,32 @@ def study_config(files: list[str], bindings: list[str]) -> StudyConfig:
         raise
 
 
+def print_plan(config: StudyConfig) -> int:
+    """The budget and memory plan of the study on its priced hardware; 1 if a run won't fit."""
+    from arch_compare.imitation import plan
+    planned = plan.plan(config)
+    print(plan.budget_table(config, plan.estimates(config, planned))[0])
+    devices = plan.Devices.of_budget(config)
+    rows = plan.memory_plan(config, devices, planned)
+    print(plan.memory_table(config, rows, devices))
+    misfits = [row for row in rows if not row.fits]
+    if misfits:
+        print(f"arch-compare study --plan: {len(misfits)} run(s) do not fit: "
+              + ", ".join(row.run_id for row in misfits))
+        return 1
+    return 0
+
+
 def run_and_report(config: StudyConfig, *, yes: bool, report: bool) -> int:
+    import jax
     from arch_compare.imitation.study import StudyDeclined, run_study
     try:
         outcome = run_study(config, yes=yes)
     except StudyDeclined as declined:
         print(f"arch-compare study: {declined}")
         return 1
+    if jax.process_index() != 0:  # process 0 speaks for the study and writes the report
+        return 1 if outcome.failed else 0
     print(f"study {config.name!r}: {outcome.done} runs done, {outcome.skipped} already done, "
           f"{len(outcome.failed)} failed; results in {outcome.database}")
     for run_id in outcome.failed:
@@ -69,9 +100,20 @@ def run_and_report(config: StudyConfig, *, yes: bool, report: bool) -> int:
     return 1 if outcome.failed else 0
 
 
+def initialize_distributed(args: argparse.Namespace) -> None:
+    """jax.distributed.initialize, before anything asks JAX about devices. CPU processes (tests,
+    a cluster without accelerators) need a collectives library between them: gloo."""
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # On Cloud TPU, SLURM and Open MPI JAX finds these itself; elsewhere they are given.
+    jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                               num_processes=args.num_processes, process_id=args.process_id)
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.multihost:
-        raise ValueError("--multihost: a study runs its steps one after another on this host; "
-                         "run multi-host training with `arch-compare train`")
-    return run_and_report(study_config(args.gin_file, args.gin_bindings), yes=args.yes,
-                          report=args.report)
+    if args.multihost and not args.plan:
+        initialize_distributed(args)
+    config = study_config(args.gin_file, args.gin_bindings)
+    if args.plan:
+        return print_plan(config)
+    return run_and_report(config, yes=args.yes, report=args.report)

@@ -9,9 +9,19 @@ For a `StudyConfig` it runs, in order, and records in the results database as it
    examples (one recipe for all), then evaluated: run `imitation/<model>/<source>/<amount>`;
 5. the target evaluated on the same tasks: run `target/<name>`.
 
+Planning and pricing (the runs, their budget and memory) live in `plan.py`. Each model's runs
+use `config.execution_for(model)`, its mesh resolved over the devices present; a run whose
+memory estimate does not fit is refused before its first step and recorded as failed.
+
 A run whose row says `done` is skipped, so running the same study again resumes it: a run cut
 short trains on from its last checkpoint (bitwise as if never stopped) and is evaluated again
 (greedy decoding, so the same numbers). Per-run files live in `<directory>/runs/<run_id>/`.
+
+On several hosts (`jax.process_count() > 1`) every process walks the same plan in lockstep and
+trains and evaluates every model (each host feeds its share of each batch); process 0 alone calls
+the target, writes the collection cache, the results database and study_config.json, and the
+others wait for it at a barrier and then read what it wrote (the study directory must be on a
+shared filesystem). Which runs are done is process 0's reading of the database, broadcast.
 """
 
 from __future__ import annotations
@@ -20,43 +30,35 @@ import dataclasses
 import functools
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
+import numpy as np
 
 from arch_compare import optim
-from arch_compare.budget.cost import RunSpec, estimate_run
-from arch_compare.budget.flops import forward_flops, training_flops
-from arch_compare.budget.parameters import count_parameters
+from arch_compare.budget.flops import training_flops
+from arch_compare.budget import memory as memory_lib
+from arch_compare.budget.memory import MemoryShortfall
 from arch_compare.data import amounts as amounts_lib
 from arch_compare.data.vocabularies import load_vocabulary, vocabulary_for_model
+from arch_compare.execution import ExecutionConfig
 from arch_compare.imitation import collection, evaluation
+from arch_compare.imitation import plan as plan_lib
 from arch_compare.imitation.config import Evaluation, StudyConfig, StudyModel
+from arch_compare.imitation.hosts import Processes
+from arch_compare.imitation.plan import PlannedRun, StudyDeclined, budget_table, confirm, plan
 from arch_compare.imitation.targets import make_target
 from arch_compare.models import build_model
 from arch_compare.models.model import BaseModel
-from arch_compare.results import DATABASE_FILE, ResultsStore, Run, Sample
+from arch_compare.results import DATABASE_FILE, ResultsStore, Sample
 from arch_compare.trainer.data import DataConfig
 from arch_compare.trainer.loop import TrainConfig, train
 from arch_compare_tasks import catalogue, registry
 
 log = logging.getLogger(__name__)
-
-
-class StudyDeclined(RuntimeError):
-    """The estimate was above the threshold and nobody confirmed it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PlannedRun:
-    """One row of the study: what runs, and how the results database describes it."""
-
-    run: Run
-    model: StudyModel | None  # None for the target
-    steps: int = 0  # training steps (imitation and pre-training runs)
+__all__ = ["PlannedRun", "StudyDeclined", "StudyOutcome", "StudyRunner", "plan", "run_study"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,126 +73,6 @@ def database_path(config: StudyConfig) -> Path:
     return Path(config.database) if config.database else Path(config.directory) / DATABASE_FILE
 
 
-# --- planning -------------------------------------------------------------------------------------
-
-def _run_id(*parts) -> str:
-    return "/".join(str(part) for part in parts)
-
-
-def _model_fields(model: StudyModel) -> dict:
-    cfg = model.config
-    return {"model": model.name, "architecture": cfg.arch, "family": cfg.family,
-            "parameters": count_parameters(cfg).total}
-
-
-def plan(config: StudyConfig) -> list[PlannedRun]:
-    """Every run of the study, in the order they run."""
-    runs = []
-    common = {"evaluations": [dataclasses.asdict(e) for e in config.evaluations],
-              "decode_max_tokens": config.decode_max_tokens,
-              "eval_feature_lengths": config.eval_feature_lengths}
-    for model in config.models:
-        base = dataclasses.asdict(model)
-        steps = model.pretraining.steps if model.pretraining else 0
-        runs.append(PlannedRun(Run(_run_id("base", model.name), "base", config=base | common,
-                                   **_model_fields(model)), model, steps))
-    for model in config.models:
-        for source in config.sources:
-            for amount in source.amounts:
-                steps = config.training.steps(amount)
-                training = dataclasses.asdict(config.training) | {
-                    "steps": steps, "optimizer": dataclasses.asdict(
-                        config.training.optimizer_for(steps))}
-                run_config = {"model": dataclasses.asdict(model), "source":
-                              dataclasses.asdict(source), "examples": amount,
-                              "training": training} | common
-                runs.append(PlannedRun(Run(
-                    _run_id("imitation", model.name, source.name, amount), "imitation",
-                    config=run_config, data_source=source.name, data_examples=amount,
-                    **_model_fields(model)), model, steps))
-    target = config.target
-    runs.append(PlannedRun(Run(_run_id("target", target["name"]), "target",
-                               model=target["name"], architecture="target",
-                               family=str(target.get("family", target["kind"])),
-                               parameters=target.get("parameters"),
-                               config={"target": dict(target), "generation":
-                                       config.generation.to_dict()} | common), None))
-    return runs
-
-
-def _evaluation_flops(config: StudyConfig, model: StudyModel) -> float:
-    """Forward passes of every evaluation prompt, generating up to decode_max_tokens."""
-    lengths = config.eval_feature_lengths
-    examples = sum(len(evaluation.task_records(e.task, e.split, e.max_examples))
-                   for e in config.evaluations)
-    return examples * forward_flops(model.config, lengths["inputs"],
-                                    config.decode_max_tokens).total
-
-
-def estimate(config: StudyConfig, planned: PlannedRun) -> dict | None:
-    """The budget module's price of one run on the study's hardware (None for the target)."""
-    model = planned.model
-    if model is None:
-        return None
-    lengths, batch = config.training.feature_lengths, config.training.batch_size
-    if planned.run.role == "base" and model.pretraining:
-        lengths, batch = model.pretraining.feature_lengths, model.pretraining.batch_size
-    spec = RunSpec(model.config, examples=max(planned.steps, 1) * batch,
-                   input_length=lengths["inputs"], target_length=lengths["targets"],
-                   hardware=config.budget.hardware, chips=config.budget.chips,
-                   batch_size=batch, optimizer=config.training.optimizer.name)
-    priced = estimate_run(spec)
-    train_flops = priced.train_flops if planned.steps else 0.0
-    priced = dataclasses.replace(priced, train_flops=train_flops,
-                                 evaluation_flops=_evaluation_flops(config, model))
-    summary = priced.to_dict()
-    return {"flops": priced.total_flops, "train_flops": train_flops,
-            "evaluation_flops": priced.evaluation_flops, "hardware": summary["hardware"],
-            "chips": summary["chips"], "chip_hours": summary["chip_hours"],
-            "hours": summary["hours"], "cost_usd": summary["cost_usd"], "mfu": summary["mfu"],
-            "mfu_source": summary["mfu_source"]}
-
-
-def budget_table(config: StudyConfig, estimates: dict[str, dict | None]
-                 ) -> tuple[str, float | None]:
-    """The grid's estimates (run id -> `estimate`) as text, and their total in dollars (None: a
-    price is unknown)."""
-    lines = [f"Budget of study {config.name!r} on {config.budget.hardware} "
-             f"(budget module estimate, before anything runs):",
-             f"  {'run':<48} {'FLOPs':>10} {'chip-hours':>11} {'USD':>9}"]
-    total_usd, total_hours, total_flops = 0.0, 0.0, 0.0
-    for run_id, priced in estimates.items():
-        if priced is None:
-            continue
-        cost = priced["cost_usd"]
-        total_usd = None if cost is None or total_usd is None else total_usd + cost
-        total_hours += priced["chip_hours"]
-        total_flops += priced["flops"]
-        usd = "n/a" if cost is None else f"{cost:.2f}"
-        lines.append(f"  {run_id:<48} {priced['flops']:>10.2e} "
-                     f"{priced['chip_hours']:>11.4f} {usd:>9}")
-    usd = "n/a (no price for this hardware)" if total_usd is None else f"${total_usd:,.2f}"
-    lines.append(f"  total: {total_flops:.3e} FLOPs, {total_hours:,.4f} chip-hours, {usd}; "
-                 f"plus the target's answers (not priced here)")
-    return "\n".join(lines), total_usd
-
-
-def confirm(config: StudyConfig, total_usd: float | None, *, yes: bool,
-            ask: Callable[[str], str] | None = None) -> None:
-    threshold = config.budget.confirm_above_usd
-    if yes or (total_usd is not None and total_usd <= threshold):
-        return
-    reason = ("its cost is unknown" if total_usd is None
-              else f"the estimate ${total_usd:,.2f} is above ${threshold:,.2f}")
-    if ask is None:
-        if not sys.stdin.isatty():
-            raise StudyDeclined(f"study {config.name!r}: {reason} "
-                                f"(budget.confirm_above_usd); pass --yes to run it anyway")
-        ask = input
-    if ask(f"Run study {config.name!r}? {reason}. [y/N] ").strip().lower() not in ("y", "yes"):
-        raise StudyDeclined(f"study {config.name!r}: not confirmed ({reason})")
-
-
 # --- the parts of a run ---------------------------------------------------------------------------
 
 class _Models:
@@ -201,8 +83,8 @@ class _Models:
         self._built: dict = {}
         self._vocabularies: dict = {}
 
-    def model(self, study_model: StudyModel) -> BaseModel:
-        config = study_model.config
+    def model(self, study_model: StudyModel, execution: ExecutionConfig) -> BaseModel:
+        config = execution.apply(study_model.config)  # the run's dtypes and remat policy
         if config not in self._built:
             self._built[config] = build_model(config)
         return self._built[config]
@@ -220,9 +102,11 @@ class StudyRunner:
         self.config = config
         self.directory = Path(config.directory)
         self.progress = progress
-        self.echo = echo
+        self.processes = Processes()
+        self.echo = echo if self.processes.writer else (lambda *_: None)
         self.models = _Models()
         self.target = make_target(config.target)
+        self.store: ResultsStore | None = None  # process 0 only
         self._imitation_tasks: dict[tuple[str, int], str] = {}
 
     @functools.cached_property
@@ -233,34 +117,61 @@ class StudyRunner:
             return None
         return load_vocabulary("hf_tokenizer" if path.endswith(".json") else "sentencepiece", path)
 
+    @functools.cached_property
+    def devices(self) -> plan_lib.Devices:
+        """The devices present: 'auto' resolves over them and each run's memory is checked
+        against theirs (where the platform reports it; else the study's priced hardware)."""
+        device = jax.devices()[0]
+        memory = memory_lib.device_memory_bytes(device)
+        if memory is None:
+            memory = plan_lib.Devices.of_budget(self.config).memory_bytes
+        return plan_lib.Devices(jax.device_count(), memory, device.device_kind)
+
     # -- collection
 
+    def _collection_paths(self, source) -> tuple[Path, Path]:
+        folder = self.directory / "collection"
+        return folder / f"{source.name}.jsonl", folder / f"{source.name}.openai_chat.jsonl"
+
     def collect(self) -> dict[str, Path]:
-        """Each source's imitation data as an OpenAI-chat JSONL file (collected or given)."""
+        """Each source's imitation data as an OpenAI-chat JSONL file (collected or given).
+        Process 0 asks the target and writes the files; the others wait and read them."""
+        failed = None
+        if self.processes.writer:
+            try:
+                self._collect()
+            except Exception as error:
+                failed = error
+        if self.processes.failed_anywhere(failed is not None):
+            if failed is not None:
+                raise failed
+            raise RuntimeError("collection failed on process 0 (its log says why)")
         files = {}
         for source in self.config.sources:
+            files[source.name] = (Path(source.file) if source.file is not None
+                                  else self._collection_paths(source)[1])
+        return files
+
+    def _collect(self) -> None:
+        for source in self.config.sources:
             if source.file is not None:
-                files[source.name] = Path(source.file)
                 continue
             records = registry.records(source.prompts_task, "train")
             needed = records[:max(source.amounts)]
             prompts = [evaluation.prompt_of(record) for record in needed]
-            cache = self.directory / "collection" / f"{source.name}.jsonl"
+            cache, exported = self._collection_paths(source)
             cache.parent.mkdir(parents=True, exist_ok=True)
             self.echo(f"collect {source.name}: {len(prompts)} prompts from "
                       f"{source.prompts_task} answered by {self.target.name}")
             result = collection.collect(self.target, prompts, self.config.generation, cache,
                                         progress=self.progress)
             self.echo(f"  {result}")
-            path, count = collection.export_openai_chat(
-                cache, self.directory / "collection" / f"{source.name}.openai_chat.jsonl")
+            path, count = collection.export_openai_chat(cache, exported)
             if count < max(source.amounts):
                 raise RuntimeError(
                     f"data source {source.name!r}: only {count} of {len(prompts)} prompts have "
                     f"an answer (see the errors in {cache}); the largest amount needs "
                     f"{max(source.amounts)}. Run the study again to retry transient failures")
-            files[source.name] = path
-        return files
 
     def _imitation_task(self, source_name: str, amount: int, path: Path) -> str:
         """The first `amount` examples of a source as a registered task (once per process)."""
@@ -283,17 +194,33 @@ class StudyRunner:
             self._imitation_tasks[key] = name
         return self._imitation_tasks[key]
 
+    # -- execution
+
+    def execution(self, planned: PlannedRun) -> tuple[ExecutionConfig, dict]:
+        """The run's execution settings with the mesh resolved over the devices present, and
+        its per-device memory estimates; MemoryShortfall (before any compute) when they do not
+        fit."""
+        memory = plan_lib.run_memory(self.config, planned, self.devices)
+        if not memory.fits:
+            raise MemoryShortfall(memory.shortfall)
+        return memory.execution, {"per_device_training_bytes": memory.training_bytes,
+                                  "per_device_evaluation_bytes": memory.evaluation_bytes,
+                                  "device_bytes": memory.device_bytes,
+                                  "devices": f"{self.devices.count} x {self.devices.kind}"}
+
     # -- training and evaluation
 
-    def _train(self, study_model: StudyModel, run_dir: Path, data: DataConfig, steps: int,
-               optimizer: optim.OptimizerConfig, initial: str | None, seed: int):
-        model = self.models.model(study_model)
+    def _train(self, study_model: StudyModel, execution: ExecutionConfig, run_dir: Path,
+               data: DataConfig, steps: int, optimizer: optim.OptimizerConfig,
+               initial: str | None, seed: int):
+        model = self.models.model(study_model, execution)
         config = TrainConfig(model_dir=str(run_dir), data=data, train_steps=steps,
                              optimizer=optimizer, checkpoint_period=max(1, steps // 4),
-                             keep_checkpoints=1, seed=seed, initial_checkpoint_path=initial)
+                             keep_checkpoints=1, seed=seed, initial_checkpoint_path=initial,
+                             execution=execution)
         began = time.perf_counter()
         result = train(model, self.models.vocabulary(study_model), config,
-                       progress=self.progress)
+                       progress=self.progress and self.processes.writer)
         seconds = time.perf_counter() - began
         lengths = data.feature_lengths
         tokens = steps * data.batch_size * (lengths["inputs"] + lengths["targets"])
@@ -302,13 +229,15 @@ class StudyRunner:
                                                          causal="full")
         measured = {"train_seconds": seconds, "steps": steps, "tokens": tokens,
                     "tokens_per_second": tokens / seconds if seconds else None,
-                    "flops": flops, "resumed_from_step": result.resumed_from}
+                    "flops": flops, "resumed_from_step": result.resumed_from,
+                    "execution": getattr(result, "execution", None)}
         return result.state.params, measured
 
     def _evaluate(self, run_id: str, predict: Callable[[Evaluation, Sequence], list[str]],
                   scored: Callable[[Evaluation], dict] | None) -> dict:
-        """Every evaluation for one run: metrics and a few samples into the database."""
-        store, name = self.store, self.config.name
+        """Every evaluation for one run: metrics and a few samples into the database (process 0
+        writes; every process computes, as the models' evaluation runs on all of them)."""
+        name = self.config.name
         began = time.perf_counter()
         for spec in self.config.evaluations:
             if evaluation.is_scored(spec.task):
@@ -319,41 +248,46 @@ class StudyRunner:
                 records = evaluation.task_records(spec.task, spec.split, spec.max_examples)
                 predictions = predict(spec, records)
                 metrics = evaluation.score_predictions(spec.task, records, predictions)
-                store.put_samples(name, [
-                    Sample(run_id, spec.task, str(record["id"]),
-                           str(record.get("prompt") or record["inputs"]), prediction,
-                           str(record["targets"]))
-                    for record, prediction in list(zip(records, predictions))[
-                        :self.config.samples_per_task]])
-            store.put_metrics(name, run_id, spec.task, metrics,
-                              {metric: spec.kind_of(metric) for metric in metrics})
+                if self.store is not None:
+                    self.store.put_samples(name, [
+                        Sample(run_id, spec.task, str(record["id"]),
+                               str(record.get("prompt") or record["inputs"]), prediction,
+                               str(record["targets"]))
+                        for record, prediction in list(zip(records, predictions))[
+                            :self.config.samples_per_task]])
+            if self.store is not None:
+                self.store.put_metrics(name, run_id, spec.task, metrics,
+                                       {metric: spec.kind_of(metric) for metric in metrics})
         return {"eval_seconds": time.perf_counter() - began}
 
-    def _model_evaluation(self, run_id: str, study_model: StudyModel, params) -> dict:
-        model = self.models.model(study_model)
+    def _model_evaluation(self, run_id: str, study_model: StudyModel,
+                          execution: ExecutionConfig, params) -> dict:
+        model = self.models.model(study_model, execution)
         vocabulary = self.models.vocabulary(study_model)
         config = self.config
+        progress = self.progress and self.processes.writer
 
         def predict(spec: Evaluation, records):
             return evaluation.model_predictions(
                 model, params, vocabulary, spec.task, spec.split, spec.max_examples,
                 feature_lengths=config.eval_feature_lengths, batch_size=config.eval_batch_size,
-                max_new_tokens=config.decode_max_tokens, progress=self.progress)
+                max_new_tokens=config.decode_max_tokens, progress=progress)
 
         def scored(spec: Evaluation):
             return evaluation.scored_metrics(
                 model, params, vocabulary, spec.task, spec.split,
                 feature_lengths=config.eval_feature_lengths, batch_size=config.eval_batch_size,
                 output_path=str(self.directory / "runs" / run_id / "eval"),
-                progress=self.progress)
+                progress=progress)
 
         return self._evaluate(run_id, predict, scored)
 
-    def _run_base(self, planned: PlannedRun) -> dict:
+    def _run_base(self, planned: PlannedRun, execution: ExecutionConfig) -> dict:
         study_model = planned.model
         if study_model.pretraining is None:
-            from arch_compare.trainer.inference import load_params
-            params = load_params(self.models.model(study_model), study_model.base_checkpoint)
+            from arch_compare.models.loading import load_params
+            params = load_params(self.models.model(study_model, execution),
+                                 study_model.base_checkpoint)
             measured = {}
         else:
             pre = study_model.pretraining
@@ -361,9 +295,10 @@ class StudyRunner:
                 pre.learning_rate, warmup_steps=min(pre.warmup_steps, pre.steps - 1)))
             data = DataConfig(pre.task, pre.feature_lengths, batch_size=pre.batch_size,
                               seed=pre.seed)
-            params, measured = self._train(study_model, self.base_dir(study_model), data,
-                                           pre.steps, optimizer, None, pre.seed)
-        return measured | self._model_evaluation(planned.run.run_id, study_model, params)
+            params, measured = self._train(study_model, execution, self.base_dir(study_model),
+                                           data, pre.steps, optimizer, None, pre.seed)
+        return measured | self._model_evaluation(planned.run.run_id, study_model, execution,
+                                                 params)
 
     def base_dir(self, study_model: StudyModel) -> Path:
         return self.directory / "runs" / "base" / study_model.name
@@ -373,18 +308,22 @@ class StudyRunner:
             return study_model.base_checkpoint
         return str(self.base_dir(study_model))
 
-    def _run_imitation(self, planned: PlannedRun, files: dict[str, Path]) -> dict:
+    def _run_imitation(self, planned: PlannedRun, execution: ExecutionConfig,
+                       files: dict[str, Path]) -> dict:
         run, study_model, training = planned.run, planned.model, self.config.training
         task = self._imitation_task(run.data_source, run.data_examples, files[run.data_source])
         data = DataConfig(task, training.feature_lengths, batch_size=training.batch_size,
                           seed=training.seed)
         params, measured = self._train(
-            study_model, self.directory / "runs" / run.run_id, data, planned.steps,
+            study_model, execution, self.directory / "runs" / run.run_id, data, planned.steps,
             training.optimizer_for(planned.steps), self.base_checkpoint(study_model),
             training.seed)
-        return measured | self._model_evaluation(run.run_id, study_model, params)
+        return measured | self._model_evaluation(run.run_id, study_model, execution, params)
 
     def _run_target(self, planned: PlannedRun) -> dict:
+        """Process 0 asks the target; the others have nothing to compute."""
+        if not self.processes.writer:
+            return {}
         cache = self.directory / "runs" / planned.run.run_id / "answers.jsonl"
         cache.parent.mkdir(parents=True, exist_ok=True)
 
@@ -408,19 +347,38 @@ class StudyRunner:
 
     # -- the whole study
 
+    def _start(self, planned: list[PlannedRun], estimates: dict, yes: bool, ask) -> set[str]:
+        """Process 0 confirms the budget, registers the study and reads which runs are done;
+        every process gets its answer."""
+        config, declined, done = self.config, None, set()
+        if self.processes.writer:
+            try:
+                confirm(config, budget_table(config, estimates)[1], yes=yes, ask=ask)
+            except StudyDeclined as error:
+                declined = error
+        if self.processes.failed_anywhere(declined is not None):
+            raise declined or StudyDeclined(f"study {config.name!r}: declined on process 0")
+        if self.processes.writer:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            (self.directory / "study_config.json").write_text(
+                json.dumps(config.to_dict(), indent=2, default=str) + "\n")
+            self.store = ResultsStore(database_path(config))
+            self.store.register_study(config.name, config.to_dict(), self.directory)
+            done = {run.run_id for run in self.store.runs(config.name) if run.status == "done"}
+        mask = self.processes.from_writer(
+            np.array([item.run.run_id in done for item in planned], dtype=np.int32))
+        return {item.run.run_id for item, flag in zip(planned, mask) if flag}
+
+    def _put_run(self, run) -> None:
+        if self.store is not None:
+            self.store.put_run(self.config.name, run)
+
     def run(self, *, yes: bool = False, ask=None) -> StudyOutcome:
         config = self.config
-        self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / "study_config.json").write_text(
-            json.dumps(config.to_dict(), indent=2, default=str) + "\n")
         planned = plan(config)
-        estimates = {item.run.run_id: estimate(config, item) for item in planned}
-        table, total_usd = budget_table(config, estimates)
-        self.echo(table)
-        confirm(config, total_usd, yes=yes, ask=ask)
-        self.store = ResultsStore(database_path(config))
-        self.store.register_study(config.name, config.to_dict(), self.directory)
-        done = {run.run_id for run in self.store.runs(config.name) if run.status == "done"}
+        estimates = plan_lib.estimates(config, planned)
+        self.echo(budget_table(config, estimates)[0])
+        done = self._start(planned, estimates, yes, ask)
         files = self.collect()
         failed, finished, skipped = [], 0, 0
         for index, item in enumerate(planned, start=1):
@@ -430,31 +388,43 @@ class StudyRunner:
                 continue
             self.echo(f"[{index}/{len(planned)}] {run.run_id}")
             fields = {"estimate": estimates[run.run_id], "started": time.time()}
-            if run.role == "imitation":
-                fields |= self._data_tokens(item, files)
-            run = dataclasses.replace(run, status="running", **fields)
-            self.store.put_run(config.name, run)
+            error = None
             began = time.perf_counter()
             try:
+                if run.role == "imitation" and self.processes.writer:
+                    fields |= self._data_tokens(item, files)
+                if item.model is not None:
+                    # Refused here, before any compute, when the memory estimate does not fit.
+                    execution, memory = self.execution(item)
+                    fields["config"] = run.config | {"execution": execution.to_dict()}
+                    fields["estimate"] = (fields["estimate"] or {}) | memory
+                run = dataclasses.replace(run, status="running", **fields)
+                self._put_run(run)
                 if run.role == "base":
-                    measured = self._run_base(item)
+                    measured = self._run_base(item, execution)
                 elif run.role == "imitation":
-                    measured = self._run_imitation(item, files)
+                    measured = self._run_imitation(item, execution, files)
                 else:
                     measured = self._run_target(item)
-            except Exception as error:  # recorded, and the other runs go on
+            except Exception as raised:  # recorded, and the other runs go on
                 log.exception("run %s failed", run.run_id)
-                self.store.put_run(config.name, dataclasses.replace(
-                    run, status="failed", error=f"{type(error).__name__}: {error}",
-                    finished=time.time()))
+                error = f"{type(raised).__name__}: {raised}"
+            elsewhere = self.processes.failed_anywhere(error is not None)
+            if elsewhere:
+                error = error or f"failed on process(es) {elsewhere} (see their logs)"
+                self._put_run(dataclasses.replace(run, status="failed", error=error,
+                                                  finished=time.time()))
                 failed.append(run.run_id)
                 continue
             measured |= {"wall_seconds": time.perf_counter() - began,
-                         "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}"}
-            self.store.put_run(config.name, dataclasses.replace(
-                run, status="done", measured=measured, finished=time.time()))
+                         "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+                         "processes": self.processes.count}
+            self._put_run(dataclasses.replace(run, status="done", measured=measured,
+                                              finished=time.time()))
             finished += 1
-        self.store.close()
+        if self.store is not None:
+            self.store.close()
+        self.processes.barrier("study done")  # the report is written after every row is in
         return StudyOutcome(database_path(config), finished, skipped, failed)
 
 
