@@ -5,7 +5,7 @@
 - the share of the base-to-target gap an imitation run closed, per metric and averaged per kind;
 - the headline numbers of the summary;
 - the configuration keys whose values differ across imitation runs (the fairness check);
-- estimated and measured compute per run.
+- estimated and measured compute per run, and the execution settings each run used.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ MODEL_AND_DATA_KEYS = frozenset({
 # A whole section under one of these names describes the model (layers, widths) or the data
 # source (its name, prompts, file) of the run.
 MODEL_AND_DATA_SECTIONS = frozenset({"model", "model_config", "source", "data_source"})
+# Execution settings (mesh, dtypes, remat, microbatches) say how a run was laid out on its
+# devices, not what it computed: listed as execution, never flagged as a fairness difference.
+EXECUTION_SECTION = "execution"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +187,7 @@ class ConfigDifference:
     key: str
     values: tuple[tuple[str, tuple[str, ...]], ...]  # (value as JSON, run ids), commonest first
     varies_with: str       # "data only" (same for every model at each amount) | "models"
-    status: str            # "flagged" | "allowed by the study" | "model or data" | "data only"
+    status: str  # "flagged" | "allowed by the study" | "model or data" | "data only" | "execution"
 
     @property
     def flagged(self) -> bool:
@@ -197,6 +200,10 @@ def _is_model_or_data(key: str) -> bool:
                                                    for part in parts)
 
 
+def _is_execution(key: str) -> bool:
+    return EXECUTION_SECTION in key.split(".")
+
+
 def config_differences(data: StudyData) -> list[ConfigDifference]:
     """Every key whose value differs across imitation runs (any status).
 
@@ -204,7 +211,7 @@ def config_differences(data: StudyData) -> list[ConfigDifference]:
     trained on the same data (source and amount) got different values, unless the key names the
     model or the data or the study lists it under `allowed_differences`. A key that follows the
     amount alone (steps of a one-epoch recipe, say) is the same for every model: listed, not
-    flagged.
+    flagged. Execution settings (any key under an `execution` section) are listed as execution.
     """
     runs = [r for r in sorted_runs(data) if r.role == "imitation"]
     allowed = set(data.study.config.get("allowed_differences", ()))
@@ -224,7 +231,9 @@ def config_differences(data: StudyData) -> list[ConfigDifference]:
             point = (run.data_source, run.data_examples)
             per_point.setdefault(point, set()).add(flat[run.run_id].get(key, absent))
         varies_with = "models" if any(len(v) > 1 for v in per_point.values()) else "data only"
-        if _is_model_or_data(key):
+        if _is_execution(key):  # how it ran, not what it computed (before "model": a
+            status = "execution"  # model's own execution override lives under model.execution)
+        elif _is_model_or_data(key):
             status = "model or data"
         elif key in allowed:
             status = "allowed by the study"
@@ -234,6 +243,51 @@ def config_differences(data: StudyData) -> list[ConfigDifference]:
                               key=lambda item: -len(item[1])))
         differences.append(ConfigDifference(key, values, varies_with, status))
     return differences
+
+
+# -- execution -------------------------------------------------------------------------------------
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    """How a run was laid out: its `execution` settings (config) and what ran (measured)."""
+
+    run: Run
+    mesh: str | None       # "fsdp 4 x tensor 2", "1 device", "auto"
+    dtype: str | None      # compute dtype
+    param_dtype: str | None
+    remat: str | None
+    microbatches: int | None
+    devices: str | None    # "8 x cpu on 2 processes"
+
+
+def _mesh_text(mesh: Any) -> str | None:
+    if isinstance(mesh, str):
+        return mesh
+    if not isinstance(mesh, dict):
+        return None
+    parts = [f"{axis} {mesh[axis]}" for axis in MESH_AXES if mesh.get(axis, 1) > 1]
+    return " x ".join(parts) or "1 device"
+
+
+def execution(run: Run) -> Execution | None:
+    """The run's execution settings: what ran (the trainer's record) where measured, else what
+    the study resolved for it; None for runs without any (the target)."""
+    planned = (run.config or {}).get(EXECUTION_SECTION)
+    ran = (run.measured or {}).get(EXECUTION_SECTION)
+    settings = ran if isinstance(ran, dict) else planned
+    if not isinstance(settings, dict):
+        return None
+    measured = run.measured or {}
+    devices = measured.get("device")
+    processes = measured.get("processes")
+    if devices and isinstance(processes, int) and processes > 1:
+        devices = f"{devices} on {processes} processes"
+    return Execution(run, _mesh_text(settings.get("mesh")), settings.get("dtype"),
+                     settings.get("param_dtype"), settings.get("remat"),
+                     settings.get("microbatches"), devices)
 
 
 # -- compute ---------------------------------------------------------------------------------------

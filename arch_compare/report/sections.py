@@ -111,6 +111,14 @@ def _config_differences(data: StudyData) -> Section:
     return Section("Configuration differences", "config", tuple(blocks))
 
 
+def _compute(data: StudyData) -> Section:
+    blocks = [tables.compute_table(data)]
+    execution = tables.execution_table(data)
+    if execution is not None:
+        blocks += [Subheading("Execution settings"), execution]
+    return Section("Compute: estimated and measured", "compute", tuple(blocks))
+
+
 def _samples(data: StudyData) -> Section:
     groups: list[SampleGroup] = samples.sample_groups(data)
     return Section("Sample outputs", "samples",
@@ -149,7 +157,7 @@ def build_document(data: StudyData) -> Document:
             tables.gap_table(keys, rows) if rows else Paragraph("No finished imitation run."),
             *((Figures((gap_figure,)),) if gap_figure else ()))),
         _style_vs_capability(data, rows),
-        Section("Compute: estimated and measured", "compute", (tables.compute_table(data),)),
+        _compute(data),
         _config_differences(data),
         _samples(data),
         _notes(data),

@@ -146,7 +146,8 @@ def _values_cell(difference: ConfigDifference, max_listed: int = 3) -> str:
 
 
 STATUS_TEXT = {"flagged": "⚠ flagged", "allowed by the study": "allowed by the study",
-               "data only": "same for every model"}
+               "data only": "same for every model",
+               "execution": "execution (how it ran, not a fairness difference)"}
 
 
 def config_difference_table(differences: list[ConfigDifference]) -> Table | None:
@@ -162,3 +163,20 @@ def config_difference_table(differences: list[ConfigDifference]) -> Table | None
         caption="Configuration keys whose values differ across imitation runs, beyond the "
                 "model and the data. Flagged: models trained on the same data got different "
                 "values.")
+
+
+def execution_table(data: StudyData) -> Table | None:
+    """Each run's execution settings beside it (runs without any, the target, left out)."""
+    settings = [e for e in map(analysis.execution, analysis.sorted_runs(data)) if e is not None]
+    if not settings:
+        return None
+    text = lambda value: fmt.NA if value is None else str(value)
+    return Table(
+        columns=("Run", "Mesh", "Compute dtype", "Parameter dtype", "Remat", "Microbatches",
+                 "Devices"),
+        rows=tuple((e.run.run_id, text(e.mesh), text(e.dtype), text(e.param_dtype),
+                    text(e.remat), text(e.microbatches), text(e.devices)) for e in settings),
+        numeric=(False,) * 5 + (True, False), styles=tuple(_row_style(e.run) for e in settings),
+        caption="How each run was laid out on its devices (what the trainer ran where it "
+                "recorded it, else the settings the study resolved): these change speed and "
+                "memory, not what is computed, so they are not fairness differences.")

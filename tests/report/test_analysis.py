@@ -194,3 +194,29 @@ def test_the_report_imports_nothing_that_trains_models_or_needs_jax():
                      [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
                 assert not name.startswith(forbidden), f"{path.name} imports {name}"
+
+
+def test_execution_settings_are_listed_as_execution_never_flagged():
+    """Models laid out differently (a mesh per model, another dtype for one) differ in their
+    `execution` section and in a model's own override: listed as execution, never flagged."""
+    def config(model, n):
+        mesh = {"data": 1, "fsdp": 4, "tensor": 2} if model == "a" else {"data": 8}
+        return {"model": {"name": model, "execution": {"mesh": mesh} if model == "a" else {}},
+                "examples": n, "training": {"steps": n // 8},
+                "execution": {"mesh": mesh, "dtype": "bfloat16" if model == "a" else "float32",
+                              "remat": "block", "microbatches": 1}}
+    runs = tuple(
+        Run(run_id=f"{model}/broad/{n}", role="imitation", model=model,
+            architecture="decoder_only", family="gpt2", data_source="broad", data_examples=n,
+            config=config(model, n), measured={"device": "8 x cpu", "processes": 2})
+        for model in ("a", "b") for n in (64, 256))
+    data = StudyData(Path("x"), Study("s", {}, "x", 0.0), runs, (), ())
+    status = {d.key: d.status for d in analysis.config_differences(data)}
+    assert status["execution.dtype"] == "execution"
+    assert status["execution.mesh.fsdp"] == "execution"
+    assert status["model.execution.mesh.fsdp"] == "execution"
+    assert not any(d.flagged for d in analysis.config_differences(data))
+    shown = analysis.execution(runs[0])
+    assert (shown.mesh, shown.dtype, shown.devices) == ("fsdp 4 x tensor 2", "bfloat16",
+                                                        "8 x cpu on 2 processes")
+    assert analysis.execution(runs[2]).mesh == "data 8"
