@@ -45,14 +45,15 @@ MIB = 2**20
 
 # ~6 layers x 512 of each family (compiles in seconds), from its preset.
 FAMILIES: dict[str, tuple[str, dict]] = {
-    "gpt2": ("gpt2-small", {"d_model": 512, "num_layers": 6, "num_heads": 8, "head_dim": 64,
-                            "d_ff": 2048}),
-    "llama": ("llama-7b", {"d_model": 512, "num_layers": 6, "num_heads": 8, "head_dim": 64,
-                           "d_ff": 1536}),
-    "t5.1.1": ("t5.1.1-small", {"num_layers": 6, "num_encoder_layers": 6, "num_heads": 8}),
+    "gpt2": ("gpt2-small", {"d_model": 512, "num_layers": 6, "num_heads": 8,
+                            "num_kv_heads": 8, "head_dim": 64, "d_ff": 2048}),
+    "llama": ("llama-7b", {"d_model": 512, "num_layers": 6, "num_heads": 8,
+                           "num_kv_heads": 8, "head_dim": 64, "d_ff": 1536}),
+    "t5.1.1": ("t5.1.1-small", {"num_layers": 6, "num_encoder_layers": 6, "num_heads": 8,
+                                    "num_kv_heads": 8}),
     # UL2's shape: head_dim 128 with heads x head_dim != d_model, SiLU-gated MLP.
     "ul2": ("ul2-20b", {"d_model": 512, "num_layers": 6, "num_encoder_layers": 6,
-                        "num_heads": 4, "head_dim": 128, "d_ff": 2048}),
+                        "num_heads": 4, "num_kv_heads": 4, "head_dim": 128, "d_ff": 2048}),
 }
 MESHES = {"1": MeshConfig(), "f8": MeshConfig(fsdp=8), "f4t2": MeshConfig(fsdp=4, tensor=2),
           "d2f4": MeshConfig(data=2, fsdp=4)}
@@ -125,7 +126,7 @@ def xla_memory(row: Row, devices=None) -> dict[str, int]:
 def estimate(row: Row):
     return per_device_training_memory(row.config(), row.mesh, row.input_length,
                                       row.target_length, row.batch_size, row.optimizer,
-                                      row.microbatches)
+                                      row.microbatches, platform=jax.default_backend())
 
 
 def compare(row: Row) -> dict:

@@ -200,7 +200,7 @@ def _batch_splits(mesh: MeshConfig, batch_size: int, microbatches: int) -> bool:
 
 def training_fits(cfg: ModelConfig, mesh: MeshConfig, input_length: int, target_length: int,
                   batch_size: int, optimizer: str = "adamw", microbatches: int = 1,
-                  device_bytes: int | None = None) -> bool:
+                  device_bytes: int | None = None, platform: str = "gpu") -> bool:
     """True when the batch splits over `mesh` into `microbatches` and the per-device estimate
     fits in `USABLE_HBM_FRACTION` of `device_bytes` (None, unknown: only the split is checked).
     Suits `arch_compare.execution.resolve_mesh`'s `fits` callback."""
@@ -209,7 +209,7 @@ def training_fits(cfg: ModelConfig, mesh: MeshConfig, input_length: int, target_
     if device_bytes is None:
         return True
     memory = per_device_training_memory(cfg, mesh, input_length, target_length, batch_size,
-                                        optimizer, microbatches)
+                                        optimizer, microbatches, platform)
     return memory.total <= usable_bytes(device_bytes)
 
 
@@ -224,7 +224,8 @@ def _mesh_words(mesh: MeshConfig) -> str:
 
 def fitting_alternatives(cfg: ModelConfig, mesh: MeshConfig, input_length: int,
                          target_length: int, batch_size: int, optimizer: str,
-                         microbatches: int, device_bytes: int, limit: int = 3
+                         microbatches: int, device_bytes: int, limit: int = 3,
+                         platform: str = "gpu"
                          ) -> list[tuple[MeshConfig, int, DeviceTrainingMemory]]:
     """Up to `limit` (mesh, microbatches, estimate) over the same number of devices that fit:
     first more microbatches on the same mesh, then other meshes (in `candidate_meshes` order,
@@ -240,7 +241,7 @@ def fitting_alternatives(cfg: ModelConfig, mesh: MeshConfig, input_length: int,
             if per_device % micro or (candidate, micro) == (mesh, microbatches):
                 continue
             memory = per_device_training_memory(cfg, candidate, input_length, target_length,
-                                                batch_size, optimizer, micro)
+                                                batch_size, optimizer, micro, platform)
             if memory.total <= usable_bytes(device_bytes):
                 found.append((candidate, micro, memory))
                 break  # the fewest microbatches this mesh needs
@@ -251,18 +252,19 @@ def fitting_alternatives(cfg: ModelConfig, mesh: MeshConfig, input_length: int,
 
 def check_training_fits(cfg: ModelConfig, mesh: MeshConfig, input_length: int,
                         target_length: int, batch_size: int, optimizer: str = "adamw",
-                        microbatches: int = 1, device_bytes: int | None = None
-                        ) -> DeviceTrainingMemory:
+                        microbatches: int = 1, device_bytes: int | None = None,
+                        platform: str = "gpu") -> DeviceTrainingMemory:
     """The per-device estimate, or MemoryShortfall when it exceeds the usable share of
-    `device_bytes` (None: unknown, as on CPU; nothing is refused)."""
+    `device_bytes` (None: unknown, as on CPU; nothing is refused). `platform`: see
+    `device_memory.saved_number_bytes` (pass `jax.default_backend()` for the devices present)."""
     memory = per_device_training_memory(cfg, mesh, input_length, target_length, batch_size,
-                                        optimizer, microbatches)
+                                        optimizer, microbatches, platform)
     if device_bytes is None or memory.total <= usable_bytes(device_bytes):
         return memory
     parts = ", ".join(f"{name} {_gib(value)}" for name, value in memory.to_dict().items()
                       if name != "total")
     alternatives = fitting_alternatives(cfg, mesh, input_length, target_length, batch_size,
-                                        optimizer, microbatches, device_bytes)
+                                        optimizer, microbatches, device_bytes, platform=platform)
     if alternatives:
         advice = "; would fit: " + "; ".join(
             f"mesh {_mesh_words(m)} with {micro} microbatch{'es' if micro > 1 else ''} "

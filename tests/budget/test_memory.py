@@ -9,7 +9,7 @@ import pytest
 from arch_compare.budget import (kv_cache_bytes, optimizer_state_bytes, parameter_tensors,
                                  training_memory)
 from arch_compare.budget.memory import TrainingMemory, activation_bytes, min_chips
-from arch_compare.models import PRESETS, get_preset
+from arch_compare.models import PRESETS, build_model, get_preset
 
 OPTAX_OPTIMIZERS = {"adamw": lambda: optax.adamw(1e-3),
                     "adafactor": lambda: optax.adafactor(1e-3)}
@@ -78,3 +78,152 @@ def test_training_memory_parts():
     assert memory.weights == memory.gradients == 4 * params
     assert memory.optimizer_state == 8 * params
     assert memory.total == memory.state + memory.activations
+
+
+# -------------------------------------------------------------------------------------------------
+# Per device, on a mesh
+
+from arch_compare.budget.memory import (  # noqa: E402
+    GIB, USABLE_HBM_FRACTION, MemoryShortfall, check_training_fits, device_memory_bytes,
+    per_device_inference_memory, per_device_training_memory, training_fits)
+from arch_compare.budget.device_memory import parameter_shards  # noqa: E402
+from arch_compare.execution import ExecutionConfig, resolve_mesh  # noqa: E402
+from arch_compare.partitioning import MeshConfig  # noqa: E402
+
+GPT2_SMALL = get_preset("gpt2-small")
+
+
+def test_fsdp_divides_the_state_and_the_batch():
+    one = per_device_training_memory(GPT2_SMALL, MeshConfig(), 0, 512, 16)
+    eight = per_device_training_memory(GPT2_SMALL, MeshConfig(fsdp=8), 0, 512, 16)
+    # fsdp splits each weight on its embed axis (768 = 8 x 96); the biases of the heads and
+    # the MLP ([layers, heads, kv], [layers, mlp]) have none and stay whole on every device
+    model = build_model(GPT2_SMALL)
+    axes = jax.tree.leaves(model.logical_axes(), is_leaf=lambda n: isinstance(n, tuple))
+    sizes = [math.prod(leaf.shape) for leaf in jax.tree.leaves(model.abstract_params())]
+    expected = sum(size // 8 if "embed" in names else size for names, size in zip(axes, sizes))
+    assert eight.weights == 4 * expected < one.weights / 7.9
+    assert one.weights == 4 * count_parameters_of(GPT2_SMALL)
+    assert eight.optimizer_state == 2 * eight.weights and eight.gradients == eight.weights
+    assert eight.activations * 8 == one.activations and eight.logits * 8 == one.logits
+
+
+def count_parameters_of(cfg) -> int:
+    return sum(t.size for t in parameter_tensors(cfg))
+
+
+def test_data_parallel_replicates_the_state():
+    one = per_device_training_memory(GPT2_SMALL, MeshConfig(), 0, 512, 16)
+    data = per_device_training_memory(GPT2_SMALL, MeshConfig(data=8), 0, 512, 16)
+    assert data.state == one.state and data.activations * 8 == one.activations
+
+
+def test_an_odd_vocabulary_stays_whole_under_tensor_parallelism():
+    shards = {s.path: s for s in parameter_shards(GPT2_SMALL, MeshConfig(tensor=2))}
+    embed = shards["token_embed/embedding"]  # [50257, 768]: 50257 is odd
+    assert embed.shard_shape == embed.shape == (50257, 768)
+    q = shards["decoder/blocks/self_attention/q/kernel"]  # [layers, embed, heads, kv]
+    assert q.shard_shape == (12, 768, 6, 64)
+    padded = GPT2_SMALL.replace(vocab_size=50304)
+    shards = {s.path: s for s in parameter_shards(padded, MeshConfig(tensor=2))}
+    assert shards["token_embed/embedding"].shard_shape == (25152, 768)
+    # the logits follow the vocabulary: whole when it does not divide, halved when it does
+    odd = per_device_training_memory(GPT2_SMALL, MeshConfig(tensor=2), 0, 512, 8)
+    even = per_device_training_memory(padded, MeshConfig(tensor=2), 0, 512, 8)
+    assert odd.logits == per_device_training_memory(GPT2_SMALL, MeshConfig(), 0, 512, 8).logits
+    assert even.logits * 2 == per_device_training_memory(padded, MeshConfig(), 0, 512, 8).logits
+
+
+def test_microbatches_divide_activations_not_state():
+    whole = per_device_training_memory(GPT2_SMALL, MeshConfig(fsdp=2), 0, 512, 16)
+    quarter = per_device_training_memory(GPT2_SMALL, MeshConfig(fsdp=2), 0, 512, 16,
+                                         microbatches=4)
+    assert quarter.activations * 4 == whole.activations
+    assert quarter.weights == whole.weights and quarter.optimizer_state == whole.optimizer_state
+    with pytest.raises(ValueError, match="per-device batch of 8 .* 3 microbatches"):
+        per_device_training_memory(GPT2_SMALL, MeshConfig(fsdp=2), 0, 512, 16, microbatches=3)
+    with pytest.raises(ValueError, match="batch size 12 does not split over data 1 x fsdp 8"):
+        per_device_training_memory(GPT2_SMALL, MeshConfig(fsdp=8), 0, 512, 12)
+
+
+def test_bfloat16_params_halve_the_state_and_adafactor_shrinks_it():
+    f32 = per_device_training_memory(GPT2_SMALL, MeshConfig(), 0, 512, 8)
+    bf16 = per_device_training_memory(GPT2_SMALL.replace(param_dtype="bfloat16"), MeshConfig(),
+                                      0, 512, 8)
+    assert bf16.weights * 2 == f32.weights and bf16.optimizer_state * 2 == f32.optimizer_state
+    adafactor = per_device_training_memory(GPT2_SMALL, MeshConfig(), 0, 512, 8, "adafactor")
+    assert adafactor.optimizer_state < f32.optimizer_state / 10
+
+
+def test_remat_policies_keep_less():
+    cfg = get_preset("llama-7b", {"dtype": "bfloat16"})
+    none = per_device_training_memory(cfg, MeshConfig(fsdp=8), 0, 2048, 8)
+    block = per_device_training_memory(cfg.replace(remat="block"), MeshConfig(fsdp=8), 0, 2048, 8)
+    assert block.activations < none.activations / 10 and block.rematerialised > 0
+    assert block.total < none.total
+
+
+LLAMA_7B = get_preset("llama-7b", {"dtype": "bfloat16", "remat": "block"})
+H100 = 80 * GIB
+
+
+def test_shortfall_names_the_numbers_and_a_fit_that_really_fits():
+    args = dict(input_length=0, target_length=2048, batch_size=64, optimizer="adamw")
+    mesh = MeshConfig(data=8)
+    estimate = per_device_training_memory(LLAMA_7B, mesh, **args)
+    assert estimate.total > USABLE_HBM_FRACTION * H100  # replicated AdamW state: 100 GiB
+    with pytest.raises(MemoryShortfall) as caught:
+        check_training_fits(LLAMA_7B, mesh, microbatches=1, device_bytes=H100, **args)
+    message = str(caught.value)
+    assert f"{estimate.total / GIB:.2f} GiB per device" in message
+    assert f"{USABLE_HBM_FRACTION * H100 / GIB:.2f} GiB is usable" in message
+    assert f"optimizer_state {estimate.optimizer_state / GIB:.2f} GiB" in message
+    suggestion = message.split("would fit: ")[1].split(";")[0]  # "mesh fsdp 8 with 1 microbatch"
+    words = suggestion.split(" with ")[0].removeprefix("mesh ").split(" x ")
+    suggested = MeshConfig(**{axis: int(size) for axis, size in (w.split() for w in words)})
+    micro = int(suggestion.split(" with ")[1].split()[0])
+    assert suggested.num_devices == 8
+    fits = check_training_fits(LLAMA_7B, suggested, microbatches=micro, device_bytes=H100, **args)
+    assert fits.total <= USABLE_HBM_FRACTION * H100
+    assert training_fits(LLAMA_7B, suggested, microbatches=micro, device_bytes=H100, **args)
+
+
+def test_shortfall_says_when_nothing_fits():
+    with pytest.raises(MemoryShortfall, match="no mesh over 2 devices and no microbatch count"):
+        check_training_fits(get_preset("llama-65b"), MeshConfig(fsdp=2), 0, 2048, 2,
+                            device_bytes=H100)
+
+
+def test_training_fits_drives_auto_mesh():
+    args = dict(input_length=0, target_length=2048, batch_size=64, optimizer="adamw",
+                microbatches=1, device_bytes=H100)
+    mesh = resolve_mesh(ExecutionConfig(mesh="auto"), 8,
+                        lambda m: training_fits(LLAMA_7B, m, **args), lambda: "too big")
+    assert mesh.fsdp > 1 and training_fits(LLAMA_7B, mesh, **args)
+    assert not training_fits(LLAMA_7B, MeshConfig(data=8), **args)
+    assert not training_fits(LLAMA_7B, MeshConfig(data=3), **args)  # 64 rows do not split
+    assert training_fits(LLAMA_7B, MeshConfig(data=8), **{**args, "device_bytes": None})
+
+
+def test_device_memory_bytes():
+    class Chip:
+        def __init__(self, stats):
+            self.stats = stats
+
+        def memory_stats(self):
+            return self.stats
+
+    assert device_memory_bytes(Chip({"bytes_limit": 80 * GIB, "bytes_in_use": 0})) == 80 * GIB
+    assert device_memory_bytes(Chip(None)) is None
+    assert device_memory_bytes(jax.devices("cpu")[0]) is None
+
+
+def test_inference_memory():
+    cfg = get_preset("llama2-70b", {"dtype": "bfloat16", "param_dtype": "bfloat16"})
+    one = per_device_inference_memory(cfg, MeshConfig(), 512, 512, 8)
+    assert one.weights == 2 * count_parameters_of(cfg)
+    assert one.kv_cache == kv_cache_bytes(cfg, 512, 512, 8)
+    tensor = per_device_inference_memory(cfg, MeshConfig(tensor=8), 512, 512, 8)
+    assert tensor.kv_cache * 8 == one.kv_cache  # 8 KV heads over 8 devices
+    assert tensor.weights < one.weights / 7
+    assert one.total == one.weights + one.kv_cache + one.activations
