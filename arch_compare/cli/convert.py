@@ -1,7 +1,8 @@
 """Convert a checkpoint between a Hugging Face directory and this project's orbax format.
 
 The source kind is detected (`config.json` + safetensors: Hugging Face; `model_config.json`: this
-project's); the destination is the other kind unless `--to` says otherwise.
+project's; a training MODEL_DIR: its newest checkpoint's parameters); the destination is the other
+format unless `--to` says otherwise.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arch_compare.models.hf import load_hf_checkpoint, save_hf_checkpoint
-from arch_compare.models.hf.checkpoint import CheckpointError
-from arch_compare.models.native import is_native_checkpoint, load_model, save_model
+from arch_compare.models.hf import save_hf_checkpoint
+from arch_compare.models.loading import checkpoint_kind, load_checkpoint
+from arch_compare.models.native import save_model
 
 UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
 
@@ -36,17 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    source_is_native = is_native_checkpoint(args.source)
-    if not source_is_native and not (args.source / "config.json").is_file():
-        raise CheckpointError(f"{args.source}: neither a Hugging Face directory (config.json) "
-                              "nor an arch_compare checkpoint (model_config.json)")
-    loader = load_model if source_is_native else load_hf_checkpoint
-    model, params = loader(args.source, dtype=args.dtype)
-    target = args.to or ("hf" if source_is_native else "native")
+    source_kind = checkpoint_kind(args.source)  # a training directory converts too
+    loaded = load_checkpoint(args.source, dtype=args.dtype)
+    model, params = loaded.model, loaded.params
+    target = args.to or ("native" if source_kind == "hf" else "hf")
     if target == "hf":
         save_hf_checkpoint(model, params, args.destination, max_shard_bytes=args.max_shard_size)
     else:
         save_model(args.destination, model, params)
-    print(f"{args.source} -> {args.destination} ({target}): {model.config.family}, "
+    print(f"{loaded.description} -> {args.destination} ({target}): {model.config.family}, "
           f"{model.param_count():,} parameters, {model.config.param_dtype}")
     return 0

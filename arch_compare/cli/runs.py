@@ -20,6 +20,7 @@ import gin
 from arch_compare.data.vocabularies import vocabulary_for_model
 from arch_compare.models import build_model
 from arch_compare.models.config import ModelConfig
+from arch_compare.models.loading import load_params
 from arch_compare.trainer import inference
 from arch_compare.trainer.loop import TrainConfig, train as train_loop
 
@@ -44,13 +45,14 @@ def train(model_config: ModelConfig, vocabulary_path: str, config: TrainConfig) 
     result = train_loop(model, vocabulary, config)
     last = max(result.losses) if result.losses else int(result.state.step)
     return {"model_dir": config.model_dir, "step": int(result.state.step),
-            "loss": result.losses.get(last), "resumed_from": result.resumed_from}
+            "loss": result.losses.get(last), "resumed_from": result.resumed_from,
+            "execution": result.execution["mesh_description"]}
 
 
 def _model_and_params(model_config: ModelConfig, vocabulary_path: str, checkpoint_path: str):
     model = build_model(model_config)
     vocabulary = vocabulary_for_model(model_config, vocabulary_path)
-    return model, vocabulary, inference.load_params(model, checkpoint_path)
+    return model, vocabulary, load_params(model, checkpoint_path)
 
 
 def evaluate(model_config: ModelConfig, vocabulary_path: str, tasks: list[str],

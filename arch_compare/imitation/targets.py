@@ -31,7 +31,6 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from arch_compare.data.conversations import Turn
@@ -323,10 +322,12 @@ class ModelTarget:
         # Imported here: TensorFlow (under seqio) takes seconds to import, and collecting from an
         # HTTP endpoint needs none of it.
         from arch_compare.data.vocabularies import vocabulary_for_model
+        from arch_compare.models.loading import load_checkpoint
 
-        model, params, where = _load_checkpoint(Path(checkpoint), dtype)
-        return cls(name=name or f"model:{where}", model=model, params=params,
-                   vocabulary=vocabulary_for_model(model.config, vocabulary),
+        loaded = load_checkpoint(checkpoint, dtype=dtype)
+        model = loaded.model
+        return cls(name=name or f"model:{loaded.description}", model=model,
+                   params=loaded.params, vocabulary=vocabulary_for_model(model.config, vocabulary),
                    batch_size=batch_size, max_prompt_tokens=max_prompt_tokens)
 
     def complete(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Reply]:
@@ -383,32 +384,6 @@ class ModelTarget:
                                       completion_tokens=len(ids),
                                       finish_reason="stop" if stopped else "length"))
         return results
-
-
-def _load_checkpoint(path: Path, dtype: str | None) -> tuple[Any, Any, str]:
-    """(model, params, a description naming exactly what was loaded) from any checkpoint kind."""
-    from arch_compare.models.config import ModelConfig
-    from arch_compare.models.hf import load_hf_checkpoint
-    from arch_compare.models.hf.checkpoint import CheckpointError
-    from arch_compare.models.model import build_model
-    from arch_compare.models.native import CONFIG_FILE, is_native_checkpoint, load_model
-    from arch_compare.trainer.checkpoints import CHECKPOINT_DIR
-    from arch_compare.trainer.inference import load_params
-
-    path = path.absolute()
-    if (path / CHECKPOINT_DIR).is_dir():  # a training MODEL_DIR: the config sits beside it
-        config = ModelConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
-        if dtype is not None:
-            config = config.replace(param_dtype=dtype, dtype=dtype)
-        model = build_model(config)
-        steps = [int(p.name) for p in (path / CHECKPOINT_DIR).iterdir() if p.name.isdigit()]
-        return model, load_params(model, path), f"{path}@{max(steps, default=0)}"
-    if is_native_checkpoint(path):
-        return (*load_model(path, dtype=dtype), str(path))
-    if (path / "config.json").is_file():
-        return (*load_hf_checkpoint(path, dtype=dtype), str(path))
-    raise CheckpointError(f"{path}: neither a training directory ({CHECKPOINT_DIR}/), a native "
-                          f"checkpoint ({CONFIG_FILE}) nor a Hugging Face directory (config.json)")
 
 
 # --- Targets from a specification (gin files, study configs) --------------------------------------

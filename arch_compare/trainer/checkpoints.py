@@ -17,10 +17,9 @@ import orbax.checkpoint as ocp
 
 from arch_compare.models.config import ModelConfig
 from arch_compare.models.hf.checkpoint import CheckpointError
+from arch_compare.models.loading import CHECKPOINT_DIR, ITEM_NAMES
+from arch_compare.models.native import CONFIG_FILE
 from arch_compare.trainer.steps import TrainState
-
-CONFIG_FILE = "model_config.json"
-CHECKPOINT_DIR = "checkpoints"
 
 
 def _as_tree(state: TrainState) -> dict:
@@ -35,7 +34,7 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.model_dir / CHECKPOINT_DIR, options=options,
-                                              item_names=("state", "data"))
+                                              item_names=ITEM_NAMES)
 
     def _check_model_config(self, config: ModelConfig) -> None:
         path = self.model_dir / CONFIG_FILE

@@ -15,18 +15,12 @@ import json
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import seqio
 from tqdm import tqdm
 
 from arch_compare.decoding.search import DecodeConfig, generate, score
-from arch_compare.models.hf import load_hf_checkpoint
-from arch_compare.models.hf.checkpoint import CheckpointError
 from arch_compare.models.model import BaseModel, Params
-from arch_compare.models.native import is_native_checkpoint, load_model
-from arch_compare.trainer.checkpoints import CHECKPOINT_DIR
 from arch_compare_tasks.registry import seqio_task
 
 METRICS_FILE = "metrics.json"
@@ -45,36 +39,6 @@ class InferenceConfig:
     def __post_init__(self):
         if self.batch_size <= 0:
             raise ValueError(f"InferenceConfig.batch_size must be positive, got {self.batch_size}")
-
-
-def load_params(model: BaseModel, path: str | Path) -> Params:
-    """Parameters for `model` from a training directory, a native checkpoint or an HF directory."""
-    path = Path(path)
-    family = None  # the checkpoint's own model family, where the checkpoint says it
-    if (path / CHECKPOINT_DIR).is_dir():
-        with ocp.CheckpointManager(path / CHECKPOINT_DIR, item_names=("state", "data")) as manager:
-            step = manager.latest_step()
-            if step is None:
-                raise CheckpointError(f"{path / CHECKPOINT_DIR}: no checkpoint to read")
-            try:
-                state = manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore()))["state"]
-            except Exception as error:
-                raise CheckpointError(f"{path / CHECKPOINT_DIR / str(step)}: cannot restore "
-                                      f"({error})") from error
-        params = state["params"]
-    elif is_native_checkpoint(path) or (path / "config.json").is_file():
-        loader = load_model if is_native_checkpoint(path) else load_hf_checkpoint
-        loaded, params = loader(path)
-        family = loaded.config.family
-    else:
-        raise CheckpointError(f"{path}: neither a training directory ({CHECKPOINT_DIR}/), a "
-                              f"native checkpoint nor a Hugging Face directory (config.json)")
-    expected = jax.tree.map(lambda x: x.shape, model.abstract_params())
-    if jax.tree.map(lambda x: tuple(x.shape), params) != expected:
-        found = f" ({family} checkpoint, {model.config.family} model configured)" if family else ""
-        raise CheckpointError(f"{path}: its parameters do not fit the configured model{found}")
-    return jax.tree.map(lambda x: np.asarray(x, model.config.weight_dtype), params)
 
 
 def _batches(dataset: Iterable, batch_size: int) -> Iterable[tuple[list[int], dict]]:

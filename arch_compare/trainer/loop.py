@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from arch_compare import optim, partitioning
 from arch_compare.budget.flops import training_flops
+from arch_compare.models.loading import load_params
 from arch_compare.models.model import BaseModel
-from arch_compare.trainer import inference
 from arch_compare.trainer.checkpoints import Checkpoints
 from arch_compare.trainer.data import BatchIterator, DataConfig
 from arch_compare.trainer.metrics import MetricsWriter
@@ -75,7 +75,7 @@ def _initial_params(model: BaseModel, config: TrainConfig):
     if not path:
         return model.init(jax.random.key(config.seed))
     # Any checkpoint kind (another run's directory, native, HF), checked against the model.
-    return jax.tree.map(jnp.asarray, inference.load_params(model, path))
+    return jax.tree.map(jnp.asarray, load_params(model, path))
 
 
 def _model_flops_per_step(model: BaseModel, data: DataConfig) -> float:

@@ -9,17 +9,56 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from arch_compare.models.config import ModelConfig
 
 Shape = tuple[int, ...]
+Index = tuple[slice, ...]  # one slice(start, stop) per axis: a block of an array
+
+
+class Slicer(Protocol):
+    """One HF tensor, readable a block at a time (safetensors' `get_slice`)."""
+
+    shape: Shape
+
+    def __getitem__(self, index: Index) -> np.ndarray: ...
+
+
+def full_index(shape: Shape) -> Index:
+    return tuple(slice(0, size) for size in shape)
+
+
+def block_shape(index: Index) -> Shape:
+    return tuple(s.stop - s.start for s in index)
+
+
+def flat_range(index: Index, dims: Shape) -> slice | None:
+    """Block `index` of an array shaped `dims` as one range of its row-major flattening, or None
+    where the block is not contiguous there (e.g. `[h, e]` heads 2-3 with all of `e`: rows
+    2e..4e of the HF `[h*e, d]` matrix; half of `e` would be strided)."""
+    sizes = block_shape(index)
+    # Contiguous: before the first axis taking more than one element, single elements; after
+    # it, whole axes.
+    first = next((k for k, size in enumerate(sizes) if size != 1), len(sizes) - 1)
+    if any(sizes[k] != dims[k] for k in range(first + 1, len(dims))):
+        return None
+    start = sum(s.start * math.prod(dims[k + 1:]) for k, s in enumerate(index))
+    return slice(start, start + math.prod(sizes))
 
 
 class Layout:
     """How one or more HF tensors become one or more of our arrays (shapes exclude `layers`)."""
+
+    def read(self, hf: Sequence[Slicer], ours: Sequence[Shape], part: int, index: Index
+             ) -> np.ndarray:
+        """Block `index` of our array number `part`, reading only the HF block it comes from
+        where the layout maps blocks to blocks. This fallback reads the HF tensors whole (one
+        map's tensors at a time) and cuts the block from the converted array."""
+        whole = [tensor[full_index(tensor.shape)] for tensor in hf]
+        return np.ascontiguousarray(self.to_ours(whole, ours)[part][index])
 
     def hf_shapes(self, ours: Sequence[Shape]) -> list[Shape]:
         raise NotImplementedError
@@ -37,6 +76,9 @@ class Same(Layout):
     def hf_shapes(self, ours):
         return [ours[0]]
 
+    def read(self, hf, ours, part, index):
+        return hf[0][index]
+
     def to_ours(self, hf, ours):
         return [hf[0]]
 
@@ -49,6 +91,12 @@ class Flat(Layout):
 
     def hf_shapes(self, ours):
         return [(math.prod(ours[0]),)]
+
+    def read(self, hf, ours, part, index):
+        flat = flat_range(index, ours[0])
+        if flat is None:
+            return super().read(hf, ours, part, index)
+        return hf[0][(flat,)].reshape(block_shape(index))
 
     def to_ours(self, hf, ours):
         return [hf[0].reshape(ours[0])]
@@ -75,6 +123,15 @@ class Linear(Layout):
     def hf_shapes(self, ours):
         return [self._matrix_shape(ours[0])]
 
+    def read(self, hf, ours, part, index):
+        shape = ours[0]
+        rows = flat_range(index[:self.num_in], shape[:self.num_in])
+        cols = flat_range(index[self.num_in:], shape[self.num_in:])
+        if rows is None or cols is None:
+            return super().read(hf, ours, part, index)
+        matrix = hf[0][(cols, rows)].T if self.transposed else hf[0][(rows, cols)]
+        return np.ascontiguousarray(matrix.reshape(block_shape(index)))
+
     def to_ours(self, hf, ours):
         matrix = hf[0].T if self.transposed else hf[0]
         return [matrix.reshape(ours[0])]
@@ -95,12 +152,35 @@ class Fused(Layout):
         parts = [self.part.hf_shapes([shape])[0] for shape in ours]
         return [parts[0][:-1] + (sum(p[-1] for p in parts),)]
 
+    def read(self, hf, ours, part, index):
+        widths = [self.part.hf_shapes([shape])[0][-1] for shape in ours]
+        columns = _Columns(hf[0], sum(widths[:part]), widths[part])
+        return self.part.read([columns], [ours[part]], 0, index)
+
     def to_ours(self, hf, ours):
         pieces = np.split(hf[0], len(ours), axis=-1)
         return [self.part.to_ours([piece], [shape])[0] for piece, shape in zip(pieces, ours)]
 
     def to_hf(self, ours):
         return [np.concatenate([self.part.to_hf([array])[0] for array in ours], axis=-1)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Columns:
+    """Columns [start, start + width) of an HF tensor, readable as a tensor of their own."""
+
+    tensor: Slicer
+    start: int
+    width: int
+
+    @property
+    def shape(self) -> Shape:
+        return tuple(self.tensor.shape[:-1]) + (self.width,)
+
+    def __getitem__(self, index: Index) -> np.ndarray:
+        last = index[-1]
+        return self.tensor[(*index[:-1], slice(self.start + last.start,
+                                               self.start + last.stop))]
 
 
 @dataclasses.dataclass(frozen=True)
