@@ -13,6 +13,7 @@ The prompt is prefilled once per example; its cache is then copied to the exampl
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -49,17 +50,45 @@ def _best(scores: jax.Array, count: int, *others: jax.Array) -> tuple[jax.Array,
     return (best, *(_gather(values, index) for values in others))
 
 
+def _repeat_rows(cache: DecodeCache, beams: int) -> DecodeCache:
+    """Each example's cache row repeated `beams` times, next to each other: rows b -> b * k.
+    A broadcast, not a gather by index, so rows split over devices stay where they are."""
+    repeat = lambda x, axis: jnp.repeat(x, beams, axis=axis)
+    layers = jax.tree.map(lambda x: repeat(x, 1), cache.layers)  # axis 0 is layers
+    mask = None if cache.encoder_mask is None else repeat(cache.encoder_mask, 0)
+    return dataclasses.replace(cache, layers=layers, start=repeat(cache.start, 0),
+                               encoder_mask=mask)
+
+
+def _reorder_beams(cache: DecodeCache, parent: jax.Array) -> DecodeCache:
+    """The self-attention keys/values of beam `parent[b, j]` of example b into beam j [b, k].
+    Indexing within each example (not over all b * k rows) keeps the gather on the devices that
+    hold the example; only self-attention differs between an example's beams."""
+    batch_size, beams = parent.shape
+
+    def move(x: jax.Array) -> jax.Array:  # [layers, b * k, ...]
+        by_example = x.reshape(x.shape[0], batch_size, beams, *x.shape[2:])
+        index = parent.reshape(1, batch_size, beams, *(1,) * (x.ndim - 2))
+        return jnp.take_along_axis(by_example, index, axis=2).reshape(x.shape)
+
+    self_kv = jax.tree.map(move, cache.layers.self_attention)
+    return dataclasses.replace(
+        cache, layers=dataclasses.replace(cache.layers, self_attention=self_kv))
+
+
 def beam_search(model: BaseModel, params: Params, prompts: jax.Array, lengths: jax.Array,
-                config: DecodeConfig, knobs: Knobs, pad_id: int
+                config: DecodeConfig, knobs: Knobs, pad_id: int,
+                constrain: Callable[[DecodeCache], DecodeCache] = lambda cache: cache
                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """prompts: [b, p] left-padded, lengths: [b] -> the best hypothesis per example:
-    (tokens [b, n], lengths [b], scores [b])."""
+    (tokens [b, n], lengths [b], scores [b]). `constrain` pins the cache's sharding (rows
+    b * k, an example's beams next to each other, so they stay on the example's devices)."""
     batch_size, beams, num_tokens = prompts.shape[0], config.num_beams, config.max_new_tokens
     penalty = lambda length: length_penalty(length, knobs.length_penalty)
 
     logits, cache = model.prefill(params, prompts, lengths, num_tokens - 1)  # [b, v]
-    copies = jnp.repeat(jnp.arange(batch_size), beams)  # [b * k]
-    logits, cache = logits[copies], cache.take_rows(copies)
+    logits = jnp.repeat(logits, beams, axis=0)  # [b * k, v]
+    cache = constrain(_repeat_rows(cache, beams))
 
     def extend(state: _Beams, logits: jax.Array) -> _Beams:
         """logits: [b * k, v] for the alive beams' next token."""
@@ -82,9 +111,9 @@ def beam_search(model: BaseModel, params: Params, prompts: jax.Array, lengths: j
         # Alive: the k best extensions that did not end.
         alive_log_prob, alive_tokens, alive_parent = _best(
             jnp.where(ends, NO_SCORE, top_log_prob), beams, tokens, parent)
-        rows = (jnp.arange(batch_size)[:, None] * beams + alive_parent).reshape(-1)  # [b * k]
         return _Beams(state.step + 1, alive_tokens, alive_log_prob, finished_tokens,
-                      finished_scores, finished_lengths, state.cache.reorder_self_attention(rows))
+                      finished_scores, finished_lengths,
+                      constrain(_reorder_beams(state.cache, alive_parent)))
 
     def unfinished(state: _Beams) -> jax.Array:
         # Best reachable score of an alive beam: its log-probability (which can only fall)

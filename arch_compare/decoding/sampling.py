@@ -67,14 +67,18 @@ class _State:
 
 
 def sample_search(model: BaseModel, params: Params, prompts: jax.Array, lengths: jax.Array,
-                  config: DecodeConfig, knobs: Knobs, pad_id: int
+                  config: DecodeConfig, knobs: Knobs, pad_id: int,
+                  constrain: Callable[[DecodeCache], DecodeCache] = lambda cache: cache
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """prompts: [b, p] left-padded, lengths: [b] -> (tokens [b, n], lengths [b], scores [b])."""
+    """prompts: [b, p] left-padded, lengths: [b] -> (tokens [b, n], lengths [b], scores [b]).
+
+    `constrain` pins the cache's sharding each step (`placement.constrain_cache`)."""
     choose = TOKEN_CHOICES[config.method]
     num_tokens = config.max_new_tokens
     batch_size = prompts.shape[0]
     # The first token comes from the prompt's logits; each further one costs a decode step.
     logits, cache = model.prefill(params, prompts, lengths, num_tokens - 1)
+    cache = constrain(cache)
 
     def add_token(state: _State, logits: jax.Array) -> _State:
         chosen = choose(logits, jax.random.fold_in(knobs.key, state.step), knobs)  # [b]
@@ -94,7 +98,7 @@ def sample_search(model: BaseModel, params: Params, prompts: jax.Array, lengths:
 
     def next_token(state: _State) -> _State:
         logits, cache = model.decode_step(params, state.cache, state.chosen)
-        return add_token(dataclasses.replace(state, cache=cache), logits)
+        return add_token(dataclasses.replace(state, cache=constrain(cache)), logits)
 
     start = _State(
         step=jnp.zeros((), jnp.int32),

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arch_compare.decoding import search
+from arch_compare.decoding import placement, search
 from arch_compare.decoding.config import DecodeConfig
 from arch_compare.decoding.sampling import TOKEN_CHOICES, filter_logits
 from arch_compare.decoding.search import generate, score
@@ -78,7 +78,8 @@ def test_search_compiles_once_per_shape():
     model, _ = lively_model("llama-tiny")
     for seed, temperature, top_p in [(1, 0.5, 0.9), (2, 1.5, 1.0), (3, 1.0, 0.5)]:
         run("llama-tiny", method="sample", seed=seed, temperature=temperature, top_p=top_p)
-    program = search._compiled(model, ("generate", DecodeConfig(NUM_TOKENS, method="sample")))
+    program = search._compiled(model, ("generate", DecodeConfig(NUM_TOKENS, method="sample")),
+                               placement.single_device_mesh())
     assert program._cache_size() == 1
 
 
