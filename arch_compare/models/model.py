@@ -135,14 +135,18 @@ class BaseModel:
     def param_count(self) -> int:
         return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(self.abstract_params()))
 
-    def init(self, rng: jax.Array) -> Params:
-        """Random parameters (jit-compiled, so large models are created once, on device)."""
+    def init(self, rng: jax.Array, shardings: Any = None) -> Params:
+        """Random parameters, created inside `jit` so large models are built once, on device.
 
-        @jax.jit
+        `shardings` (a tree of `NamedSharding`s like `abstract_params()`, e.g. from
+        `partitioning.param_shardings`) makes each device create only its own shards: no device
+        ever holds the whole model. None leaves the placement to JAX (one device)."""
+
         def make(rng):
-            return nnx.state(self.network_class(self.config, rngs=nnx.Rngs(params=rng)))
+            return nnx.state(self.network_class(self.config, rngs=nnx.Rngs(params=rng))
+                             ).to_pure_dict()
 
-        return make(rng).to_pure_dict()
+        return jax.jit(make, out_shardings=shardings)(rng)
 
     def network(self, params: Params) -> nnx.Module:
         """The Flax module bound to `params` (for code that needs the layers themselves)."""

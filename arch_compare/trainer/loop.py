@@ -1,33 +1,43 @@
 """The training loop: initialise or resume, step, log, evaluate, checkpoint.
 
 `train` is what `arch-compare train` runs after gin has built its arguments; it can equally be
-called from Python. A run directory (`model_dir`) holds `model_config.json`, `checkpoints/`,
-`metrics.jsonl` and `tensorboard/`; running again with the same directory resumes from the
-newest checkpoint.
+called from Python. A run directory (`model_dir`) holds `model_config.json`, `execution.json`
+(the mesh, dtypes, remat policy and microbatches that ran), `checkpoints/`, `metrics.jsonl` and
+`tensorboard/`; running again with the same directory resumes from the newest checkpoint.
+
+The loop never waits for the device between steps: step N+1 is dispatched before step N's metrics
+are read (each read is a sync point), and the next batches are prepared on a background thread
+(`prefetch.Prefetcher`). Before a checkpoint or an evaluation at step N, the metrics of every step
+up to N are read and checked, so a state whose loss was NaN or infinite is never saved.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import seqio
 from tqdm import tqdm
 
-from arch_compare import optim, partitioning
+from arch_compare import optim
 from arch_compare.budget.flops import training_flops
+from arch_compare.execution import ExecutionConfig
 from arch_compare.models.loading import load_params
 from arch_compare.models.model import BaseModel
+from arch_compare.trainer import placement
 from arch_compare.trainer.checkpoints import Checkpoints
 from arch_compare.trainer.data import BatchIterator, DataConfig
 from arch_compare.trainer.metrics import MetricsWriter
-from arch_compare.trainer.steps import TrainState, make_eval_step, make_train_step
+from arch_compare.trainer.prefetch import Prefetcher
+from arch_compare.trainer.steps import (TrainState, abstract_train_state, make_eval_step,
+                                        make_init_state, make_train_step)
 from arch_compare_tasks.registry import seqio_provider
 
 
@@ -44,23 +54,27 @@ class TrainConfig:
     data: DataConfig
     train_steps: int
     optimizer: optim.OptimizerConfig
-    microbatches: int = 1
+    # Mesh (or 'auto'), dtypes, remat policy and microbatches; a dict of its fields works too.
+    execution: ExecutionConfig = ExecutionConfig()
     checkpoint_period: int = 100
     keep_checkpoints: int = 3
     eval_period: int = 0  # 0: no evaluation during training
     eval_batches: int = 8
     seed: int = 0  # parameter initialisation
-    mesh: partitioning.MeshConfig = partitioning.MeshConfig()
     initial_checkpoint_path: str | None = None
     peak_flops_per_device: float | None = None  # for MFU; None leaves it out
+    prefetch_batches: int = 2  # batches prepared ahead on a background thread
 
     def __post_init__(self):
-        for name in ("train_steps", "microbatches", "checkpoint_period", "keep_checkpoints"):
+        object.__setattr__(self, "execution",
+                           ExecutionConfig.coerce(self.execution, "TrainConfig.execution"))
+        for name in ("train_steps", "checkpoint_period", "keep_checkpoints", "prefetch_batches"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.data.batch_size % self.microbatches:
+        microbatches = self.execution.microbatches
+        if self.data.batch_size % microbatches:
             raise ValueError(f"batch size {self.data.batch_size} is not divisible into "
-                             f"{self.microbatches} microbatches")
+                             f"execution.microbatches={microbatches} microbatches")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,14 +82,17 @@ class TrainResult:
     state: TrainState
     losses: dict[int, float]  # step -> loss, for the steps this call ran
     resumed_from: int | None
+    execution: dict  # what ran: MODEL_DIR/execution.json (placement.place's record)
 
 
-def _initial_params(model: BaseModel, config: TrainConfig):
+def _initial_params(model: BaseModel, config: TrainConfig, shardings: Any):
+    """Random or loaded parameters, placed as `shardings` says."""
     path = config.initial_checkpoint_path
     if not path:
-        return model.init(jax.random.key(config.seed))
+        return model.init(jax.random.key(config.seed), shardings=shardings)
     # Any checkpoint kind (another run's directory, native, HF), checked against the model.
-    return jax.tree.map(jnp.asarray, load_params(model, path))
+    # Read shard by shard into place: no whole copy of the model on the host.
+    return load_params(model, path, shardings=shardings)
 
 
 def _model_flops_per_step(model: BaseModel, data: DataConfig) -> float:
@@ -103,82 +120,136 @@ def evaluate_loss(model: BaseModel, params, provider: seqio.DatasetProviderBase,
     return {"loss": totals["loss_sum"] / weight, "accuracy": totals["correct"] / weight}
 
 
+class StepMetrics:
+    """Metrics of dispatched steps, read on the host later (each read waits for its step).
+
+    Step time: the wall time between consecutive reads. While steps are queued back to back that
+    is the time the devices took per step (the host work of dispatching, logging and preparing
+    batches overlaps it); after the queue ran dry (the first step, or after a checkpoint or an
+    evaluation) the clock restarts at the next dispatch, so the first step after a start includes
+    compilation, as a synchronous loop's would, and checkpoint or evaluation time counts nowhere.
+    """
+
+    def __init__(self, on_read: Callable[[int, dict[str, float], float], None],
+                 on_diverged: Callable[[int, float], Exception]):
+        self._pending: collections.deque = collections.deque()  # (step, device metrics)
+        self._on_read, self._on_diverged = on_read, on_diverged
+        self._clock = time.perf_counter()
+
+    def before_dispatch(self) -> None:
+        if not self._pending:  # the devices are idle: the next interval starts now
+            self._clock = time.perf_counter()
+
+    def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        self._pending.append((step, metrics))
+
+    def read_until(self, step: int) -> None:
+        """Read, check and report the metrics of every pending step up to `step`."""
+        while self._pending and self._pending[0][0] <= step:
+            done, metrics = self._pending.popleft()
+            metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
+            now = time.perf_counter()
+            seconds, self._clock = now - self._clock, now
+            if not math.isfinite(metrics["loss"]):
+                self._pending.clear()
+                raise self._on_diverged(done, metrics["loss"])
+            self._on_read(done, metrics, seconds)
+
+
 def train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, *,
           progress: bool = True) -> TrainResult:
-    available = jax.devices()
-    if config.mesh.num_devices < len(available):
-        log.warning("the mesh %s uses %d of %d devices", config.mesh.shape,
-                    config.mesh.num_devices, len(available))
-    mesh = partitioning.make_mesh(config.mesh, available[:config.mesh.num_devices])
-    abstract_params = model.abstract_params()
-    param_shardings = partitioning.param_shardings(model.logical_axes(), abstract_params, mesh)
-    batch_sharding = partitioning.batch_sharding(mesh)
+    model = placement.model_for(model, config.execution)
+    # Mesh resolved and memory checked before anything is created or compiled.
+    where = placement.place(model, config.execution, config.data.feature_lengths,
+                            config.data.batch_size, config.optimizer.name)
+    execution = where.execution
     optimizer = optim.make_optimizer(config.optimizer, model.logical_axes())
     schedule = optim.make_schedule(config.optimizer.schedule)
     checkpoints = Checkpoints(config.model_dir, model.config, keep=config.keep_checkpoints)
+    placement.write_record(config.model_dir, where.record)
 
-    params = jax.device_put(_initial_params(model, config), param_shardings)
-    state = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)))(params)
+    abstract_params = model.abstract_params()
+    abstract_state = abstract_train_state(optimizer, abstract_params)
+    state_shardings = TrainState(
+        jax.sharding.NamedSharding(where.mesh, jax.sharding.PartitionSpec()),
+        where.param_shardings,
+        placement.opt_state_shardings(abstract_state.opt_state, abstract_params,
+                                      where.param_shardings, where.mesh))
     resumed_from, position = None, 0
     if checkpoints.latest_step is not None:
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-        del state, params
-        state, position = checkpoints.restore(abstract)
+        state, position = checkpoints.restore(jax.tree.map(
+            lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+            abstract_state, state_shardings))
         resumed_from = int(state.step)
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    else:
+        params = _initial_params(model, config, where.param_shardings)
+        state = jax.jit(make_init_state(optimizer), out_shardings=state_shardings,
+                        donate_argnums=0)(params)
 
     provider = seqio_provider(config.data.task, vocabulary)
     converter = model.feature_converter(vocabulary, pack=config.data.pack)
-    batches = BatchIterator(provider, converter, config.data, position=position,
-                            process_index=jax.process_index(),
-                            process_count=jax.process_count())
-    train_step = jax.jit(make_train_step(model, optimizer, schedule, config.microbatches),
-                         in_shardings=(state_shardings, batch_sharding),
+    train_step = jax.jit(make_train_step(model, optimizer, schedule, execution.microbatches),
+                         in_shardings=(state_shardings, where.batch_sharding),
                          out_shardings=(state_shardings, None), donate_argnums=(0,))
     eval_step = jax.jit(make_eval_step(model))
     flops_per_step = _model_flops_per_step(model, config.data)
-    peak = (config.peak_flops_per_device * mesh.devices.size
+    peak = (config.peak_flops_per_device * where.mesh.devices.size
             if config.peak_flops_per_device else None)
+    tokens = config.data.batch_size * sum(config.data.feature_lengths.values())
 
     start = int(state.step)
     writer = MetricsWriter(config.model_dir, resume_step=start)
     losses: dict[int, float] = {}
     bar = tqdm(total=config.train_steps, initial=start, disable=not progress, unit="step",
                desc=f"train {Path(config.model_dir).name}")
+
+    def report(step: int, metrics: dict[str, float], seconds: float) -> None:
+        metrics.update(step_seconds=seconds, tokens_per_second=tokens / seconds)
+        if peak:
+            metrics["mfu"] = flops_per_step / seconds / peak
+        losses[step] = metrics["loss"]
+        writer.write(step, metrics)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        bar.update(1)
+
+    def diverged(step: int, loss: float) -> TrainingDiverged:
+        last = checkpoints.latest_step
+        return TrainingDiverged(
+            f"step {step}: loss is {loss}; stopping. The last good checkpoint (step {last}) is "
+            f"kept in {checkpoints.model_dir / 'checkpoints'}" if last is not None else
+            f"step {step}: loss is {loss}; stopping before any checkpoint was written")
+
+    def place_batch(rows: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return {name: jax.make_array_from_process_local_data(where.batch_sharding, value)
+                for name, value in rows.items()}
+
+    pending = StepMetrics(report, diverged)
+    batches = Prefetcher(BatchIterator(provider, converter, config.data, position=position,
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count()),
+                         place_batch, depth=config.prefetch_batches, position=position)
     try:
         for step in range(start + 1, config.train_steps + 1):
-            began = time.perf_counter()
-            batch = {name: jax.make_array_from_process_local_data(batch_sharding, rows)
-                     for name, rows in next(batches).items()}
-            new_state, metrics = train_step(state, batch)
-            metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
-            seconds = time.perf_counter() - began
-            if not math.isfinite(metrics["loss"]):
-                last = checkpoints.latest_step
-                raise TrainingDiverged(
-                    f"step {step}: loss is {metrics['loss']}; stopping. The last good checkpoint "
-                    f"(step {last}) is kept in {checkpoints.model_dir / 'checkpoints'}"
-                    if last is not None else f"step {step}: loss is {metrics['loss']}; stopping "
-                    f"before any checkpoint was written")
-            state = new_state
-            tokens = config.data.batch_size * sum(config.data.feature_lengths.values())
-            metrics.update(step_seconds=seconds, tokens_per_second=tokens / seconds)
-            if peak:
-                metrics["mfu"] = flops_per_step / seconds / peak
-            losses[step] = metrics["loss"]
-            writer.write(step, metrics)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            bar.update(1)
-            if config.eval_period and step % config.eval_period == 0:
+            pending.before_dispatch()
+            state, metrics = train_step(state, next(batches))
+            pending.read_until(step - 1)  # the previous step's, while this one runs
+            pending.add(step, metrics)
+            evaluate = config.eval_period and step % config.eval_period == 0
+            save = step % config.checkpoint_period == 0 or step == config.train_steps
+            if evaluate or save:
+                pending.read_until(step)  # every step up to this state checked finite
+            if evaluate:
                 validation = dataclasses.replace(config.data, split="validation")
                 writer.write(step, evaluate_loss(model, state.params, provider, converter,
                                                  validation, config.eval_batches, eval_step),
                              kind="validation")
-            if step % config.checkpoint_period == 0 or step == config.train_steps:
+            if save:
+                # `position` counts the batches the steps so far consumed, not those queued.
                 checkpoints.save(state, batches.position)
+        pending.read_until(config.train_steps)
     finally:
+        batches.close()
         bar.close()
         writer.close()
         checkpoints.close()
-    return TrainResult(state, losses, resumed_from)
+    return TrainResult(state, losses, resumed_from, where.record)

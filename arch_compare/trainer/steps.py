@@ -79,6 +79,18 @@ def make_train_step(model: BaseModel, optimizer: optax.GradientTransformation,
     return train_step
 
 
+def make_init_state(optimizer: optax.GradientTransformation):
+    """`init_state(params) -> TrainState` at step 0; jit it with the state's shardings as
+    `out_shardings` so the optimizer state is created sharded, never whole on one device."""
+    return lambda params: TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+
+def abstract_train_state(optimizer: optax.GradientTransformation, abstract_params: Any
+                         ) -> TrainState:
+    """The state's shapes and dtypes (`jax.ShapeDtypeStruct`s), without computing anything."""
+    return jax.eval_shape(make_init_state(optimizer), abstract_params)
+
+
 def make_eval_step(model: BaseModel):
     """`eval_step(params, batch) -> sums` of loss, correct tokens and weight."""
     return lambda params, batch: weighted_sums(model, params, batch)

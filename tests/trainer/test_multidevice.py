@@ -10,6 +10,7 @@ import jax, numpy as np, sentencepiece
 from arch_compare import optim
 from arch_compare.data.vocabularies import vocabulary_for_model
 from arch_compare.models import build_model, get_preset
+from arch_compare.execution import ExecutionConfig
 from arch_compare.partitioning import MeshConfig
 from arch_compare.trainer.data import DataConfig
 from arch_compare.trainer.loop import TrainConfig, train
@@ -26,7 +27,7 @@ for mesh in [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 1, 8)]:
         data=DataConfig("imitation_sharegpt_fixture", {{"inputs": 64, "targets": 32}},
                         batch_size=8),
         optimizer=optim.OptimizerConfig("adamw", optim.ScheduleConfig(3e-3)),
-        mesh=MeshConfig(*mesh)), progress=False)
+        execution=ExecutionConfig(mesh=MeshConfig(*mesh))), progress=False)
     q = result.state.params["decoder"]["blocks"]["self_attention"]["q"]["kernel"]
     report["x".join(map(str, mesh))] = {{
         "losses": [result.losses[s] for s in (1, 2, 3)],

@@ -10,6 +10,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from arch_compare import optim
+from arch_compare.execution import ExecutionConfig
 from arch_compare.models import build_model, get_preset
 from arch_compare.models.hf import save_hf_checkpoint
 from arch_compare.models.hf.checkpoint import CheckpointError
@@ -35,7 +36,8 @@ def test_training_lowers_the_loss_and_writes_everything(tmp_path, run_training, 
 
 def test_microbatches_give_the_same_steps(tmp_path, run_training):
     whole = run_training(tmp_path / "whole", "llama-tiny", steps=3)
-    split = run_training(tmp_path / "split", "llama-tiny", steps=3, microbatches=2)
+    split = run_training(tmp_path / "split", "llama-tiny", steps=3,
+                         execution=ExecutionConfig(microbatches=2))
     for step in (1, 2, 3):
         assert split.losses[step] == pytest.approx(whole.losses[step], abs=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
