@@ -230,6 +230,7 @@ class StudyRunner:
         measured = {"train_seconds": seconds, "steps": steps, "tokens": tokens,
                     "tokens_per_second": tokens / seconds if seconds else None,
                     "flops": flops, "resumed_from_step": result.resumed_from,
+                    "loss": result.losses[max(result.losses)] if result.losses else None,
                     "execution": getattr(result, "execution", None)}
         return result.state.params, measured
 
@@ -391,13 +392,13 @@ class StudyRunner:
             error = None
             began = time.perf_counter()
             try:
-                if run.role == "imitation" and self.processes.writer:
-                    fields |= self._data_tokens(item, files)
                 if item.model is not None:
                     # Refused here, before any compute, when the memory estimate does not fit.
                     execution, memory = self.execution(item)
                     fields["config"] = run.config | {"execution": execution.to_dict()}
                     fields["estimate"] = (fields["estimate"] or {}) | memory
+                if run.role == "imitation" and self.processes.writer:
+                    fields |= self._data_tokens(item, files)
                 run = dataclasses.replace(run, status="running", **fields)
                 self._put_run(run)
                 if run.role == "base":

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from arch_compare.imitation import config as study_config
-from arch_compare.imitation.study import StudyDeclined, confirm, plan
+from arch_compare.imitation.plan import StudyDeclined, confirm, plan
 from arch_compare.results import ResultsStore
 from arch_compare_tasks import demo_world
 
@@ -239,3 +239,25 @@ def test_a_pre_collected_file_is_a_data_source_in_its_own_format(tmp_path):
     assert registry.records(task, "train")[0]["source"] == "sharegpt"
     with pytest.raises(RuntimeError, match=r"data source 'too_much' .*only \d+ exist"):
         runner._imitation_task("too_much", available + 1, fixture)
+
+
+def test_a_run_that_does_not_fit_is_refused_before_compute_and_recorded(tmp_path):
+    """Every model run of a study whose device is far too small fails with the budget module's
+    MemoryShortfall (recorded, the study goes on); nothing is built or trained."""
+    from arch_compare.imitation import plan as plan_lib
+    from arch_compare.imitation.study import StudyRunner
+    config = _config(directory=str(tmp_path), budget={"hardware": "tpu-v4", "chips": 1},
+                     target={"kind": "function", "name": "t",
+                             "function": "arch_compare_tasks.demo_world:target_respond"},
+                     evaluations=[{"task": "demo_style", "kind": "style", "max_examples": 2}])
+    runner = StudyRunner(config, progress=False, echo=lambda *_: None)
+    runner.devices = plan_lib.Devices(1, 2 ** 20, "a 1 MiB device")
+    outcome = runner.run(yes=True)
+    assert outcome.failed == ["base/t5-tiny", "imitation/t5-tiny/broad/4",
+                              "imitation/t5-tiny/broad/8"]
+    with ResultsStore(tmp_path) as store:
+        runs = {run.run_id: run for run in store.runs("s")}
+    assert runs["imitation/t5-tiny/broad/8"].error.startswith("MemoryShortfall: t5 training")
+    assert "evaluation needs" in runs["base/t5-tiny"].error  # only evaluated, never trained
+    assert runs["target/t"].status == "done"
+    assert not (tmp_path / "runs" / "imitation").exists()  # nothing was trained
