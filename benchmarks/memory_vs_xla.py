@@ -55,7 +55,7 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "ul2": ("ul2-20b", {"d_model": 512, "num_layers": 6, "num_encoder_layers": 6,
                         "num_heads": 4, "num_kv_heads": 4, "head_dim": 128, "d_ff": 2048}),
 }
-MESHES = {"1": MeshConfig(), "f8": MeshConfig(fsdp=8), "f4t2": MeshConfig(fsdp=4, tensor=2),
+MESHES = {"1": MeshConfig(), "d8": MeshConfig(data=8), "f8": MeshConfig(fsdp=8), "f4t2": MeshConfig(fsdp=4, tensor=2),
           "d2f4": MeshConfig(data=2, fsdp=4)}
 DTYPES = ("float32", "bfloat16")
 REMATS = ("none", "block")
@@ -73,10 +73,15 @@ class Row:
     target_length: int = 128
     batch_size: int = 16
     optimizer: str = "adamw"
+    overrides: tuple[tuple[str, object], ...] = ()  # on top of FAMILIES' (smaller test models)
 
     def config(self) -> ModelConfig:
         preset, overrides = FAMILIES[self.family]
-        return get_preset(preset, {**overrides, "dtype": self.dtype, "remat": self.remat})
+        cfg = get_preset(preset, {**overrides, "dtype": self.dtype, "remat": self.remat})
+        changes = dict(self.overrides)
+        if cfg.is_encoder_decoder and "num_layers" in changes:
+            changes.setdefault("num_encoder_layers", changes["num_layers"])
+        return cfg.replace(**changes)
 
 
 def abstract_batch(model, row: Row, sharding) -> dict[str, jax.ShapeDtypeStruct]:
