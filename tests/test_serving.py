@@ -34,19 +34,24 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m arch_compare serve` on 127.0.0.1:port; `start()` returns once it is ready."""
+    """`python -m arch_compare serve` on 127.0.0.1:port; `start()` returns once it is ready.
+
+    It serves on two (simulated CPU) devices, the model split over an fsdp axis of 2 and each
+    one-request batch padded to two rows, so the answers compared below with a one-device
+    `ModelTarget` in this process also test serving on a mesh."""
 
     def __init__(self, checkpoint, vocabulary, port, log):
         self.command = [sys.executable, "-m", "arch_compare", "serve", "--checkpoint",
                         str(checkpoint), "--vocabulary", str(vocabulary), "--port", str(port),
                         "--model-name", MODEL_NAME, "--max-batch", "1", "--max-tokens-limit",
-                        "64"]
+                        "64", "--mesh", "fsdp=2"]
         self.url = f"http://127.0.0.1:{port}/v1"
         self.log = log
         self.process = None
 
     def start(self):
-        environment = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+        environment = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+                       "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
         with self.log.open("a") as log:
             self.process = subprocess.Popen(self.command, cwd=REPO, env=environment,
                                             stdout=subprocess.PIPE, stderr=log, text=True)
@@ -174,6 +179,17 @@ def test_collection_survives_a_killed_server(server, checkpoint, sentencepiece_m
 
 
 # --- In-process pieces: request parsing and batching -----------------------------------------------
+
+def test_serve_mesh_flag_reads_axis_sizes():
+    import argparse
+
+    from arch_compare.cli import serve as serve_cli
+    assert serve_cli.parse_mesh("fsdp=4,tensor=2") == {"fsdp": 4, "tensor": 2}
+    assert serve_cli.parse_mesh("auto") == "auto"
+    for bad in ("fsdp4", "model=2", "fsdp=2,fsdp=2", "fsdp=0", "fsdp=-1"):
+        with pytest.raises((argparse.ArgumentTypeError, ValueError)):
+            serve_cli._mesh_argument(bad)
+
 
 def test_parse_chat_request_reads_openai_fields():
     from arch_compare.serving import RequestError, parse_chat_request

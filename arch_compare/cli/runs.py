@@ -18,6 +18,7 @@ from pathlib import Path
 import gin
 
 from arch_compare.data.vocabularies import vocabulary_for_model
+from arch_compare.decoding import placement
 from arch_compare.models import build_model
 from arch_compare.models.config import ModelConfig
 from arch_compare.models.loading import load_params
@@ -49,10 +50,16 @@ def train(model_config: ModelConfig, vocabulary_path: str, config: TrainConfig) 
             "execution": result.execution["mesh_description"]}
 
 
-def _model_and_params(model_config: ModelConfig, vocabulary_path: str, checkpoint_path: str):
-    model = build_model(model_config)
+def _model_and_params(model_config: ModelConfig, vocabulary_path: str,
+                      config: inference.InferenceConfig):
+    """The model as `config.execution` runs it (its dtypes), its mesh, and the checkpoint's
+    parameters read straight onto that mesh."""
+    model = build_model(config.execution.apply(model_config))
     vocabulary = vocabulary_for_model(model_config, vocabulary_path)
-    return model, vocabulary, load_params(model, checkpoint_path)
+    mesh = inference.inference_mesh(model, config)
+    params = load_params(model, config.checkpoint_path,
+                         shardings=placement.param_shardings(model, mesh))
+    return model, vocabulary, params, mesh
 
 
 def evaluate(model_config: ModelConfig, vocabulary_path: str, tasks: list[str],
@@ -60,18 +67,16 @@ def evaluate(model_config: ModelConfig, vocabulary_path: str, tasks: list[str],
     """What eval.gin binds: scores a checkpoint on seqio evaluation tasks -> metrics.json."""
     for name in tasks:
         _check_task(name)
-    model, vocabulary, params = _model_and_params(model_config, vocabulary_path,
-                                                  config.checkpoint_path)
-    return inference.evaluate(model, params, vocabulary, tasks, config)
+    model, vocabulary, params, mesh = _model_and_params(model_config, vocabulary_path, config)
+    return inference.evaluate(model, params, vocabulary, tasks, config, mesh=mesh)
 
 
 def infer(model_config: ModelConfig, vocabulary_path: str, task: str,
           config: inference.InferenceConfig) -> str:
     """What infer.gin binds: generates for a task's split -> predictions.jsonl."""
     _check_task(task)
-    model, vocabulary, params = _model_and_params(model_config, vocabulary_path,
-                                                  config.checkpoint_path)
-    return str(inference.infer(model, params, vocabulary, task, config))
+    model, vocabulary, params, mesh = _model_and_params(model_config, vocabulary_path, config)
+    return str(inference.infer(model, params, vocabulary, task, config, mesh=mesh))
 
 
 ENTRY_POINTS = {"train": train, "eval": evaluate, "infer": infer}

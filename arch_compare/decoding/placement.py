@@ -107,8 +107,10 @@ def place_params(model: BaseModel, params: Params, mesh: Mesh) -> Params:
 
 
 def shard_shapes(params: Params) -> Params:
-    """Each parameter's shape on one device (the test of "really split")."""
-    return jax.tree.map(lambda leaf: tuple(leaf.addressable_shards[0].data.shape), params)
+    """Each parameter's shape on one device (the test of "really split"; host arrays: whole)."""
+    return jax.tree.map(lambda leaf: tuple(leaf.addressable_shards[0].data.shape
+                                           if isinstance(leaf, jax.Array) else leaf.shape),
+                        params)
 
 
 def constrain_cache(cache: DecodeCache, mesh: Mesh | None) -> DecodeCache:

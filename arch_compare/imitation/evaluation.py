@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import seqio
 
@@ -54,14 +54,17 @@ def score_predictions(task: str, records: Sequence[Mapping], predictions: Sequen
 
 def model_predictions(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary, task: str,
                       split: str, max_examples: int | None, *, feature_lengths: Mapping[str, int],
-                      batch_size: int, max_new_tokens: int, progress: bool = True) -> list[str]:
-    """Greedy answers of a model to a task split's prompts, in record order."""
+                      batch_size: int, max_new_tokens: int, mesh: Any = None,
+                      progress: bool = True) -> list[str]:
+    """Greedy answers of a model to a task split's prompts, in record order. `mesh` (a
+    `jax.sharding.Mesh`; None: the one `params` are placed on) is where it decodes."""
     config = inference.InferenceConfig(
         checkpoint_path="", output_path="", feature_lengths=dict(feature_lengths),
         batch_size=batch_size, decode=DecodeConfig(max_new_tokens=max_new_tokens), split=split)
     limit = len(task_records(task, split, max_examples))
     predictions = []
-    for row in inference.predict(model, params, vocabulary, task, config, progress=progress):
+    for row in inference.predict(model, params, vocabulary, task, config, mesh=mesh,
+                                 progress=progress):
         if row["index"] >= limit:
             break
         predictions.append(row["prediction"])
@@ -70,12 +73,15 @@ def model_predictions(model: BaseModel, params: Params, vocabulary: seqio.Vocabu
 
 def scored_metrics(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary, task: str,
                    split: str, *, feature_lengths: Mapping[str, int], batch_size: int,
-                   output_path: str, progress: bool = True) -> dict[str, float]:
-    """A rank-classification task through seqio's Evaluator (models only)."""
+                   output_path: str, mesh: Any = None, progress: bool = True
+                   ) -> dict[str, float]:
+    """A rank-classification task through seqio's Evaluator (models only); `mesh` as for
+    `model_predictions`."""
     config = inference.InferenceConfig(
         checkpoint_path="", output_path=output_path, feature_lengths=dict(feature_lengths),
         batch_size=batch_size, decode=DecodeConfig(max_new_tokens=1), split=split)
-    return inference.evaluate(model, params, vocabulary, [task], config, progress=progress)[task]
+    return inference.evaluate(model, params, vocabulary, [task], config, mesh=mesh,
+                              progress=progress)[task]
 
 
 def prompt_of(record: Mapping) -> Prompt:

@@ -291,6 +291,9 @@ class ModelTarget:
     of its first row, so the compiled program depends only on the prompts' width. A prompt longer
     than `max_prompt_tokens` (or than a learned-position table leaves room for) gets a permanent
     error rather than a silently truncated question. Build one with `ModelTarget.load`.
+
+    `mesh` (a `jax.sharding.Mesh`; None: the mesh `params` are placed on, else one device) is
+    where it decodes: parameters split as in training, each batch's rows over data x fsdp.
     """
 
     name: str
@@ -299,6 +302,7 @@ class ModelTarget:
     vocabulary: Any  # seqio.Vocabulary
     batch_size: int = 8
     max_prompt_tokens: int | None = None
+    mesh: Any = None  # jax.sharding.Mesh | None
 
     def __post_init__(self):
         if not self.name:
@@ -312,9 +316,15 @@ class ModelTarget:
     @classmethod
     def load(cls, checkpoint: str | os.PathLike, vocabulary: str | os.PathLike, *,
              name: str | None = None, batch_size: int = 8, max_prompt_tokens: int | None = None,
-             dtype: str | None = None) -> "ModelTarget":
+             dtype: str | None = None, execution: Any = None) -> "ModelTarget":
         """A training MODEL_DIR (its newest checkpoint), a native checkpoint or a local Hugging
         Face directory, with the vocabulary file of its family.
+
+        `execution` (an `arch_compare.execution.ExecutionConfig` or a dict of its fields; None:
+        one device, the checkpoint's dtypes or `dtype`) says where it runs: the parameters are
+        read straight onto its mesh, split as in training, in its `param_dtype`, and it computes
+        in its `dtype`. Its mesh 'auto' is sized for `batch_size` rows of `max_prompt_tokens`
+        (default 1024) prompt tokens and 256 new tokens.
 
         The default name is the checkpoint's absolute path (and step, for a training directory),
         so answers cached from one checkpoint are never served for another.
@@ -324,11 +334,15 @@ class ModelTarget:
         from arch_compare.data.vocabularies import vocabulary_for_model
         from arch_compare.models.loading import load_checkpoint
 
-        loaded = load_checkpoint(checkpoint, dtype=dtype)
-        model = loaded.model
+        if execution is None:
+            loaded = load_checkpoint(checkpoint, dtype=dtype)
+            model, params, mesh = loaded.model, loaded.params, None
+        else:
+            model, params, mesh, loaded = _load_on_mesh(checkpoint, execution, dtype, batch_size,
+                                                        max_prompt_tokens)
         return cls(name=name or f"model:{loaded.description}", model=model,
-                   params=loaded.params, vocabulary=vocabulary_for_model(model.config, vocabulary),
-                   batch_size=batch_size, max_prompt_tokens=max_prompt_tokens)
+                   params=params, vocabulary=vocabulary_for_model(model.config, vocabulary),
+                   batch_size=batch_size, max_prompt_tokens=max_prompt_tokens, mesh=mesh)
 
     def complete(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Reply]:
         return [generated.reply for generated in self.generate(prompts, settings)]
@@ -373,8 +387,8 @@ class ModelTarget:
                                   temperature=settings.temperature, top_p=settings.top_p,
                                   seed=settings.seed)
         padded = rows + [rows[0]] * (self.batch_size - len(rows))
-        output = generate(self.model, self.params, padded, decode)
-        tokens, lengths = np.asarray(output.tokens), np.asarray(output.lengths)
+        output = generate(self.model, self.params, padded, decode, mesh=self.mesh)
+        tokens, lengths = output.tokens, output.lengths
         results = []
         for row, prompt in enumerate(rows):
             ids = tokens[row, :lengths[row]].tolist()
@@ -384,6 +398,32 @@ class ModelTarget:
                                       completion_tokens=len(ids),
                                       finish_reason="stop" if stopped else "length"))
         return results
+
+
+def _load_on_mesh(checkpoint, execution: Any, dtype: str | None, batch_size: int,
+                  max_prompt_tokens: int | None):
+    """(model, params, mesh, loaded checkpoint) for `ModelTarget.load` with an `execution`."""
+    from arch_compare.decoding import placement
+    from arch_compare.execution import ExecutionConfig
+    from arch_compare.models.loading import load_checkpoint
+    from arch_compare.models.model import build_model
+
+    if dtype is not None:
+        raise ValueError("ModelTarget.load: give the dtypes in execution (dtype, param_dtype), "
+                         "not also dtype=")
+    execution = ExecutionConfig.coerce(execution, "ModelTarget.load execution")
+    meshes = []
+
+    def shardings(model):  # the mesh needs the model ('auto' sizes it by its memory)
+        meshes.append(placement.inference_mesh(
+            execution, model, batch_size=batch_size,
+            lengths=(max_prompt_tokens or 1024, GenerationSettings().max_tokens)))
+        return placement.param_shardings(model, meshes[-1])
+
+    # Read in the parameter dtype; shapes, hence shardings, do not depend on the dtypes.
+    loaded = load_checkpoint(checkpoint, dtype=execution.param_dtype, shardings=shardings)
+    model = build_model(execution.apply(loaded.model.config))
+    return model, loaded.params, meshes[-1], loaded
 
 
 # --- Targets from a specification (gin files, study configs) --------------------------------------

@@ -6,6 +6,11 @@ checkpoint), a native checkpoint or a Hugging Face directory — and feed models
 feature converter as training, so prompts are exactly what the model was trained to continue:
 for a decoder-only model the start token, the inputs and their EOS; for an encoder-decoder model
 the encoder inputs (UL2's mode token included).
+
+They run on a device mesh like training (`InferenceConfig.execution`, resolved by
+`decoding.placement.inference_mesh`): parameters split by the partitioning table, batch rows
+over data x fsdp. Several processes running the same program in lockstep each read every
+example, decode their devices' rows, and get every result back; only process 0 writes files.
 """
 
 from __future__ import annotations
@@ -15,11 +20,15 @@ import json
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import jax
 import numpy as np
 import seqio
+from jax.sharding import Mesh
 from tqdm import tqdm
 
+from arch_compare.decoding import placement
 from arch_compare.decoding.search import DecodeConfig, generate, score
+from arch_compare.execution import ExecutionConfig
 from arch_compare.models.model import BaseModel, Params
 from arch_compare_tasks.registry import seqio_task
 
@@ -32,13 +41,28 @@ class InferenceConfig:
     checkpoint_path: str  # a training MODEL_DIR, a native checkpoint or an HF directory
     output_path: str  # a directory for metrics.json / predictions.jsonl
     feature_lengths: dict  # {"inputs": ..., "targets": ...}
-    batch_size: int
+    batch_size: int  # examples per step, over all devices
     decode: DecodeConfig
     split: str = "validation"
+    # Where it runs: mesh (or 'auto'), compute and parameter dtypes (remat and microbatches are
+    # training settings and change nothing here).
+    execution: ExecutionConfig = ExecutionConfig()
 
     def __post_init__(self):
         if self.batch_size <= 0:
             raise ValueError(f"InferenceConfig.batch_size must be positive, got {self.batch_size}")
+        object.__setattr__(self, "execution",
+                           ExecutionConfig.coerce(self.execution, "InferenceConfig.execution"))
+
+
+def inference_mesh(model: BaseModel, config: InferenceConfig,
+                   devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh `config.execution` runs on (its 'auto' sized for this config's batch and the
+    longest prompt and answer)."""
+    return placement.inference_mesh(
+        config.execution, model, batch_size=config.batch_size,
+        lengths=(config.feature_lengths.get("inputs", 0), config.decode.max_new_tokens),
+        devices=devices)
 
 
 def _batches(dataset: Iterable, batch_size: int) -> Iterable[tuple[list[int], dict]]:
@@ -67,9 +91,11 @@ def _decode_config(config: InferenceConfig, vocabulary: seqio.Vocabulary) -> Dec
 
 
 def evaluate(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary,
-             tasks: Sequence[str], config: InferenceConfig, *, progress: bool = True
-             ) -> dict[str, dict[str, float]]:
-    """Run seqio's Evaluator on each task and write `metrics.json`; returns task -> metrics."""
+             tasks: Sequence[str], config: InferenceConfig, *, mesh: Mesh | None = None,
+             progress: bool = True) -> dict[str, dict[str, float]]:
+    """Run seqio's Evaluator on each task and write `metrics.json` (process 0); returns
+    task -> metrics. `mesh`: where to run (default: the mesh `params` are placed on; see
+    `decoding.search`)."""
     converter = model.feature_converter(vocabulary)
     decode = _decode_config(config, vocabulary)
 
@@ -78,7 +104,7 @@ def evaluate(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary,
         for indices, batch in tqdm(_batches(dataset.as_numpy_iterator(), config.batch_size),
                                    desc="generate", disable=not progress):
             prompts, lengths = model.prompts_of(batch)
-            tokens = np.asarray(generate(model, params, prompts, decode, lengths=lengths).tokens)
+            tokens = generate(model, params, prompts, decode, lengths=lengths, mesh=mesh).tokens
             outputs += [(index, tokens[row].tolist()) for row, index in enumerate(indices)]
         return outputs
 
@@ -86,7 +112,7 @@ def evaluate(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary,
         outputs = []
         for indices, batch in tqdm(_batches(dataset.as_numpy_iterator(), config.batch_size),
                                    desc="score", disable=not progress):
-            scores = np.asarray(score(model, params, batch))
+            scores = score(model, params, batch, mesh=mesh)
             outputs += [(index, float(scores[row])) for row, index in enumerate(indices)]
         return outputs
 
@@ -99,16 +125,19 @@ def evaluate(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary,
         metrics, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn,
                                         score_fn=score_fn)
         results[name] = {key: float(value) for key, value in metrics.result()[task.name].items()}
-    output = Path(config.output_path)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / METRICS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    if jax.process_index() == 0:
+        output = Path(config.output_path)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / METRICS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
 def predict(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary, task_name: str,
-            config: InferenceConfig, *, progress: bool = True) -> Iterator[dict]:
+            config: InferenceConfig, *, mesh: Mesh | None = None, progress: bool = True
+            ) -> Iterator[dict]:
     """Generate for every example of a task's split, in the split's order: one dict per example
-    with its text features (`id`, `inputs`, `target`, ...), `prediction` and `score`."""
+    with its text features (`id`, `inputs`, `target`, ...), `prediction` and `score`. `mesh`
+    as for `evaluate`."""
     task = seqio_task(task_name, vocabulary)
     lengths = dict(config.feature_lengths)
     examples = task.get_dataset(lengths, split=config.split, shuffle=False, use_cached=False)
@@ -122,8 +151,8 @@ def predict(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary, task
     for indices, batch in tqdm(_batches(rows, config.batch_size),
                                desc=f"infer {task_name}", disable=not progress):
         prompts, prompt_lengths = model.prompts_of(batch)
-        generated = generate(model, params, prompts, decode, lengths=prompt_lengths)
-        tokens, scores = np.asarray(generated.tokens), np.asarray(generated.scores)
+        generated = generate(model, params, prompts, decode, lengths=prompt_lengths, mesh=mesh)
+        tokens, scores = generated.tokens, generated.scores
         for row, index in enumerate(indices):
             text = lambda name: _text(batch[f"text:{name}"][row])
             yield {"index": index,
@@ -135,13 +164,18 @@ def predict(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary, task
 
 
 def infer(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary, task_name: str,
-          config: InferenceConfig, *, progress: bool = True) -> Path:
-    """Generate for every example of a task's split and write `predictions.jsonl`."""
-    output = Path(config.output_path)
-    output.mkdir(parents=True, exist_ok=True)
-    path = output / PREDICTIONS_FILE
+          config: InferenceConfig, *, mesh: Mesh | None = None, progress: bool = True) -> Path:
+    """Generate for every example of a task's split and write `predictions.jsonl` (process 0;
+    the others decode their rows in lockstep). `mesh` as for `evaluate`."""
+    path = Path(config.output_path) / PREDICTIONS_FILE
+    rows = predict(model, params, vocabulary, task_name, config, mesh=mesh, progress=progress)
+    if jax.process_index() != 0:
+        for _ in rows:
+            pass
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
-        for row in predict(model, params, vocabulary, task_name, config, progress=progress):
+        for row in rows:
             handle.write(json.dumps(row) + "\n")
     return path
 
