@@ -206,7 +206,7 @@ def test_two_hosts_killed_and_resumed_record_what_one_process_records(
     for host, (_, stderr) in zip(hosts, outputs):
         assert host.returncode == 0, stderr[-4000:]
     assert "2 runs done, 1 already done" in outputs[0][0]  # process 0 speaks for the study
-    assert outputs[1][0].strip() == ""
+    assert "runs done" not in outputs[1][0]  # (gloo prints its connections to stdout)
 
     resumed = _rows(database)
     reference = one_process[0]["sharded"]
