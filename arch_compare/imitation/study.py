@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from arch_compare import optim
+from arch_compare import optim, partitioning
 from arch_compare.budget.flops import training_flops
 from arch_compare.budget import memory as memory_lib
 from arch_compare.budget.memory import MemoryShortfall
@@ -287,8 +287,13 @@ class StudyRunner:
         study_model = planned.model
         if study_model.pretraining is None:
             from arch_compare.models.loading import load_params
-            params = load_params(self.models.model(study_model, execution),
-                                 study_model.base_checkpoint)
+            model = self.models.model(study_model, execution)
+            # Read straight onto the run's mesh, where its evaluation then decodes.
+            mesh = partitioning.make_mesh(execution.mesh,
+                                          jax.devices()[:execution.mesh.num_devices])
+            params = load_params(model, study_model.base_checkpoint,
+                                 shardings=partitioning.param_shardings(
+                                     model.logical_axes(), model.abstract_params(), mesh))
             measured = {}
         else:
             pre = study_model.pretraining
