@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
@@ -200,6 +200,38 @@ def shard_params(params: Any, shardings: Any) -> Any:
         raise ValueError(f"params and shardings have different trees:\n  params: {params_def}"
                          f"\n  shardings: {shardings_def}")
     return jax.device_put(params, shardings)
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None],
+              rules: Mapping[str, MeshAxes] = LOGICAL_AXIS_RULES) -> jax.Array:
+    """Pin an activation's layout by its logical axis names, under the mesh in context.
+
+    Without it XLA may follow the weights' fsdp split instead of the batch's and keep every
+    example's activations on every device. Code that places arrays traces under
+    `jax.set_mesh(mesh)`; with no mesh in context (one device) `x` is returned unchanged, so the
+    layers stay mesh-agnostic.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or math.prod(mesh.shape.values()) == 1:
+        return x
+    spec = fit_spec_to_shape(logical_to_partition_spec(logical_axes, rules), x.shape, mesh)
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
+class on_mesh:
+    """A jitted program called (or lowered) with `mesh` in context, so that the activation
+    layouts `constrain` pins while tracing are laid out on this mesh."""
+
+    def __init__(self, mesh: Mesh, function: Callable):
+        self.mesh, self.function = mesh, function
+
+    def __call__(self, *args, **kwargs):
+        with jax.set_mesh(self.mesh):
+            return self.function(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        with jax.set_mesh(self.mesh):
+            return self.function.lower(*args, **kwargs)
 
 
 def batch_sharding(mesh: AnyMesh, rules: Mapping[str, MeshAxes] = LOGICAL_AXIS_RULES

@@ -39,7 +39,8 @@ from arch_compare.execution import mesh_description  # noqa: E402
 from arch_compare.models import build_model, get_preset  # noqa: E402
 from arch_compare.models.config import ModelConfig  # noqa: E402
 from arch_compare.partitioning import MeshConfig  # noqa: E402
-from arch_compare.trainer.steps import TrainState, make_train_step  # noqa: E402
+from arch_compare.trainer import placement  # noqa: E402
+from arch_compare.trainer.steps import abstract_train_state  # noqa: E402
 
 MIB = 2**20
 
@@ -103,22 +104,16 @@ def xla_memory(row: Row, devices=None) -> dict[str, int]:
     mesh = partitioning.make_mesh(row.mesh, devices)
     logical_axes = model.logical_axes()
     param_shardings = partitioning.param_shardings(logical_axes, model.abstract_params(), mesh)
-    params = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-                          model.abstract_params(), param_shardings)
     opt_cfg = optim.OptimizerConfig(row.optimizer, optim.ScheduleConfig(1e-4), weight_decay=0.01)
     optimizer = optim.make_optimizer(opt_cfg, logical_axes)
-    # The trainer builds the state with jax.jit(init)(params) and keeps the shardings XLA chose.
-    init = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)))
-    init_compiled = init.lower(params).compile()
-    state_shapes = jax.eval_shape(init, params)
+    # The trainer's own layout and compiled step (trainer/placement.py), as `train` runs them.
+    state_shardings = placement.train_state_shardings(model, optimizer, param_shardings, mesh)
     state = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-                         state_shapes, init_compiled.output_shardings)
-    state_shardings = jax.tree.map(lambda leaf: leaf.sharding, state)
+                         abstract_train_state(optimizer, model.abstract_params()),
+                         state_shardings)
     batch_sharding = partitioning.batch_sharding(mesh)
-    step = jax.jit(make_train_step(model, optimizer, optim.make_schedule(opt_cfg.schedule),
-                                   row.microbatches),
-                   in_shardings=(state_shardings, batch_sharding),
-                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+    step = placement.jit_train_step(model, optimizer, optim.make_schedule(opt_cfg.schedule),
+                                    row.microbatches, state_shardings, batch_sharding, mesh)
     analysis = step.lower(state, abstract_batch(model, row, batch_sharding)).compile() \
         .memory_analysis()
     numbers = {name: int(getattr(analysis, f"{name}_size_in_bytes"))

@@ -160,8 +160,9 @@ def left_pad(prompts: Sequence[Sequence[int]] | Any, lengths: Sequence[int] | No
 @functools.lru_cache(maxsize=32)
 def _compiled(model: BaseModel, key: tuple, mesh: Mesh) -> Callable:
     # Replicated results: every process can read all of them (they are small: tokens, scores).
-    return jax.jit(functools.partial(_PROGRAM_BUILDERS[key[0]], model, mesh, *key[1:]),
-                   out_shardings=placement.replicated(mesh))
+    return partitioning.on_mesh(mesh, jax.jit(
+        functools.partial(_PROGRAM_BUILDERS[key[0]], model, mesh, *key[1:]),
+        out_shardings=placement.replicated(mesh)))
 
 
 def _generate(model: BaseModel, mesh: Mesh, config: DecodeConfig, params: Params,

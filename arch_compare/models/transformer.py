@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from arch_compare.models.config import REMAT_CHOICES, ModelConfig
+from arch_compare.partitioning import constrain
 from arch_compare.models.layers import (Attention, Dense, Embed, KVCache, Mlp, Norm,
                                         RelativePositionBias)
 
@@ -54,6 +55,10 @@ REMAT_POLICIES = {
     "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 assert tuple(REMAT_POLICIES) == REMAT_CHOICES
+
+
+# The residual stream between blocks: split by examples like the batch (see partitioning.constrain).
+RESIDUAL_AXES = ("batch", "length", "embed")
 
 
 class Block(nnx.Module):
@@ -115,12 +120,13 @@ class Stack(nnx.Module):
                   transform_metadata={nnx.PARTITION_NAME: "layers"})
         def run_block(x, block: Block, inputs: AttentionInputs, cache: BlockCache | None):
             if self.remat_policy is None:
-                return block(x, inputs, cache)
-            # Keep what the policy saves; recompute the rest of the block in the backward pass.
-            return nnx.remat(lambda b, h, i, c: b(h, i, c), policy=self.remat_policy)(
-                block, x, inputs, cache)
+                x, cache = block(x, inputs, cache)
+            else:  # keep what the policy saves; recompute the rest in the backward pass
+                x, cache = nnx.remat(lambda b, h, i, c: b(h, i, c), policy=self.remat_policy)(
+                    block, x, inputs, cache)
+            return constrain(x, RESIDUAL_AXES), cache
 
-        x, cache = run_block(x, self.blocks, inputs, cache)
+        x, cache = run_block(constrain(x, RESIDUAL_AXES), self.blocks, inputs, cache)
         return self.final_norm(x), cache
 
     def project_cross(self, encoded: jax.Array) -> KVCache:

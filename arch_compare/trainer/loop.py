@@ -26,7 +26,7 @@ import numpy as np
 import seqio
 from tqdm import tqdm
 
-from arch_compare import optim
+from arch_compare import optim, partitioning
 from arch_compare.budget.flops import training_flops
 from arch_compare.execution import ExecutionConfig
 from arch_compare.models.loading import load_params
@@ -168,30 +168,24 @@ def train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, *
     checkpoints = Checkpoints(config.model_dir, model.config, keep=config.keep_checkpoints)
     placement.write_record(config.model_dir, where.record)
 
-    abstract_params = model.abstract_params()
-    abstract_state = abstract_train_state(optimizer, abstract_params)
-    state_shardings = TrainState(
-        jax.sharding.NamedSharding(where.mesh, jax.sharding.PartitionSpec()),
-        where.param_shardings,
-        placement.opt_state_shardings(abstract_state.opt_state, abstract_params,
-                                      where.param_shardings, where.mesh))
+    state_shardings = placement.train_state_shardings(model, optimizer, where.param_shardings,
+                                                      where.mesh)
     resumed_from, position = None, 0
     if checkpoints.latest_step is not None:
         state, position = checkpoints.restore(jax.tree.map(
             lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-            abstract_state, state_shardings))
+            abstract_train_state(optimizer, model.abstract_params()), state_shardings))
         resumed_from = int(state.step)
     else:
         params = _initial_params(model, config, where.param_shardings)
-        state = jax.jit(make_init_state(optimizer), out_shardings=state_shardings,
-                        donate_argnums=0)(params)
+        state = partitioning.on_mesh(where.mesh, jax.jit(
+            make_init_state(optimizer), out_shardings=state_shardings, donate_argnums=0))(params)
 
     provider = seqio_provider(config.data.task, vocabulary)
     converter = model.feature_converter(vocabulary, pack=config.data.pack)
-    train_step = jax.jit(make_train_step(model, optimizer, schedule, execution.microbatches),
-                         in_shardings=(state_shardings, where.batch_sharding),
-                         out_shardings=(state_shardings, None), donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(model))
+    train_step = placement.jit_train_step(model, optimizer, schedule, execution.microbatches,
+                                          state_shardings, where.batch_sharding, where.mesh)
+    eval_step = partitioning.on_mesh(where.mesh, jax.jit(make_eval_step(model)))
     flops_per_step = _model_flops_per_step(model, config.data)
     peak = (config.peak_flops_per_device * where.mesh.devices.size
             if config.peak_flops_per_device else None)

@@ -134,6 +134,30 @@ def _contains(path: tuple, part: tuple) -> bool:
     return any(path[i:i + n] == part for i in range(len(path) - n + 1))
 
 
+def train_state_shardings(model: BaseModel, optimizer, param_shardings: Any, mesh: Mesh):
+    """Shardings of the whole `TrainState`: the step replicated, parameters by the table, the
+    optimizer state like the parameters it belongs to."""
+    from arch_compare.trainer.steps import TrainState, abstract_train_state
+
+    abstract_params = model.abstract_params()
+    abstract_state = abstract_train_state(optimizer, abstract_params)
+    return TrainState(NamedSharding(mesh, PartitionSpec()), param_shardings,
+                      opt_state_shardings(abstract_state.opt_state, abstract_params,
+                                          param_shardings, mesh))
+
+
+def jit_train_step(model: BaseModel, optimizer, schedule, microbatches: int, state_shardings,
+                   batch_sharding: NamedSharding, mesh: Mesh):
+    """The compiled training step exactly as `train` runs it (also what the memory benchmark
+    measures): state donated, laid out by `state_shardings`, traced with `mesh` in context."""
+    from arch_compare.trainer.steps import make_train_step
+
+    return partitioning.on_mesh(mesh, jax.jit(
+        make_train_step(model, optimizer, schedule, microbatches),
+        in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
+        donate_argnums=(0,)))
+
+
 def opt_state_shardings(abstract_opt_state: Any, abstract_params: Any, param_shardings: Any,
                         mesh: Mesh) -> Any:
     """Shardings for an optimizer state tree (see the module docstring for the rule)."""
