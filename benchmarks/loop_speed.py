@@ -2,14 +2,13 @@
 
 What it measures is the loop, not the step: for tiny models on a CPU the host's work per step
 (dispatch, reading metrics, logging, preparing the next batch) is a large share of the time, and
-that is what an asynchronous loop hides. Each measurement runs `train` in one fresh interpreter
-for `--short` steps (untimed: it pays the one-time start-up of TensorFlow and seqio), `--short`
-steps again and `--steps` steps, each in a new run directory with one checkpoint at the end, and
-reports
+that is what an asynchronous loop hides. Each measurement is one `train` run of `--steps` steps
+in a fresh interpreter (one checkpoint, at the end); the time each step's line reaches
+`metrics.jsonl` is recorded (`MetricsWriter.write` wrapped), and
 
-    steps/s = (steps - short) / (seconds(steps) - seconds(short))
+    steps/s = (steps - skip) / (time of line `steps` - time of line `skip`)
 
-so set-up, compilation and the final checkpoint, paid once by both runs, cancel out.
+so set-up, compilation (in step 1) and the final checkpoint (after the last line) are left out.
 
 `--tree DIR` (repeatable) times the `arch_compare` package of another checkout, e.g. the loop
 before a change:
@@ -45,28 +44,33 @@ import arch_compare
 from arch_compare import optim
 from arch_compare.data.vocabularies import vocabulary_for_model
 from arch_compare.models import build_model, get_preset
+from arch_compare.trainer import metrics as metrics_module
 from arch_compare.trainer.data import DataConfig
 from arch_compare.trainer.loop import TrainConfig, train
 import arch_compare_tasks.catalogue
 
-preset, vocabulary_path, steps, short, batch, inputs, targets = sys.argv[1:8]
+preset, vocabulary_path, steps, skip, batch, inputs, targets = sys.argv[1:8]
+steps, skip = int(steps), int(skip)
 config = get_preset(preset)
 vocabulary = vocabulary_for_model(config, vocabulary_path)
-seconds = {}
+# When each step's metrics reach the log: both loops write one line per step, as soon as they hold
+# its metrics on the host (the asynchronous loop one step later, which shifts every time alike).
+written = {}
+write = metrics_module.MetricsWriter.write
+def timed(self, step, values, kind="train"):
+    write(self, step, values, kind)
+    written[step] = time.perf_counter()
+metrics_module.MetricsWriter.write = timed
 with tempfile.TemporaryDirectory() as root:
-    # The first run pays one-time costs (TensorFlow and seqio start-up); it is not timed.
-    for i, n in enumerate((int(short), int(short), int(steps))):
-        run = TrainConfig(model_dir=f"{root}/{i}", train_steps=n, checkpoint_period=n,
-                          keep_checkpoints=1,
-                          data=DataConfig("%s", {"inputs": int(inputs), "targets": int(targets)},
-                                          batch_size=int(batch)),
-                          optimizer=optim.OptimizerConfig("adamw", optim.ScheduleConfig(1e-3)))
-        began = time.perf_counter()
-        train(build_model(config), vocabulary, run, progress=False)
-        seconds[n] = time.perf_counter() - began
-print(json.dumps({"package": str(Path(arch_compare.__file__).parent), "seconds": seconds,
-                  "steps_per_second": (int(steps) - int(short)) /
-                                      (seconds[int(steps)] - seconds[int(short)])}))
+    run = TrainConfig(model_dir=root, train_steps=steps, checkpoint_period=steps,
+                      keep_checkpoints=1,
+                      data=DataConfig("%s", {"inputs": int(inputs), "targets": int(targets)},
+                                      batch_size=int(batch)),
+                      optimizer=optim.OptimizerConfig("adamw", optim.ScheduleConfig(1e-3)))
+    train(build_model(config), vocabulary, run, progress=False)
+print(json.dumps({"package": str(Path(arch_compare.__file__).parent),
+                  "seconds": written[steps] - written[skip],
+                  "steps_per_second": (steps - skip) / (written[steps] - written[skip])}))
 """ % TASK
 
 
@@ -100,7 +104,7 @@ def measure(tree: Path, preset: str, vocabulary: Path, args, links: Path) -> dic
     env = {**os.environ, "PYTHONPATH": f"{tree}:{link.parent}", "JAX_PLATFORMS": "cpu",
            "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(
-        [sys.executable, "-c", WORKER, preset, str(vocabulary), str(args.steps), str(args.short),
+        [sys.executable, "-c", WORKER, preset, str(vocabulary), str(args.steps), str(args.skip),
          str(args.batch), str(args.inputs), str(args.targets)],
         cwd=tempfile.gettempdir(), env=env, capture_output=True, text=True)
     if result.returncode:
@@ -117,14 +121,15 @@ def main(argv=None) -> None:
                         help="checkout whose arch_compare to time (repeatable; default: this one)")
     parser.add_argument("--models", default="gpt2-tiny,t5-tiny")
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--short", type=int, default=20)
+    parser.add_argument("--skip", type=int, default=20,
+                        help="steps left out at the start (compilation, warm-up)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--inputs", type=int, default=64)
     parser.add_argument("--targets", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     trees = [tree.resolve() for tree in (args.tree or [REPO])]
-    print(f"CPU: {_cpu()}, {os.cpu_count()} cores; {args.steps} - {args.short} steps, batch "
+    print(f"CPU: {_cpu()}, {os.cpu_count()} cores; steps {args.skip}-{args.steps} timed, batch "
           f"{args.batch}, lengths {args.inputs} + {args.targets}; {args.repeats} repeats")
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -137,11 +142,16 @@ def main(argv=None) -> None:
                     report = measure(tree, preset, vocabulary, args, scratch / "links")
                     rates.setdefault((preset, str(tree)), []).append(report["steps_per_second"])
                     print(f"  {preset} {tree}: {report['steps_per_second']:.1f} steps/s "
-                          f"(seconds {report['seconds']})", flush=True)
-    print("\n| model | tree | steps/s (median) | range | runs |\n| --- | --- | --- | --- | --- |")
+                          f"({report['seconds']:.2f} s)", flush=True)
+    # Paired by repeat (run back to back): the ratio to the first tree cancels most load drift.
+    print("\n| model | tree | steps/s (median) | range | runs | / first tree, paired (median, "
+          "range) |\n| --- | --- | --- | --- | --- | --- |")
     for (preset, tree), values in rates.items():
+        first = rates[(preset, str(trees[0]))]
+        ratios = [value / base for value, base in zip(values, first)]
         print(f"| {preset} | {tree} | {statistics.median(values):.1f} | "
-              f"{min(values):.1f}-{max(values):.1f} | {len(values)} |")
+              f"{min(values):.1f}-{max(values):.1f} | {len(values)} | "
+              f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |")
 
 
 def _cpu() -> str:
