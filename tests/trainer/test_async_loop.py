@@ -17,6 +17,7 @@ from arch_compare.execution import ExecutionConfig, NoMeshFits
 from arch_compare.models import build_model, get_preset
 from arch_compare.partitioning import MeshConfig
 from arch_compare.trainer import loop, placement
+from arch_compare.trainer import steps as trainer_steps
 from arch_compare.trainer.data import BatchIterator, DataConfig
 from arch_compare.trainer.loop import StepMetrics, TrainingDiverged
 from arch_compare.trainer.prefetch import Prefetcher
@@ -61,7 +62,7 @@ def test_a_nan_is_caught_before_any_checkpoint_of_its_state(tmp_path, run_traini
                                                             monkeypatch):
     # Poison step 3's loss; checkpoints fall on even steps, so the one at step 4 must not be
     # written although step 4 was dispatched before step 3's loss was read.
-    real = loop.make_train_step
+    real = trainer_steps.make_train_step
 
     def poisoned(*args):
         step = real(*args)
@@ -72,7 +73,9 @@ def test_a_nan_is_caught_before_any_checkpoint_of_its_state(tmp_path, run_traini
             return state, {**metrics, "loss": loss}
         return run
 
-    monkeypatch.setattr(loop, "make_train_step", poisoned)
+    for module in (trainer_steps, placement, loop):  # wherever the loop reads it from
+        if hasattr(module, "make_train_step"):
+            monkeypatch.setattr(module, "make_train_step", poisoned)
     with pytest.raises(TrainingDiverged, match=r"^step 3: loss is nan; stopping. The last good "
                                                r"checkpoint \(step 2\) is kept in "):
         run_training(tmp_path, "gpt2-tiny", steps=4, checkpoint_period=2)
