@@ -9,7 +9,9 @@ Parameters are split exactly as `arch_compare.partitioning` splits them: its log
 applied to the model's parameter tree on an `AbstractMesh` of the mesh's sizes, so a dimension that
 the mesh axes do not divide (GPT-2's 50257-token vocabulary on a 2-way `tensor` axis) stays whole.
 The batch splits over data x fsdp, microbatches divide the activations again, and `tensor` splits
-the head, MLP and vocabulary dimensions of the activations when it divides them.
+the head, MLP and vocabulary dimensions of the activations when it divides them. Under fsdp each
+weight is gathered whole (over fsdp) for its matmul and its gradient is whole until reduce-scattered;
+the estimate adds the two for the output projection and for one layer, at the moments XLA holds them.
 """
 
 from __future__ import annotations
@@ -263,6 +265,48 @@ def _logits_bytes(cfg: ModelConfig, cut: _Split, input_length: int, target_lengt
 
 
 # -------------------------------------------------------------------------------------------------
+# Weights gathered whole under fsdp
+#
+# fsdp keeps a 1/fsdp slice of every weight, so each matmul first all-gathers its weight (over
+# fsdp only: a tensor split stays cut), and the backward pass produces that weight's gradient whole
+# before reduce-scattering it into the sharded gradient. XLA's buffers (benchmarks/memory_vs_xla.py)
+# show the two live together at two moments: the output projection's, beside the logits in the
+# loss's backward pass, and one layer's of a stack, beside the block being recomputed (the layer
+# scan gathers inside each step, so never more than one layer at a time).
+
+
+@dataclasses.dataclass(frozen=True)
+class _Gathered:
+    output: int  # the vocabulary projection: gathered weight and its unsharded gradient
+    layer: int  # the largest stack's one layer: gathered weights and their unsharded gradients
+
+
+def _gathered(cfg: ModelConfig, mesh: MeshConfig,
+              shards: tuple[ParameterShard, ...]) -> _Gathered:
+    if mesh.fsdp == 1:
+        return _Gathered(0, 0)
+    # the tensor split alone: what an all-gather over fsdp rebuilds
+    unsharded = {s.path: s for s in parameter_shards(cfg, MeshConfig(tensor=mesh.tensor))}
+    extra = {s.path: unsharded[s.path].shard_size for s in shards
+             if unsharded[s.path].shard_size > s.shard_size}
+    # Tied embeddings project with the embedding table; otherwise the output head's kernel
+    # (as large as the embedding table): the largest vocabulary-sized weight either way.
+    output = max((size for path, size in extra.items()
+                  if "vocab" in unsharded[path].axes), default=0)
+    stacks: dict[str, int] = {}  # "encoder"/"decoder" -> numbers of one layer's gathered weights
+    for shard in shards:
+        if shard.path in extra and "layers" in shard.axes:
+            stack = shard.path.split("/blocks/")[0]
+            layers = shard.shape[shard.axes.index("layers")]
+            stacks[stack] = stacks.get(stack, 0) + extra[shard.path] // layers
+    # The weight and its gradient, both in the compute dtype: Dense casts each kernel before its
+    # matmul, and XLA gathers the cast copy (a bfloat16 step's gathered output projection and
+    # its gradient measured at 2 bytes a number, on CPU too).
+    per_number = 2 * dtype_bytes(cfg.dtype)
+    return _Gathered(output * per_number, max(stacks.values(), default=0) * per_number)
+
+
+# -------------------------------------------------------------------------------------------------
 # The estimate
 
 
@@ -271,8 +315,11 @@ class DeviceTrainingMemory:
     """Bytes one device holds at the peak of a training step.
 
     `logits` (the float32 logits, the softmax's saved exponentials, the logits' gradient) are
-    freed before the blocks' backward pass, where a rematerialised block's recomputed
-    activations (`rematerialised`) become live, so the peak counts the larger of the two.
+    live in the loss's backward pass together with the output projection gathered whole under
+    fsdp and its unsharded gradient (`gathered_output`); they are freed before the blocks'
+    backward pass, where a rematerialised block's recomputed activations (`rematerialised`) and
+    its layer's gathered weights and unsharded gradients (`gathered_layer`) become live. The peak
+    counts the larger of the two moments.
     """
 
     weights: int
@@ -281,7 +328,8 @@ class DeviceTrainingMemory:
     activations: int  # kept from the forward pass for the backward pass
     logits: int
     rematerialised: int
-    gathered_weights: int  # fsdp: weights gathered whole for the layer being computed
+    gathered_output: int  # fsdp: the vocabulary projection and its gradient, whole
+    gathered_layer: int  # fsdp: one layer's weights and their gradients, whole
 
     @property
     def state(self) -> int:
@@ -289,8 +337,8 @@ class DeviceTrainingMemory:
 
     @property
     def total(self) -> int:
-        return (self.state + self.activations + self.gathered_weights
-                + max(self.logits, self.rematerialised))
+        return self.state + self.activations + max(self.logits + self.gathered_output,
+                                                   self.rematerialised + self.gathered_layer)
 
     def to_dict(self) -> dict[str, int]:
         return {**dataclasses.asdict(self), "total": self.total}
@@ -326,6 +374,7 @@ def per_device_training_memory(cfg: ModelConfig, mesh: MeshConfig, input_length:
     param_bytes = dtype_bytes(cfg.param_dtype)
     weights = sum(shard.shard_size for shard in shards) * param_bytes
     activations = _activations(cfg, cut, shards, input_length, target_length)
+    gathered = _gathered(cfg, mesh, shards)
     return DeviceTrainingMemory(
         weights=weights,
         gradients=weights,
@@ -333,7 +382,8 @@ def per_device_training_memory(cfg: ModelConfig, mesh: MeshConfig, input_length:
         activations=activations.saved,
         logits=_logits_bytes(cfg, cut, input_length, target_length),
         rematerialised=activations.working,
-        gathered_weights=0)
+        gathered_output=gathered.output,
+        gathered_layer=gathered.layer)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -134,6 +134,34 @@ def test_an_odd_vocabulary_stays_whole_under_tensor_parallelism():
     assert even.logits * 2 == per_device_training_memory(padded, MeshConfig(), 0, 512, 8).logits
 
 
+def test_fsdp_gathers_the_output_projection_and_one_layer_whole():
+    # GPT-2 projects with its tied [50257, 768] embedding. Of a block, fsdp splits (on embed)
+    # the 12 x 768^2 kernel numbers and 6 x 768 more (the o and MLP-out biases, two norms' scales
+    # and biases); the q/k/v and MLP-in biases have no embed axis and are whole already.
+    vocab, d, layers = 50257, 768, 12
+    layer = sum(s.size for s in parameter_shards(GPT2_SMALL, MeshConfig())
+                if s.path.startswith("decoder/blocks/") and "embed" in s.axes) // layers
+    assert layer == 12 * d * d + 6 * d
+    fsdp = per_device_training_memory(GPT2_SMALL, MeshConfig(fsdp=8), 0, 512, 16)
+    assert fsdp.gathered_output == 2 * vocab * d * 4  # weight and gradient, float32 compute
+    assert fsdp.gathered_layer == 2 * layer * 4
+    assert fsdp.total == fsdp.state + fsdp.activations + max(
+        fsdp.logits + fsdp.gathered_output, fsdp.rematerialised + fsdp.gathered_layer)
+    # bfloat16 compute gathers the cast copies
+    bf16 = per_device_training_memory(GPT2_SMALL.replace(dtype="bfloat16"), MeshConfig(fsdp=8),
+                                      0, 512, 16)
+    assert bf16.gathered_output * 2 == fsdp.gathered_output
+    # a tensor split stays cut: an even vocabulary's projection gathers half per device
+    padded = GPT2_SMALL.replace(vocab_size=50304)
+    whole = per_device_training_memory(padded, MeshConfig(fsdp=8), 0, 512, 16)
+    halved = per_device_training_memory(padded, MeshConfig(fsdp=4, tensor=2), 0, 512, 16)
+    assert halved.gathered_output * 2 == whole.gathered_output == 2 * 50304 * d * 4
+    # nothing is gathered where no weight is split over fsdp
+    for mesh in (MeshConfig(), MeshConfig(data=8), MeshConfig(tensor=2)):
+        memory = per_device_training_memory(GPT2_SMALL, mesh, 0, 512, 16)
+        assert memory.gathered_output == memory.gathered_layer == 0
+
+
 def test_microbatches_divide_activations_not_state():
     whole = per_device_training_memory(GPT2_SMALL, MeshConfig(fsdp=2), 0, 512, 16)
     quarter = per_device_training_memory(GPT2_SMALL, MeshConfig(fsdp=2), 0, 512, 16,
