@@ -234,6 +234,15 @@ class on_mesh:
             return self.function.lower(*args, **kwargs)
 
 
+def global_array(host: Any, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host array that every process holds in full: each device gets its
+    block, read from this process's copy (so the same call works on one host or several)."""
+    import numpy as np  # host arrays only here
+
+    host = np.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def batch_sharding(mesh: AnyMesh, rules: Mapping[str, MeshAxes] = LOGICAL_AXIS_RULES
                    ) -> NamedSharding:
     """Sharding of every batch feature ([batch, ...]): rows split over the `batch` rule's mesh

@@ -24,6 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from arch_compare import partitioning
+from arch_compare.partitioning import global_array
 from arch_compare.execution import ExecutionConfig, candidate_meshes, mesh_description, \
     resolve_mesh
 from arch_compare.models.model import BaseModel, DecodeCache, Params
@@ -46,13 +47,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
     """Every device holds all of it: what compiled inference returns, so that every process
     can read the full results with `np.asarray`."""
     return NamedSharding(mesh, PartitionSpec())
-
-
-def global_array(host: Any, sharding: NamedSharding) -> jax.Array:
-    """A global array from a host array that every process holds in full: each device gets
-    its block, read from this process's copy (so it works on several hosts too)."""
-    host = np.asarray(host)
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def pad_rows(host: np.ndarray, rows: int) -> np.ndarray:

@@ -214,13 +214,12 @@ def train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, *
             f"step {step}: loss is {loss}; stopping before any checkpoint was written")
 
     def place_batch(rows: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        return {name: jax.make_array_from_process_local_data(where.batch_sharding, value)
+        # Every process holds the whole global batch; each device gets its rows.
+        return {name: partitioning.global_array(value, where.batch_sharding)
                 for name, value in rows.items()}
 
     pending = StepMetrics(report, diverged)
-    batches = Prefetcher(BatchIterator(provider, converter, config.data, position=position,
-                                       process_index=jax.process_index(),
-                                       process_count=jax.process_count()),
+    batches = Prefetcher(BatchIterator(provider, converter, config.data, position=position),
                          place_batch, depth=config.prefetch_batches, position=position)
     try:
         for step in range(start + 1, config.train_steps + 1):
