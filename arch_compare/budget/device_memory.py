@@ -319,12 +319,14 @@ class DeviceTrainingMemory:
     fsdp and its unsharded gradient (`gathered_output`); they are freed before the blocks'
     backward pass, where a rematerialised block's recomputed activations (`rematerialised`) and
     its layer's gathered weights and unsharded gradients (`gathered_layer`) become live. The peak
-    counts the larger of the two moments.
+    counts the larger of the two moments. With microbatches the step's scan carries the summed
+    gradients (`accumulated_gradients`) beside each microbatch's own.
     """
 
     weights: int
     gradients: int
     optimizer_state: int
+    accumulated_gradients: int  # microbatches > 1: the running sum, laid out like the gradients
     activations: int  # kept from the forward pass for the backward pass
     logits: int
     rematerialised: int
@@ -337,8 +339,9 @@ class DeviceTrainingMemory:
 
     @property
     def total(self) -> int:
-        return self.state + self.activations + max(self.logits + self.gathered_output,
-                                                   self.rematerialised + self.gathered_layer)
+        return (self.state + self.accumulated_gradients + self.activations
+                + max(self.logits + self.gathered_output,
+                      self.rematerialised + self.gathered_layer))
 
     def to_dict(self) -> dict[str, int]:
         return {**dataclasses.asdict(self), "total": self.total}
@@ -379,6 +382,7 @@ def per_device_training_memory(cfg: ModelConfig, mesh: MeshConfig, input_length:
         weights=weights,
         gradients=weights,
         optimizer_state=OPTIMIZER_FLOATS[optimizer](shards) * param_bytes,
+        accumulated_gradients=weights if microbatches > 1 else 0,
         activations=activations.saved,
         logits=_logits_bytes(cfg, cut, input_length, target_length),
         rematerialised=activations.working,

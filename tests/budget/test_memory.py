@@ -145,6 +145,7 @@ def test_fsdp_gathers_the_output_projection_and_one_layer_whole():
     fsdp = per_device_training_memory(GPT2_SMALL, MeshConfig(fsdp=8), 0, 512, 16)
     assert fsdp.gathered_output == 2 * vocab * d * 4  # weight and gradient, float32 compute
     assert fsdp.gathered_layer == 2 * layer * 4
+    assert fsdp.accumulated_gradients == 0
     assert fsdp.total == fsdp.state + fsdp.activations + max(
         fsdp.logits + fsdp.gathered_output, fsdp.rematerialised + fsdp.gathered_layer)
     # bfloat16 compute gathers the cast copies
@@ -168,6 +169,8 @@ def test_microbatches_divide_activations_not_state():
                                          microbatches=4)
     assert quarter.activations * 4 == whole.activations
     assert quarter.weights == whole.weights and quarter.optimizer_state == whole.optimizer_state
+    # the step sums the microbatches' gradients in a carry shaped like them
+    assert quarter.accumulated_gradients == whole.gradients and whole.accumulated_gradients == 0
     with pytest.raises(ValueError, match="per-device batch of 8 .* 3 microbatches"):
         per_device_training_memory(GPT2_SMALL, MeshConfig(fsdp=2), 0, 512, 16, microbatches=3)
     with pytest.raises(ValueError, match="batch size 12 does not split over data 1 x fsdp 8"):
