@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean
+.PHONY: demo test test-scale clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,12 @@ demo: $(VENV)/.installed-main
 
 test: $(VENV)/.installed-test
 	bash scripts/system_packages.sh
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not scale"
+
+# The multi-device and multi-process equivalence tests (simulated CPU devices, several processes
+# on loopback): minutes of compiling, so apart from `make test`; CI runs both.
+test-scale: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m scale
 
 clean:
 	rm -rf $(VENV)

@@ -233,6 +233,9 @@ class on_mesh:
         with jax.set_mesh(self.mesh):
             return self.function.lower(*args, **kwargs)
 
+    def __getattr__(self, name):  # the jitted function's own attributes (its cache, say)
+        return getattr(self.function, name)
+
 
 def global_array(host: Any, sharding: NamedSharding) -> jax.Array:
     """A global array from a host array that every process holds in full: each device gets its

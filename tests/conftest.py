@@ -97,3 +97,24 @@ def chromium(tmp_path):
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()
+
+
+# The longest files start first, so that under `pytest -n 2 --dist loadfile` neither worker is
+# left alone with a long file at the end (xdist hands out files in collection order).
+SLOW_FIRST = (
+    "tests/imitation/test_study.py",
+    "tests/imitation/test_plan.py",
+    "tests/trainer/test_resume.py",
+    "tests/test_serving.py",
+    "tests/models/test_hf_parity.py",
+    "tests/trainer/test_async_loop.py",
+    "tests/trainer/test_train.py",
+    "tests/pairwise/test_browser.py",
+    "tests/decoding/test_hf_generate.py",
+    "tests/imitation/test_targets.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: position for position, path in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))

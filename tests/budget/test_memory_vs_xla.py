@@ -9,7 +9,12 @@ logits, one layer beside the recomputed block) and that the optimizer state and 
 follow the parameters' and the batch's splits.
 """
 
+import pytest
+
 from tests.multidevice_helpers import run_with_fake_devices
+
+# Multi-device / multi-process equivalence: `make test-scale` (CI runs it after `make test`).
+pytestmark = pytest.mark.scale
 
 SOURCE = """
 import json, sys

@@ -12,6 +12,9 @@ import pytest
 
 from tests.multidevice_helpers import run_with_fake_devices
 
+# Multi-device / multi-process equivalence: `make test-scale` (CI runs it after `make test`).
+pytestmark = pytest.mark.scale
+
 SOURCE = """
 import json, os
 os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"

@@ -31,6 +31,9 @@ import pytest
 from arch_compare.results import ResultsStore
 from arch_compare_tasks import demo_world
 
+# Multi-device / multi-process equivalence: `make test-scale` (CI runs it after `make test`).
+pytestmark = pytest.mark.scale
+
 STUDY = Path(__file__).with_name("sharded_study.gin")
 ROOT = Path(__file__).resolve().parents[2]
 SHARDED = "{'mesh': {'fsdp': 4, 'tensor': 2}}"

@@ -4,6 +4,9 @@ import pytest
 
 from tests.multidevice_helpers import run_with_fake_devices
 
+# Multi-device / multi-process equivalence: `make test-scale` (CI runs it after `make test`).
+pytestmark = pytest.mark.scale
+
 SOURCE = """
 import json, sys
 import jax, numpy as np, sentencepiece
