@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Iterator, Mapping
 
+from arch_compare.configs import from_fields
 from arch_compare.models.config import DTYPES, REMAT_CHOICES, ModelConfig
 from arch_compare.partitioning import MESH_AXES, MeshConfig
 
@@ -72,18 +73,8 @@ class ExecutionConfig:
         """An ExecutionConfig from itself, None (the defaults) or a dict of its fields."""
         if value is None:
             return cls()
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, Mapping):
-            raise TypeError(f"{where}: expected a dict of execution settings, got "
-                            f"{type(value).__name__}")
-        fields = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - fields)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; execution settings "
-                             f"are {', '.join(sorted(fields))}")
         try:
-            return cls(**value)
+            return from_fields(value, cls, where)
         except ValueError as error:
             raise ValueError(f"{where}: {error}".replace(f"{where}: execution.", f"{where}.")) \
                 from None

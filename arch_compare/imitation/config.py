@@ -12,26 +12,12 @@ import math
 from typing import Any, Mapping
 
 from arch_compare import optim
+from arch_compare.configs import from_fields as _coerce
 from arch_compare.execution import ExecutionConfig
 from arch_compare.imitation.targets import GenerationSettings
 from arch_compare.models.zoo import get_preset
 
 EVALUATION_KINDS = ("capability", "style")
-
-
-def _coerce(value, cls, where: str):
-    """`value` as a `cls`: a `cls` already, or a dict of its fields."""
-    if isinstance(value, cls) or value is None:
-        return value
-    if not isinstance(value, Mapping):
-        raise TypeError(f"{where}: expected a {cls.__name__} or a dict of its fields, "
-                        f"got {type(value).__name__}")
-    fields = {field.name for field in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - fields)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; "
-                         f"{cls.__name__} takes {', '.join(sorted(fields))}")
-    return cls(**value)
 
 
 def _freeze(instance, name: str, value) -> None:
