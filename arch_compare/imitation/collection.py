@@ -62,6 +62,11 @@ class CollectionResult:
             raise ValueError(f"CollectionResult: counts {counts} must be >= 0 and add up to "
                              f"total={self.total}")
 
+    def __str__(self) -> str:
+        return (f"{self.total} prompts: {self.cached} already answered, {self.collected} "
+                f"answered now, {self.failed} failed, {self.retry_later} to retry next time "
+                f"(cache {self.path})")
+
     @property
     def answered(self) -> int:
         return self.cached + self.collected
