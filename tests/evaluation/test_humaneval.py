@@ -1,3 +1,4 @@
+import dataclasses
 import itertools
 import math
 import os
@@ -49,16 +50,22 @@ def test_exiting_before_the_tests_is_not_a_pass():
     assert "before the tests finished" in result.detail
 
 
-@pytest.mark.parametrize("body, statuses", [
-    ("    import os\n    while True:\n        os.fork()\n", {Status.RESOURCE_LIMIT}),
-    ("    while True:\n        pass\n", {Status.TIMEOUT}),
+# A program stopped by a resource limit still needs a moment to die (a MemoryError traceback, say);
+# under a loaded machine (the suite runs on both cores) 1 s of wall clock can run out first, so
+# those cases get more, and only the infinite loop is meant to meet the timeout.
+RESOURCE_CASES = dataclasses.replace(SHORT, timeout_s=5.0)
+
+
+@pytest.mark.parametrize("body, statuses, limits", [
+    ("    import os\n    while True:\n        os.fork()\n", {Status.RESOURCE_LIMIT}, RESOURCE_CASES),
+    ("    while True:\n        pass\n", {Status.TIMEOUT}, SHORT),
     ("    hoard = []\n    while True:\n        hoard.append(bytearray(10**7))\n",
-     {Status.RESOURCE_LIMIT}),
+     {Status.RESOURCE_LIMIT}, RESOURCE_CASES),
 ], ids=["fork_bomb", "infinite_loop", "memory_hog"])
-def test_hostile_completions_fail_in_time_and_leave_nothing(body, statuses):
-    result = check_completion(FIRST, body, SHORT)
+def test_hostile_completions_fail_in_time_and_leave_nothing(body, statuses, limits):
+    result = check_completion(FIRST, body, limits)
     assert result.status in statuses
-    assert result.duration_s < SHORT.timeout_s + 1.5
+    assert result.duration_s < limits.timeout_s + 1.5
     assert processes_mentioning(result.workdir) == []
 
 
