@@ -57,7 +57,8 @@ RESOURCE_CASES = dataclasses.replace(SHORT, timeout_s=5.0)
 
 
 @pytest.mark.parametrize("body, statuses, limits", [
-    ("    import os\n    while True:\n        os.fork()\n", {Status.RESOURCE_LIMIT}, RESOURCE_CASES),
+    ("    import os\n    while True:\n        os.fork()\n", {Status.RESOURCE_LIMIT},
+     RESOURCE_CASES),
     ("    while True:\n        pass\n", {Status.TIMEOUT}, SHORT),
     ("    hoard = []\n    while True:\n        hoard.append(bytearray(10**7))\n",
      {Status.RESOURCE_LIMIT}, RESOURCE_CASES),
