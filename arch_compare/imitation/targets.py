@@ -375,8 +375,6 @@ class ModelTarget:
 
     def _generate_batch(self, rows: list[list[int]], settings: GenerationSettings
                         ) -> list[ModelReply]:
-        import numpy as np
-
         from arch_compare.decoding.search import DecodeConfig, generate
 
         eos = self.vocabulary.eos_id

@@ -37,7 +37,7 @@ from arch_compare.trainer.data import BatchIterator, DataConfig
 from arch_compare.trainer.metrics import MetricsWriter
 from arch_compare.trainer.prefetch import Prefetcher
 from arch_compare.trainer.steps import (TrainState, abstract_train_state, make_eval_step,
-                                        make_init_state, make_train_step)
+                                        make_init_state)
 from arch_compare_tasks.registry import seqio_provider
 
 

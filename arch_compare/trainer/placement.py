@@ -31,6 +31,7 @@ from arch_compare.models import build_model
 from arch_compare.models.config import ModelConfig
 from arch_compare.models.model import BaseModel
 from arch_compare.partitioning import MeshConfig
+from arch_compare.trainer.steps import TrainState, abstract_train_state, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,6 @@ def _contains(path: tuple, part: tuple) -> bool:
 def train_state_shardings(model: BaseModel, optimizer, param_shardings: Any, mesh: Mesh):
     """Shardings of the whole `TrainState`: the step replicated, parameters by the table, the
     optimizer state like the parameters it belongs to."""
-    from arch_compare.trainer.steps import TrainState, abstract_train_state
-
     abstract_params = model.abstract_params()
     abstract_state = abstract_train_state(optimizer, abstract_params)
     return TrainState(NamedSharding(mesh, PartitionSpec()), param_shardings,
@@ -150,8 +149,6 @@ def jit_train_step(model: BaseModel, optimizer, schedule, microbatches: int, sta
                    batch_sharding: NamedSharding, mesh: Mesh):
     """The compiled training step exactly as `train` runs it (also what the memory benchmark
     measures): state donated, laid out by `state_shardings`, traced with `mesh` in context."""
-    from arch_compare.trainer.steps import make_train_step
-
     return partitioning.on_mesh(mesh, jax.jit(
         make_train_step(model, optimizer, schedule, microbatches),
         in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
