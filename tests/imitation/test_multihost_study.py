@@ -20,7 +20,6 @@ import math
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ import pytest
 
 from arch_compare.results import ResultsStore
 from arch_compare_tasks import demo_world
+
+from tests.imitation.study_progress import statuses_so_far
 
 # Multi-device / multi-process equivalence: `make test-scale` (CI runs it after `make test`).
 pytestmark = pytest.mark.scale
@@ -214,11 +215,8 @@ def test_two_hosts_killed_and_resumed_record_what_one_process_records(
     deadline = time.monotonic() + 400
     try:  # kill both once the base model is done and the imitation run has begun
         while time.monotonic() < deadline and all(h.poll() is None for h in hosts):
-            if database.exists():
-                with sqlite3.connect(database) as db:
-                    rows = dict(db.execute("SELECT run_id, status FROM runs").fetchall())
-                if rows.get("imitation/gpt2-tiny/broad/8") == "running":
-                    break
+            if statuses_so_far(database).get("imitation/gpt2-tiny/broad/8") == "running":
+                break
             time.sleep(0.05)
         assert all(h.poll() is None for h in hosts), [h.communicate()[1][-3000:] for h in hosts]
         for host in hosts:

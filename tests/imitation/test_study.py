@@ -16,6 +16,8 @@ from arch_compare.imitation.plan import StudyDeclined, confirm, plan
 from arch_compare.results import ResultsStore
 from arch_compare_tasks import demo_world
 
+from tests.imitation.study_progress import statuses_so_far
+
 TINY_STUDY = Path(__file__).with_name("tiny_study.gin")
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,11 +106,8 @@ def test_a_killed_study_resumes_to_the_same_results_without_duplicates(
     deadline = time.monotonic() + 300
     try:  # kill it once the base model is done and the first imitation run has begun
         while time.monotonic() < deadline and process.poll() is None:
-            if database.exists():
-                with sqlite3.connect(database) as db:
-                    rows = dict(db.execute("SELECT run_id, status FROM runs").fetchall())
-                if rows.get("imitation/gpt2-tiny/broad/8") == "running":
-                    break
+            if statuses_so_far(database).get("imitation/gpt2-tiny/broad/8") == "running":
+                break
             time.sleep(0.05)
         assert process.poll() is None, "the study finished before it could be interrupted"
         process.send_signal(signal.SIGKILL)
