@@ -8,10 +8,8 @@ winner's row back and is told whether it was the same answer.
 Rater and admin tokens are stored as SHA-256 hashes only: a copy of the database does not let
 anyone act as a rater or as the administrator.
 
-SQLite runs in WAL mode and every transaction takes the write lock up front (BEGIN IMMEDIATE):
-under concurrent raters a deferred transaction that read first could otherwise fail to upgrade
-to a writer without waiting on the busy timeout. PostgreSQL needs no such help; slot claims are
-conditional UPDATEs that work on both.
+Slot claims are conditional UPDATEs that work on SQLite and PostgreSQL alike. The tables and
+engines are in `schema`; the administrator's reads (status, exports) in `reports`.
 """
 
 from __future__ import annotations
@@ -26,110 +24,22 @@ import threading
 import time
 from typing import Iterator, Sequence
 
-from sqlalchemy import (Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
-                        create_engine, event, func, select, update)
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 from arch_compare.pairwise.campaign import (CampaignPlan, CampaignSettings, plan_slots,
                                             rater_sequence)
 from arch_compare.pairwise.items import Item
+from arch_compare.pairwise.reports import CampaignReports
+from arch_compare.pairwise.schema import (AssignmentRow, Base, CampaignRow, ItemRow, RaterRow,
+                                          RatingRow, SettingRow, SlotItemRow, SlotRow, _engine,
+                                          normalise_url)
 from arch_compare.pairwise.workforces import Arrival
 
 CHOICES = ("left", "right", "tie", "both_bad")  # what a rater clicks, in screen terms
 MAX_REASON_CHARS = 2000
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class SettingRow(Base):
-    __tablename__ = "pairwise_settings"
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
-
-
-class CampaignRow(Base):
-    __tablename__ = "pairwise_campaigns"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
-    # Raters see this random id, never the name (which may well name the models compared).
-    public_id: Mapped[str] = mapped_column(String(32), unique=True)
-    plan_json: Mapped[str] = mapped_column(Text)
-    settings_json: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[float] = mapped_column(Float)
-
-
-class ItemRow(Base):
-    __tablename__ = "pairwise_items"
-    __table_args__ = (UniqueConstraint("campaign_id", "key"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    campaign_id: Mapped[int] = mapped_column(ForeignKey("pairwise_campaigns.id"), index=True)
-    key: Mapped[str] = mapped_column(String(200))  # the item's id in the imported file
-    prompt: Mapped[str] = mapped_column(Text)
-    model_a: Mapped[str] = mapped_column(String(200))
-    output_a: Mapped[str] = mapped_column(Text)
-    model_b: Mapped[str] = mapped_column(String(200))
-    output_b: Mapped[str] = mapped_column(Text)
-    gold: Mapped[str | None] = mapped_column(String(16))
-    meta_json: Mapped[str] = mapped_column(Text, default="{}")
-
-
-class RaterRow(Base):
-    __tablename__ = "pairwise_raters"
-    __table_args__ = (UniqueConstraint("campaign_id", "workforce", "external_id"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    campaign_id: Mapped[int] = mapped_column(ForeignKey("pairwise_campaigns.id"), index=True)
-    workforce: Mapped[str] = mapped_column(String(16))
-    external_id: Mapped[str] = mapped_column(String(64))  # invite label or platform worker id
-    study_id: Mapped[str | None] = mapped_column(String(64))
-    session_id: Mapped[str | None] = mapped_column(String(64))
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    status: Mapped[str] = mapped_column(String(16), default="active")  # active | expired
-    created_at: Mapped[float] = mapped_column(Float)
-    last_seen: Mapped[float] = mapped_column(Float)
-    completed_at: Mapped[float | None] = mapped_column(Float)
-
-
-class SlotRow(Base):
-    __tablename__ = "pairwise_slots"
-    __table_args__ = (UniqueConstraint("campaign_id", "number"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    campaign_id: Mapped[int] = mapped_column(ForeignKey("pairwise_campaigns.id"), index=True)
-    number: Mapped[int] = mapped_column(Integer)
-    rater_id: Mapped[int | None] = mapped_column(ForeignKey("pairwise_raters.id"), index=True)
-
-
-class SlotItemRow(Base):
-    __tablename__ = "pairwise_slot_items"
-    slot_id: Mapped[int] = mapped_column(ForeignKey("pairwise_slots.id"), primary_key=True)
-    item_id: Mapped[int] = mapped_column(ForeignKey("pairwise_items.id"), primary_key=True)
-
-
-class AssignmentRow(Base):
-    __tablename__ = "pairwise_assignments"
-    __table_args__ = (UniqueConstraint("rater_id", "item_id"),
-                      UniqueConstraint("rater_id", "position"))
-    id: Mapped[int] = mapped_column(primary_key=True)
-    rater_id: Mapped[int] = mapped_column(ForeignKey("pairwise_raters.id"), index=True)
-    item_id: Mapped[int] = mapped_column(ForeignKey("pairwise_items.id"))
-    position: Mapped[int] = mapped_column(Integer)  # 1-based order in the rater's session
-    a_on_left: Mapped[bool] = mapped_column(Boolean)  # left/right lives here, never in a page
-
-
-class RatingRow(Base):
-    __tablename__ = "pairwise_ratings"
-    __table_args__ = (UniqueConstraint("item_id", "rater_id"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    item_id: Mapped[int] = mapped_column(ForeignKey("pairwise_items.id"), index=True)
-    rater_id: Mapped[int] = mapped_column(ForeignKey("pairwise_raters.id"), index=True)
-    choice: Mapped[str] = mapped_column(String(16))  # left | right | tie | both_bad
-    verdict: Mapped[str] = mapped_column(String(16))  # A | B | tie | both_bad (stored order)
-    reason: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[float] = mapped_column(Float)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,40 +98,6 @@ def verdict_for(choice: str, a_on_left: bool) -> str:
     return choice
 
 
-def normalise_url(url: str) -> str:
-    """A bare path means a SQLite file; `postgresql://` uses the psycopg 3 driver."""
-    if "://" not in url:
-        return f"sqlite:///{url}"
-    parsed = make_url(url)
-    if parsed.drivername == "postgresql":
-        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    return url
-
-
-def _engine(url: str, immediate: bool = True):
-    url = normalise_url(url)
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
-    in_memory = parsed.database in (None, "", ":memory:")
-    engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False},
-                           **({"poolclass": StaticPool} if in_memory else
-                              {"pool_size": 10, "max_overflow": 20}))
-
-    @event.listens_for(engine, "connect")
-    def _connect(connection, _record):
-        connection.isolation_level = None  # the BEGIN below is the only one issued
-        cursor = connection.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
-            cursor.execute(f"PRAGMA {pragma}")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
-
 
 def _campaign(row: CampaignRow) -> Campaign:
     return Campaign(row.id, row.name, row.public_id, CampaignPlan(**json.loads(row.plan_json)),
@@ -233,7 +109,7 @@ def _rater(row: RaterRow) -> Rater:
                  row.last_seen)
 
 
-class PairwiseStore:
+class PairwiseStore(CampaignReports):
     def __init__(self, url: str):
         self.url = normalise_url(url)
         self.engine = _engine(url)
@@ -568,83 +444,3 @@ class PairwiseStore:
             if rated == total:
                 row.completed_at = now
             return "stored"
-
-    # -- administration -------------------------------------------------------------------------
-
-    def campaign_status(self, campaign: Campaign) -> dict:
-        with self._reader() as session:
-            def count(statement) -> int:
-                return session.scalar(statement) or 0
-
-            items = count(select(func.count()).select_from(ItemRow).where(
-                ItemRow.campaign_id == campaign.id, ItemRow.gold.is_(None)))
-            gold = count(select(func.count()).select_from(ItemRow).where(
-                ItemRow.campaign_id == campaign.id, ItemRow.gold.is_not(None)))
-            slots = count(select(func.count()).select_from(SlotRow)
-                          .where(SlotRow.campaign_id == campaign.id))
-            claimed = count(select(func.count()).select_from(SlotRow).where(
-                SlotRow.campaign_id == campaign.id, SlotRow.rater_id.is_not(None)))
-            raters = session.execute(
-                select(RaterRow.workforce, RaterRow.status,
-                       RaterRow.completed_at.is_not(None), func.count())
-                .where(RaterRow.campaign_id == campaign.id)
-                .group_by(RaterRow.workforce, RaterRow.status,
-                          RaterRow.completed_at.is_not(None))).all()
-            ratings = count(select(func.count()).select_from(RatingRow).join(
-                ItemRow, ItemRow.id == RatingRow.item_id).where(
-                ItemRow.campaign_id == campaign.id, ItemRow.gold.is_(None)))
-            gold_ratings = count(select(func.count()).select_from(RatingRow).join(
-                ItemRow, ItemRow.id == RatingRow.item_id).where(
-                ItemRow.campaign_id == campaign.id, ItemRow.gold.is_not(None)))
-        by_state: dict[str, int] = {}
-        for workforce, status, completed, number in raters:
-            state = "completed" if completed else status
-            key = f"{workforce}:{state}"
-            by_state[key] = by_state.get(key, 0) + number
-        return {"campaign": campaign.name, "workforce": campaign.settings.workforce,
-                "items": items, "gold_items": gold, "overlap": campaign.plan.overlap,
-                "slots": slots, "slots_claimed": claimed, "raters": by_state,
-                "ratings": ratings, "ratings_needed": items * campaign.plan.overlap,
-                "gold_ratings": gold_ratings}
-
-    def rating_rows(self, campaign: Campaign) -> Iterator[dict]:
-        """Every rating of the campaign with what the rater saw where; admin exports only."""
-        with self._reader() as session:
-            rows = session.execute(
-                select(RatingRow, ItemRow, RaterRow, AssignmentRow)
-                .join(ItemRow, ItemRow.id == RatingRow.item_id)
-                .join(RaterRow, RaterRow.id == RatingRow.rater_id)
-                .join(AssignmentRow, (AssignmentRow.rater_id == RatingRow.rater_id)
-                      & (AssignmentRow.item_id == RatingRow.item_id))
-                .where(ItemRow.campaign_id == campaign.id)
-                .order_by(RatingRow.id)).all()
-        for rating, item, rater, assignment in rows:
-            left, right = ((item.model_a, item.model_b) if assignment.a_on_left
-                           else (item.model_b, item.model_a))
-            by_stored = {"A": item.model_a, "B": item.model_b}
-            yield {"campaign": campaign.name, "item_id": item.key,
-                   "rater_id": f"{rater.workforce}:{rater.external_id}",
-                   "workforce": rater.workforce, "worker_id": rater.external_id,
-                   "study_id": rater.study_id, "session_id": rater.session_id,
-                   "rater_status": rater.status, "position": assignment.position,
-                   "model_a": item.model_a, "model_b": item.model_b,
-                   "left_model": left, "right_model": right,
-                   "choice": rating.choice,  # left | right | tie | both_bad, as clicked
-                   # The evaluation module's convention: "A" means the left output won.
-                   "verdict": {"left": "A", "right": "B"}.get(rating.choice, rating.choice),
-                   "stored_verdict": rating.verdict,  # in the item's own A/B order
-                   "winner": by_stored.get(rating.verdict, rating.verdict),
-                   "is_gold": item.gold is not None, "gold": item.gold,
-                   "winner_gold": None if item.gold is None else by_stored.get(item.gold,
-                                                                                item.gold),
-                   "gold_correct": None if item.gold is None else rating.verdict == item.gold,
-                   "reason": rating.reason, "created_at": rating.created_at,
-                   "meta": json.loads(item.meta_json)}
-
-    def rater_states(self, campaign: Campaign) -> dict[str, str]:
-        """Each rater's export id and state: active, expired or completed."""
-        with self._reader() as session:
-            rows = session.execute(select(RaterRow).where(RaterRow.campaign_id == campaign.id))
-            return {f"{row.workforce}:{row.external_id}":
-                    "completed" if row.completed_at is not None else row.status
-                    for (row,) in rows}
