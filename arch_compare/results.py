@@ -7,7 +7,8 @@ repeats instead of adding duplicates. Two studies can share one file: rows carry
 and registering a name that already holds a study of a different configuration is refused rather
 than mixed into it.
 
-SQLite runs in WAL mode with a busy timeout, so a report can read while a study writes.
+SQLite runs in WAL mode with a busy timeout, so a report can read while a study writes; readers
+open the file read-only (`ResultsStore(path, read_only=True)`).
 """
 
 from __future__ import annotations
@@ -155,23 +156,67 @@ def _dump(value) -> str | None:
 
 
 class ResultsStore:
-    """Reads and writes one results database; `path` is the file or a directory holding it."""
+    """Reads and writes one results database; `path` is the file or a directory holding it.
 
-    def __init__(self, path: str | Path):
+    `read_only=True` is for commands that only read (the report, exports): the file must exist
+    and is never created or changed. Either way a file that is not a results database is refused
+    by name rather than adopted."""
+
+    def __init__(self, path: str | Path, *, read_only: bool = False):
         path = Path(path)
         if path.is_dir():
             path = path / DATABASE_FILE
-        if not path.exists() and not path.parent.is_dir():
-            raise FileNotFoundError(f"{path}: its directory does not exist")
         self.path = path
-        try:
-            self._connection = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.read_only = read_only
+        if read_only:
+            self._connection = self._open_read_only(path)
+            self._check_kind(empty_ok=False)
+        else:
+            if not path.exists() and not path.parent.is_dir():
+                raise FileNotFoundError(f"{path}: its directory does not exist")
+            try:
+                self._connection = sqlite3.connect(path, timeout=30, isolation_level=None)
+            except sqlite3.OperationalError as error:  # a directory, no permission
+                raise ValueError(f"{path}: cannot open the results database ({error})") from None
+            self._check_kind(empty_ok=True)
+            # Changes the file (WAL mode, the schema), so only after the kind check above.
             self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute("PRAGMA foreign_keys=ON")
             self._connection.executescript(SCHEMA)
-        except sqlite3.DatabaseError as error:
-            raise ValueError(f"{path}: not a results database ({error})") from None
+        self._connection.execute("PRAGMA foreign_keys=ON")
         self._connection.row_factory = sqlite3.Row
+
+    @staticmethod
+    def _open_read_only(path: Path) -> sqlite3.Connection:
+        """A connection that can neither create nor change `path`. With no `-wal` file beside it
+        no writer holds the database and its whole content is in the file itself: it is opened
+        `immutable`, because a plain read-only open of a WAL database would create `-wal` and
+        `-shm` files next to it and leave them there. A writer that starts meanwhile writes to
+        its own WAL, not the file, until a checkpoint (about 1,000 pages later)."""
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such results database")
+        live_writer = Path(f"{path}-wal").exists()
+        uri = f"{path.absolute().as_uri()}?" + ("mode=ro" if live_writer else "immutable=1")
+        try:
+            return sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+        except sqlite3.OperationalError as error:  # unreadable
+            raise ValueError(f"{path}: cannot open the results database ({error})") from None
+
+    def _check_kind(self, *, empty_ok: bool) -> None:
+        """Refuse a file that is not a results database: not SQLite at all, or SQLite holding
+        other tables (a pairwise database, another program's file). A writer adopts only an
+        empty file; a reader adopts nothing."""
+        try:
+            tables = {row[0] for row in self._connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as error:
+            self._connection.close()
+            raise ValueError(f"not an arch_compare results database: {self.path} "
+                             f"({error})") from None
+        if "runs" not in tables and (tables or not empty_ok):
+            self._connection.close()
+            others = f"; its tables: {', '.join(sorted(tables))}" if tables else ""
+            raise ValueError(f"not an arch_compare results database: {self.path} "
+                             f"(no 'runs' table{others})")
 
     def close(self) -> None:
         self._connection.close()

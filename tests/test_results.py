@@ -61,7 +61,7 @@ def test_an_imitation_run_without_its_data_is_refused():
 def test_a_file_that_is_not_a_database_is_refused(tmp_path):
     path = tmp_path / "results.sqlite"
     path.write_bytes(b"not a database at all" * 100)
-    with pytest.raises(ValueError, match="not a results database"):
+    with pytest.raises(ValueError, match="not an arch_compare results database"):
         ResultsStore(path)
     assert path.read_bytes().startswith(b"not a database")  # left as it was
 

@@ -39,7 +39,7 @@ def database_path(source: str | Path) -> Path:
 def load_study(source: str | Path, study: str | None = None) -> StudyData:
     """Everything the report needs about one study; `study` may be omitted when there is one."""
     path = database_path(source)
-    with ResultsStore(path) as store:
+    with ResultsStore(path, read_only=True) as store:  # a report never changes its source
         studies = store.studies()
         if study is None:
             if not studies:

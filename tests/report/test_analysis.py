@@ -163,7 +163,7 @@ def test_a_missing_path_or_database_is_named_and_nothing_is_created(tmp_path):
         load_study(tmp_path)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "notes.txt").write_text("not a database " * 100)
-    with pytest.raises(ValueError, match="not a results database"):
+    with pytest.raises(ValueError, match="not an arch_compare results database"):
         load_study(tmp_path / "notes.txt")
 
 
