@@ -14,8 +14,10 @@ finished runs are skipped, an interrupted one continues from its last checkpoint
 
 `--plan` prints the budget and, for every run, its execution settings (the mesh 'auto' resolves
 to over `budget.chips` x `budget.hardware`, dtypes, remat, microbatches) and the per-device
-memory estimate of its training and evaluation against the chip's memory, then exits: 1 when a
-run does not fit, naming it and what would. Nothing is loaded; paths need not exist.
+memory estimate of its training and evaluation against the chip's memory, and checks the study's
+inputs as a run would before its first step (data files read through, tasks, checkpoints, the
+target), then exits: 2 naming every input problem, 1 when a run does not fit, naming it and what
+would. No model is loaded.
 
 `--multihost` (with --coordinator_address/--num_processes/--process_id outside TPU/SLURM/MPI)
 runs the study SPMD on several hosts: start the same command on every host; the study directory
@@ -62,13 +64,21 @@ def study_config(files: list[str], bindings: list[str]) -> StudyConfig:
 
 
 def print_plan(config: StudyConfig) -> int:
-    """The budget and memory plan of the study on its priced hardware; 1 if a run won't fit."""
-    from arch_compare.imitation import plan
+    """The budget and memory plan of the study on its priced hardware, and its inputs checked;
+    StudyInputsInvalid (exit 2) listing every input problem, else 1 if a run won't fit."""
+    from arch_compare.imitation import plan, preflight
+    try:
+        inputs, invalid = preflight.check(config), None
+    except preflight.StudyInputsInvalid as error:
+        inputs, invalid = None, error
     planned = plan.plan(config)
     print(plan.budget_table(config, plan.estimates(config, planned))[0])
     devices = plan.Devices.of_budget(config)
     rows = plan.memory_plan(config, devices, planned)
     print(plan.memory_table(config, rows, devices))
+    if invalid is not None:
+        raise invalid  # after the plan, which is worth reading all the same
+    print(inputs.summary())
     misfits = [row for row in rows if not row.fits]
     if misfits:
         print(f"arch-compare study --plan: {len(misfits)} run(s) do not fit: "

@@ -18,6 +18,9 @@ from arch_compare.imitation.targets import GenerationSettings
 from arch_compare.models.zoo import get_preset
 
 EVALUATION_KINDS = ("capability", "style")
+# 64 KiB of text: far beyond any feature length the presets train with (a 2,048-token sequence
+# is about 8 KiB of English), so only a broken or pasted-in record reaches it.
+DEFAULT_MAX_RECORD_CHARS = 65536
 
 
 def _freeze(instance, name: str, value) -> None:
@@ -85,8 +88,22 @@ class DataSource:
     prompts_task: str | None = None
     file: str | None = None
     format: str = "openai_chat"
+    # Records that do not parse or lack a field are skipped and counted (study output, report)
+    # instead of stopping the study before its first step.
+    skip_bad: bool = False
+    # The most characters of text one example may hold (its history and answer), checked before
+    # the first step; None: no limit.
+    max_record_chars: int | None = DEFAULT_MAX_RECORD_CHARS
 
     def __post_init__(self):
+        if not isinstance(self.skip_bad, bool):
+            raise ValueError(f"data source {self.name!r}: skip_bad must be True or False, got "
+                             f"{self.skip_bad!r}")
+        limit = self.max_record_chars
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit <= 0):
+            raise ValueError(f"data source {self.name!r}: max_record_chars must be a positive "
+                             f"integer or None, got {limit!r}")
         amounts = tuple(int(a) for a in self.amounts)
         _freeze(self, "amounts", amounts)
         if not amounts or any(a <= 0 for a in amounts) or list(amounts) != sorted(set(amounts)):

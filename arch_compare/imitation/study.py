@@ -2,7 +2,8 @@
 
 For a `StudyConfig` it runs, in order, and records in the results database as it goes:
 
-1. the grid's budget, printed before anything runs (and a confirmation above a threshold);
+1. every input checked at once (`preflight.py`: data files, tasks, checkpoints, the target),
+   then the grid's budget, printed before anything runs (and a confirmation above a threshold);
 2. collection: the target's answers to each source's prompts (cached; see `collection.py`);
 3. for each model, its base checkpoint (given, or pre-trained here) evaluated: run `base/<model>`;
 4. for each model x source x amount, the base fine-tuned on the first `amount` collected
@@ -44,7 +45,7 @@ from arch_compare.budget.memory import MemoryShortfall
 from arch_compare.data import amounts as amounts_lib
 from arch_compare.data.vocabularies import load_vocabulary, vocabulary_for_model
 from arch_compare.execution import ExecutionConfig
-from arch_compare.imitation import collection, evaluation
+from arch_compare.imitation import collection, evaluation, preflight
 from arch_compare.imitation import plan as plan_lib
 from arch_compare.imitation.config import Evaluation, StudyConfig, StudyModel
 from arch_compare.imitation.hosts import Processes
@@ -130,8 +131,8 @@ class StudyRunner:
     # -- collection
 
     def _collection_paths(self, source) -> tuple[Path, Path]:
-        folder = self.directory / "collection"
-        return folder / f"{source.name}.jsonl", folder / f"{source.name}.openai_chat.jsonl"
+        cache = preflight.collection_cache(self.config, source)
+        return cache, cache.with_name(f"{source.name}.openai_chat.jsonl")
 
     def collect(self) -> dict[str, Path]:
         """Each source's imitation data as an OpenAI-chat JSONL file (collected or given).
@@ -182,15 +183,12 @@ class StudyRunner:
             # Collected answers are exported as OpenAI chat; a given file keeps its format.
             catalogue.register_imitation_task(name, path, source.format if source.file
                                               else "openai_chat", num_examples=amount,
-                                              replace=True)
-            try:
-                available = len(registry.records(name, "train"))
-            except ValueError as error:  # the reader counts first: "only N exist"
+                                              skip_bad=source.skip_bad, replace=True)
+            try:  # the reader counts: fewer than `amount` examples is "only N exist"
+                registry.records(name, "train")
+            except ValueError as error:
                 raise RuntimeError(f"data source {source_name!r} ({path}): {error}; amount "
                                    f"{amount} needs more") from None
-            if available < amount:
-                raise RuntimeError(f"data source {source_name!r}: {path} holds only "
-                                   f"{available} examples; amount {amount} needs more")
             self._imitation_tasks[key] = name
         return self._imitation_tasks[key]
 
@@ -381,6 +379,7 @@ class StudyRunner:
 
     def run(self, *, yes: bool = False, ask=None) -> StudyOutcome:
         config = self.config
+        self.inputs = preflight.before_study(config, self.processes, self.echo)
         planned = plan(config)
         estimates = plan_lib.estimates(config, planned)
         self.echo(budget_table(config, estimates)[0])
@@ -404,6 +403,7 @@ class StudyRunner:
                     fields["estimate"] = (fields["estimate"] or {}) | memory
                 if run.role == "imitation" and self.processes.writer:
                     fields |= self._data_tokens(item, files)
+                    fields["config"] = self.inputs.recorded(fields["config"], run.data_source)
                 run = dataclasses.replace(run, status="running", **fields)
                 self._put_run(run)
                 if run.role == "base":

@@ -240,10 +240,13 @@ def test_a_pre_collected_file_is_a_data_source_in_its_own_format(tmp_path):
         runner._imitation_task("too_much", available + 1, fixture)
 
 
-def test_a_run_that_does_not_fit_is_refused_before_compute_and_recorded(tmp_path):
+def test_a_run_that_does_not_fit_is_refused_before_compute_and_recorded(tmp_path, monkeypatch):
     """Every model run of a study whose device is far too small fails with the budget module's
     MemoryShortfall (recorded, the study goes on); nothing is built or trained."""
-    from arch_compare.imitation import plan as plan_lib
+    from arch_compare.imitation import plan as plan_lib, preflight
+    # Its checkpoint and vocabulary paths do not exist: the inputs are not what is tested here.
+    monkeypatch.setattr(preflight, "check",
+                        lambda config, **_: preflight.PreflightReport((), (), 0.0))
     from arch_compare.imitation.study import StudyRunner
     config = _config(directory=str(tmp_path), budget={"hardware": "tpu-v4", "chips": 1},
                      target={"kind": "function", "name": "t",
