@@ -11,8 +11,10 @@
     arch-compare pairwise admin-token
 
 Every sub-command takes --db: a SQLite file path (default pairwise.sqlite, or
-$ARCH_COMPARE_PAIRWISE_DB) or a SQLAlchemy URL such as postgresql://user@host/db. The admin token
-comes from $ARCH_COMPARE_PAIRWISE_ADMIN_TOKEN, or is generated on first use and printed once.
+$ARCH_COMPARE_PAIRWISE_DB) or a SQLAlchemy URL such as postgresql://user@host/db. Only `import`
+creates a database, and a failed import leaves none behind (nor any change to an existing one);
+a file that is not a pairwise database is refused by name. The admin token comes from
+$ARCH_COMPARE_PAIRWISE_ADMIN_TOKEN, or is generated on first use and printed once.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from pathlib import Path
 
 from arch_compare.pairwise.campaign import CampaignPlan, CampaignSettings
 from arch_compare.pairwise.items import read_items
-from arch_compare.pairwise.store import PairwiseStore
+from arch_compare.pairwise.schema import sqlite_path
+from arch_compare.pairwise.store import PairwiseStore, check_admin_token, check_campaign
 from arch_compare.pairwise.workforces import WORKFORCES
 
 DB_ENV = "ARCH_COMPARE_PAIRWISE_DB"
@@ -120,7 +123,9 @@ def _admin_token(store: PairwiseStore) -> None:
         print(f"admin token (shown once; keep it): {token}", file=sys.stderr)
 
 
-def _import(store: PairwiseStore, args: argparse.Namespace) -> int:
+def _import(args: argparse.Namespace) -> int:
+    """Reads and checks every input before the database is opened, then imports in one
+    transaction; a database file this import created is removed again if it fails."""
     if (args.items is None) == (args.from_study is None):
         raise ValueError("give either an ITEMS file or --from-study RESULTS --study NAME")
     if args.from_study is not None:
@@ -139,9 +144,30 @@ def _import(store: PairwiseStore, args: argparse.Namespace) -> int:
                                 completion_url=args.completion_url,
                                 redirect_seconds=args.redirect_seconds,
                                 hold_minutes=args.hold_minutes)
-    campaign = store.create_campaign(args.campaign, items, gold, plan, settings)
-    _admin_token(store)
-    print(json.dumps(store.campaign_status(campaign), indent=2))
+    check_campaign(args.campaign, items, gold, plan)
+    admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
+    if admin_token is not None:
+        check_admin_token(admin_token)
+    path = sqlite_path(args.db)
+    created = path is not None and not path.exists()
+    store = None
+    try:
+        store = PairwiseStore(args.db)
+        campaign, new_token = store.import_campaign(args.campaign, items, gold, plan, settings,
+                                                    admin_token)
+        status = store.campaign_status(campaign)
+    except BaseException:
+        if store is not None:
+            store.close()
+        if created:  # the database and SQLite's side files, as they were: absent
+            for leftover in (path, *(path.with_name(path.name + suffix)
+                                     for suffix in ("-wal", "-shm", "-journal"))):
+                leftover.unlink(missing_ok=True)
+        raise
+    store.close()
+    if new_token:
+        print(f"admin token (shown once; keep it): {new_token}", file=sys.stderr)
+    print(json.dumps(status, indent=2))
     return 0
 
 
@@ -237,14 +263,16 @@ def _judge(args: argparse.Namespace) -> int:
     return 0
 
 
-ACTIONS = {"import": _import, "configure": _configure, "invite": _invite, "serve": _serve,
+ACTIONS = {"configure": _configure, "invite": _invite, "serve": _serve,
            "export": _export, "status": _status, "admin-token": _rotate}
 
 
 def run(args: argparse.Namespace) -> int:
     if args.pairwise_command == "judge":  # works on files: no campaign database
         return _judge(args)
-    store = PairwiseStore(args.db)
+    if args.pairwise_command == "import":  # the only action that may create a database
+        return _import(args)
+    store = PairwiseStore(args.db, create=False)
     try:
         return ACTIONS[args.pairwise_command](store, args)
     finally:

@@ -7,6 +7,10 @@ upgrade to a writer without waiting on the busy timeout. PostgreSQL needs no suc
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+from pathlib import Path
+
 from sqlalchemy import (Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
                         create_engine, event)
 from sqlalchemy.engine import make_url
@@ -112,6 +116,41 @@ def normalise_url(url: str) -> str:
     if parsed.drivername == "postgresql":
         return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL; None for an in-memory database or another backend."""
+    parsed = make_url(normalise_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def check_sqlite_file(url: str, create: bool) -> None:
+    """Refuses a SQLite file that is not a pairwise database before anything writes to it.
+
+    Read through a read-only connection: opening with the store's engine would already switch
+    the file to WAL mode, and `create_all` would add the pairwise tables to, say, a study's
+    results database. A file with no tables at all (new or empty) is fine.
+    """
+    path = sqlite_path(url)
+    if path is None:
+        return
+    if not path.exists():
+        if create:
+            return
+        raise FileNotFoundError(f"{path}: no pairwise database there (`arch-compare pairwise "
+                                f"import` creates one)")
+    try:
+        with contextlib.closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro",
+                                                uri=True)) as connection:
+            tables = [name for (name,) in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")]
+    except sqlite3.DatabaseError as error:
+        raise ValueError(f"{path}: not a SQLite database ({error})") from None
+    if tables and not any(name.startswith("pairwise_") for name in tables):
+        raise ValueError(f"{path}: not a pairwise database (its tables: "
+                         f"{', '.join(sorted(tables)[:5])}); pass another --db")
 
 
 def _engine(url: str, immediate: bool = True):

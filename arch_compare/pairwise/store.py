@@ -35,7 +35,7 @@ from arch_compare.pairwise.items import Item
 from arch_compare.pairwise.reports import CampaignReports
 from arch_compare.pairwise.schema import (AssignmentRow, Base, CampaignRow, ItemRow, RaterRow,
                                           RatingRow, SettingRow, SlotItemRow, SlotRow, _engine,
-                                          normalise_url)
+                                          check_sqlite_file, normalise_url)
 from arch_compare.pairwise.workforces import Arrival
 
 CHOICES = ("left", "right", "tie", "both_bad")  # what a rater clicks, in screen terms
@@ -89,6 +89,28 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def check_admin_token(token: str) -> None:
+    if len(token) < 16:
+        raise ValueError(f"the admin token must be at least 16 characters, got {len(token)}")
+
+
+def check_campaign(name: str, items: Sequence[Item], gold: Sequence[Item],
+                   plan: CampaignPlan) -> None:
+    """What a campaign's inputs must satisfy, checked before any database is touched."""
+    if not name or len(name) > 200:
+        raise ValueError("a campaign name must be 1 to 200 characters")
+    if not items:
+        raise ValueError("a campaign needs at least one item")
+    overlap_ids = {item.id for item in items} & {item.id for item in gold}
+    if overlap_ids:
+        raise ValueError(f"ids used both as items and as gold items: {sorted(overlap_ids)[:5]}")
+    if any(item.gold is None for item in gold):
+        raise ValueError("every gold item needs a 'gold' answer")
+    if plan.gold_per_rater > len(gold):
+        raise ValueError(f"gold_per_rater is {plan.gold_per_rater} but there are only "
+                         f"{len(gold)} gold items")
+
+
 def verdict_for(choice: str, a_on_left: bool) -> str:
     """Screen terms (left/right) to the item's stored order (A/B)."""
     if choice == "left":
@@ -110,8 +132,11 @@ def _rater(row: RaterRow) -> Rater:
 
 
 class PairwiseStore(CampaignReports):
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, create: bool = True):
+        """Opens the database at `url`; with `create=False` a missing SQLite file is an error
+        rather than a new database. A file that is not a pairwise database is refused."""
         self.url = normalise_url(url)
+        check_sqlite_file(self.url, create)
         self.engine = _engine(url)
         Base.metadata.create_all(self.engine)
         # Reads get their own engine on SQLite: in WAL mode they need no lock, so they must not
@@ -154,19 +179,29 @@ class PairwiseStore(CampaignReports):
             return bytes.fromhex(row.value)
 
     def set_admin_token(self, token: str) -> None:
-        if len(token) < 16:
-            raise ValueError("the admin token must be at least 16 characters")
+        check_admin_token(token)
         with self._writer() as session:
             session.merge(SettingRow(key="admin_token_hash", value=hash_token(token)))
 
     def ensure_admin_token(self) -> str | None:
         """Creates an admin token if there is none; returns it (shown once) or None."""
         with self._writer() as session:
-            if session.get(SettingRow, "admin_token_hash") is not None:
-                return None
-            token = secrets.token_urlsafe(32)
-            session.add(SettingRow(key="admin_token_hash", value=hash_token(token)))
-            return token
+            return self._ensure_admin_token(session)
+
+    @staticmethod
+    def _ensure_admin_token(session: Session) -> str | None:
+        if session.get(SettingRow, "admin_token_hash") is not None:
+            return None
+        token = secrets.token_urlsafe(32)
+        session.add(SettingRow(key="admin_token_hash", value=hash_token(token)))
+        return token
+
+    def admin_token_hash(self) -> str | None:
+        """The stored hash of the admin token; admin sessions are signed under a key bound to it,
+        so replacing the token ends every session."""
+        with self._reader() as session:
+            row = session.get(SettingRow, "admin_token_hash")
+        return None if row is None else row.value
 
     def is_admin(self, token: str | None) -> bool:
         if not token:
@@ -179,43 +214,53 @@ class PairwiseStore(CampaignReports):
 
     def create_campaign(self, name: str, items: Sequence[Item], gold: Sequence[Item],
                         plan: CampaignPlan, settings: CampaignSettings) -> Campaign:
-        if not name or len(name) > 200:
-            raise ValueError("a campaign name must be 1 to 200 characters")
-        if not items:
-            raise ValueError("a campaign needs at least one item")
-        overlap_ids = {item.id for item in items} & {item.id for item in gold}
-        if overlap_ids:
-            raise ValueError(f"ids used both as items and as gold items: {sorted(overlap_ids)[:5]}")
-        if any(item.gold is None for item in gold):
-            raise ValueError("every gold item needs a 'gold' answer")
-        if plan.gold_per_rater > len(gold):
-            raise ValueError(f"gold_per_rater is {plan.gold_per_rater} but there are only "
-                             f"{len(gold)} gold items")
+        check_campaign(name, items, gold, plan)
         with self._writer() as session:
-            if session.scalar(select(CampaignRow.id).where(CampaignRow.name == name)):
-                raise ValueError(f"campaign {name!r} already exists in this database")
-            row = CampaignRow(name=name, public_id=secrets.token_urlsafe(12),
-                              plan_json=json.dumps(dataclasses.asdict(plan)),
-                              settings_json=json.dumps(dataclasses.asdict(settings)),
-                              created_at=time.time())
-            session.add(row)
+            return self._add_campaign(session, name, items, gold, plan, settings)
+
+    def import_campaign(self, name: str, items: Sequence[Item], gold: Sequence[Item],
+                        plan: CampaignPlan, settings: CampaignSettings,
+                        admin_token: str | None = None) -> tuple[Campaign, str | None]:
+        """Creates a campaign and sets up the admin token in one transaction: a failure leaves
+        the database as it was. `admin_token` replaces the stored one; without it a token is
+        made when there is none. Returns the campaign and the token made (shown once), or None.
+        """
+        check_campaign(name, items, gold, plan)
+        if admin_token is not None:
+            check_admin_token(admin_token)
+        with self._writer() as session:
+            campaign = self._add_campaign(session, name, items, gold, plan, settings)
+            if admin_token is not None:
+                session.merge(SettingRow(key="admin_token_hash", value=hash_token(admin_token)))
+                return campaign, None
+            return campaign, self._ensure_admin_token(session)
+
+    @staticmethod
+    def _add_campaign(session: Session, name: str, items: Sequence[Item], gold: Sequence[Item],
+                      plan: CampaignPlan, settings: CampaignSettings) -> Campaign:
+        if session.scalar(select(CampaignRow.id).where(CampaignRow.name == name)):
+            raise ValueError(f"campaign {name!r} already exists in this database")
+        row = CampaignRow(name=name, public_id=secrets.token_urlsafe(12),
+                          plan_json=json.dumps(dataclasses.asdict(plan)),
+                          settings_json=json.dumps(dataclasses.asdict(settings)),
+                          created_at=time.time())
+        session.add(row)
+        session.flush()
+        rows = [ItemRow(campaign_id=row.id, key=item.id, prompt=item.prompt,
+                        model_a=item.model_a, output_a=item.output_a, model_b=item.model_b,
+                        output_b=item.output_b, gold=item.gold, meta_json=json.dumps(item.meta))
+                for item in list(items) + list(gold)]
+        session.add_all(rows)
+        session.flush()
+        ids = [item_row.id for item_row in rows[:len(items)]]
+        for number, slot_items in enumerate(
+                plan_slots(ids, plan.overlap, plan.items_per_rater, plan.seed), start=1):
+            slot = SlotRow(campaign_id=row.id, number=number)
+            session.add(slot)
             session.flush()
-            rows = [ItemRow(campaign_id=row.id, key=item.id, prompt=item.prompt,
-                            model_a=item.model_a, output_a=item.output_a, model_b=item.model_b,
-                            output_b=item.output_b, gold=item.gold,
-                            meta_json=json.dumps(item.meta))
-                    for item in list(items) + list(gold)]
-            session.add_all(rows)
-            session.flush()
-            ids = [item_row.id for item_row in rows[:len(items)]]
-            for number, slot_items in enumerate(
-                    plan_slots(ids, plan.overlap, plan.items_per_rater, plan.seed), start=1):
-                slot = SlotRow(campaign_id=row.id, number=number)
-                session.add(slot)
-                session.flush()
-                session.add_all(SlotItemRow(slot_id=slot.id, item_id=item_id)
-                                for item_id in slot_items)
-            return _campaign(row)
+            session.add_all(SlotItemRow(slot_id=slot.id, item_id=item_id)
+                            for item_id in slot_items)
+        return _campaign(row)
 
     def configure(self, name: str, **changes) -> Campaign:
         """Changes a campaign's settings (workforce, completion code, ...), never its items."""

@@ -129,3 +129,89 @@ def test_import_from_a_study_results_database(files, capsys):
     assert pairwise("import", folder / "items.jsonl", "--from-study", folder / "results",
                     "--db", db, "--campaign", "x") == 2
     assert "either an ITEMS file or --from-study" in capsys.readouterr().err
+
+
+def dump(path) -> list[str]:
+    """The database's content as SQL, read without changing the file."""
+    import contextlib
+    import sqlite3
+
+    uri = path.resolve().as_uri() + "?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+        return list(connection.iterdump())
+
+
+def leftovers(db) -> list[str]:
+    return sorted(path.name for path in db.parent.glob(db.name + "*"))
+
+
+def test_a_failed_import_leaves_nothing_behind(files, capsys, monkeypatch):
+    import arch_compare.pairwise.store as store_module
+
+    folder, _ = files
+    db = folder / "new.sqlite"
+    bad = folder / "bad.jsonl"
+    bad.write_text(folder.joinpath("items.jsonl").read_text() + '{"id": "truncated", "pro\n')
+    assert pairwise("import", bad, "--db", db, "--campaign", "c") == 2
+    assert f"{bad}:7:" in capsys.readouterr().err
+    assert leftovers(db) == []
+    # Caught by the campaign's own checks, which once ran only after the database was made.
+    assert pairwise("import", folder / "items.jsonl", "--db", db, "--campaign", "c",
+                    "--gold", folder / "gold.jsonl", "--gold-per-rater", 5) == 2
+    assert "only 2 gold items" in capsys.readouterr().err
+    monkeypatch.setenv("ARCH_COMPARE_PAIRWISE_ADMIN_TOKEN", "short")
+    assert pairwise("import", folder / "items.jsonl", "--db", db, "--campaign", "c") == 2
+    assert "at least 16 characters" in capsys.readouterr().err
+    monkeypatch.delenv("ARCH_COMPARE_PAIRWISE_ADMIN_TOKEN")
+    assert leftovers(db) == []
+
+    # A failure inside the transaction, after rows were added: rolled back, the new file removed.
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk gone")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "plan_slots", fail)
+        with pytest.raises(RuntimeError, match="disk gone"):
+            pairwise("import", folder / "items.jsonl", "--db", db, "--campaign", "c")
+    assert leftovers(db) == []
+
+    # An existing database is left exactly as it was, whatever fails.
+    assert pairwise("import", folder / "items.jsonl", "--db", db, "--campaign", "kept") == 0
+    capsys.readouterr()
+    before = dump(db)
+    assert pairwise("import", bad, "--db", db, "--campaign", "other") == 2
+    assert pairwise("import", folder / "items.jsonl", "--db", db, "--campaign", "kept") == 2
+    assert "already exists" in capsys.readouterr().err
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "plan_slots", fail)
+        with pytest.raises(RuntimeError, match="disk gone"):
+            pairwise("import", folder / "items.jsonl", "--db", db, "--campaign", "other")
+    assert dump(db) == before
+
+
+def test_only_import_creates_a_database_and_foreign_files_are_refused(files, capsys):
+    import sqlite3
+
+    folder, _ = files
+    missing = folder / "missing.sqlite"
+    for action in (["status"], ["export", "--campaign", "c"], ["admin-token"],
+                   ["invite", "--campaign", "c", "--count", "1"]):
+        assert pairwise(*action, "--db", missing) == 2, action
+        assert "no pairwise database there" in capsys.readouterr().err
+    assert leftovers(missing) == []
+
+    results = folder / "results.sqlite"  # another tool's database, e.g. a study's results
+    connection = sqlite3.connect(results)
+    connection.execute("CREATE TABLE runs (id TEXT)")
+    connection.commit()
+    connection.close()
+    garbage = folder / "notes.txt"
+    garbage.write_text("not a database at all\n" * 100)
+    for path, expected in ((results, "not a pairwise database (its tables: runs)"),
+                           (garbage, "not a SQLite database")):
+        content = path.read_bytes()
+        assert pairwise("status", "--db", path) == 2
+        assert pairwise("import", folder / "items.jsonl", "--db", path, "--campaign", "c") == 2
+        err = capsys.readouterr().err
+        assert err.count(f"{path}: {expected}") == 2, err
+        assert path.read_bytes() == content and leftovers(path) == [path.name]
