@@ -32,7 +32,9 @@ from typing import Callable, Mapping, Sequence
 from arch_compare.data.conversations import ImitationExample
 from arch_compare.imitation import collection
 from arch_compare.imitation.config import DataSource, StudyConfig
-from arch_compare.imitation.targets import make_target
+from arch_compare.imitation.targets import cache_key, make_target
+from arch_compare.models.loading import CHECKPOINT_DIR, CHECKPOINT_KINDS, checkpoint_kind
+from arch_compare.models.native import PARAMS_DIR
 from arch_compare_tasks import catalogue, readers, registry
 
 del catalogue  # imported for its side effect: every shipped task registered
@@ -178,8 +180,7 @@ def _check_file(source: DataSource, where: str, problems: list[Problem]) -> Sour
 def _check_prompts(config: StudyConfig, source: DataSource, where: str, target_name: str | None,
                    problems: list[Problem]) -> bool:
     """Checks a collected source; whether collection still has prompts to ask the target."""
-    from arch_compare.imitation.evaluation import prompt_of
-    from arch_compare.imitation.targets import cache_key
+    from arch_compare.imitation.evaluation import prompt_of  # seqio: only when collecting
     try:
         records = registry.records(source.prompts_task, "train")
     except (KeyError, ValueError, OSError) as error:
@@ -223,17 +224,31 @@ def _check_task(task: str, split: str | None, where: str, problems: list[Problem
         problems.append(Problem(where, _message(error)))
 
 
+# checkpoint kind -> whether its parameters are there, and what is looked for (the config alone
+# is not a checkpoint: its loader would fail when the base run starts).
+PARAMETERS_PRESENT: dict[str, tuple[Callable[[Path], bool], str]] = {
+    "training": (lambda path: any(step.name.isdigit() for step in
+                                  (path / CHECKPOINT_DIR).iterdir()), f"{CHECKPOINT_DIR}/<step>"),
+    "native": (lambda path: (path / PARAMS_DIR).is_dir(), f"{PARAMS_DIR}/"),
+    "hf": (lambda path: any(path.glob("*.safetensors")), "*.safetensors"),
+}
+
+
 def _check_checkpoint(model, where: str, problems: list[Problem]) -> None:
-    from arch_compare.models.loading import CHECKPOINT_KINDS, checkpoint_kind
     path = Path(model.base_checkpoint)
     if not path.exists():
         problems.append(Problem(f"{where}.base_checkpoint", f"{path}: no such checkpoint"))
         return
     try:
-        found = CHECKPOINT_KINDS[checkpoint_kind(path)].read_config(path).architecture_dict()
+        kind = checkpoint_kind(path)
+        found = CHECKPOINT_KINDS[kind].read_config(path).architecture_dict()
     except (ValueError, OSError, KeyError) as error:
         problems.append(Problem(f"{where}.base_checkpoint", _message(error)))
         return
+    present, looked_for = PARAMETERS_PRESENT[kind]
+    if not present(path):
+        problems.append(Problem(f"{where}.base_checkpoint", f"{path}: a {kind} checkpoint "
+                                                            f"without parameters ({looked_for})"))
     wanted = model.config.architecture_dict()
     differ = [key for key in sorted(set(wanted) | set(found)) if wanted.get(key) != found.get(key)]
     if differ:

@@ -21,6 +21,16 @@ def _listed(names) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
+def _skipped_bad_records(data: StudyData) -> dict[str, int]:
+    """Data source -> bad records its imitation runs skipped (recorded in each run's config)."""
+    skipped: dict[str, int] = {}
+    for run in data.runs:
+        count = (run.config.get("source") or {}).get("skipped_bad_records")
+        if run.role == "imitation" and count:
+            skipped[run.data_source] = max(count, skipped.get(run.data_source, 0))
+    return skipped
+
+
 def summary(data: StudyData, rows: list[GapRow]) -> str:
     """One paragraph of headline numbers, every one computed from the results."""
     target = analysis.target_run(data) or next(
@@ -36,6 +46,10 @@ def summary(data: StudyData, rows: list[GapRow]) -> str:
         f"imitate {target.model if target else 'a target (not recorded)'} in "
         f"{len(imitation)} imitation runs on {_listed(analysis.data_sources(data)) or 'no'} "
         f"data" + (f", {amounts[0]:,} to {amounts[-1]:,} examples." if amounts else ".")]
+    skipped = _skipped_bad_records(data)
+    if skipped:
+        sentences.append("Bad data records skipped (skip_bad): " + "; ".join(
+            f"{count:,} in {source}" for source, count in skipped.items()) + ".")
     statuses = Counter(r.status for r in data.runs)
     sentences.append(f"{statuses['done']} of {len(data.runs)} runs finished"
                      + "".join(f", {statuses[s]} {s}" for s in ("failed", "pending", "running")
