@@ -4,8 +4,9 @@
         --gin_file=gin_configs/runs/finetune.gin --gin.MODEL_DIR="'/tmp/run'" ...
 
 `--gin_file` repeats; `--gin.NAME=value` binds a macro (a gin literal: strings in quotes). The run
-gin files declare their required macros `%gin.REQUIRED`; a missing one, an unknown binding or an
-unknown task stops the run before anything is computed, naming the file and the binding. The
+gin files declare their required macros `%gin.REQUIRED`; a missing one, an unknown binding, a macro
+or binding the run never reads (a typo: `--gin.TRAIN_STEP`; see cli/gin_checks.py) or an unknown
+task stops the run before anything is computed, naming the file and line or the flag. The
 resolved configuration is written to `MODEL_DIR/config.gin`.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import gin
 
+from arch_compare.cli import gin_checks
 from arch_compare.data.vocabularies import vocabulary_for_model
 from arch_compare.decoding import placement
 from arch_compare.models import build_model
@@ -26,7 +28,7 @@ from arch_compare.trainer import inference
 from arch_compare.trainer.loop import TrainConfig, train as train_loop
 
 # `include 'gin_configs/...'` in experiment files resolves against the project root too.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = gin_checks.PROJECT_ROOT
 REQUIRED = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*=\s*%gin\.REQUIRED", re.MULTILINE)
 _MISSING = re.compile(r"^(\w+)/macro\.value set to `%gin\.REQUIRED`")
 
@@ -47,7 +49,8 @@ def train(model_config: ModelConfig, vocabulary_path: str, config: TrainConfig) 
     last = max(result.losses) if result.losses else int(result.state.step)
     return {"model_dir": config.model_dir, "step": int(result.state.step),
             "loss": result.losses.get(last), "resumed_from": result.resumed_from,
-            "execution": result.execution["mesh_description"]}
+            "execution": result.execution["mesh_description"],
+            "dtype": result.execution["dtype"]}
 
 
 def _model_and_params(model_config: ModelConfig, vocabulary_path: str,
@@ -68,7 +71,9 @@ def evaluate(model_config: ModelConfig, vocabulary_path: str, tasks: list[str],
     for name in tasks:
         _check_task(name)
     model, vocabulary, params, mesh = _model_and_params(model_config, vocabulary_path, config)
-    return inference.evaluate(model, params, vocabulary, tasks, config, mesh=mesh)
+    metrics = inference.evaluate(model, params, vocabulary, tasks, config, mesh=mesh)
+    return {"metrics": metrics,
+            "metrics_file": str(Path(config.output_path) / inference.METRICS_FILE)}
 
 
 def infer(model_config: ModelConfig, vocabulary_path: str, task: str,
@@ -84,17 +89,53 @@ ENTRY_POINTS = {"train": train, "eval": evaluate, "infer": infer}
 OUTPUT_MACROS = ("MODEL_DIR", "OUTPUT_PATH")
 
 
+def _train_summary(result: dict) -> str:
+    """`trained gpt2-tiny to step 50 in /tmp/run: loss 2.31 (float32, 1 device)`."""
+    model = _macro_value("MODEL_PRESET")
+    model = model if isinstance(model, str) else "the model"
+    how = f"({result['dtype']}, {result['execution']})"
+    if result["loss"] is None:
+        return (f"{model} in {result['model_dir']} is already at step {result['step']}: "
+                f"nothing to train {how}")
+    resumed = (f", resumed from step {result['resumed_from']}"
+               if result["resumed_from"] is not None else "")
+    return (f"trained {model} to step {result['step']} in {result['model_dir']}: "
+            f"loss {result['loss']:.4g} at the last step{resumed} {how}")
+
+
+def _eval_summary(result: dict) -> str:
+    """`eval: metrics in OUTPUT_PATH/metrics.json`, then one line per task and metric."""
+    lines = [f"eval: metrics in {result['metrics_file']}"]
+    for task, metrics in result["metrics"].items():
+        lines += [f"  {task}  {name} {value:.4g}" for name, value in metrics.items()]
+    return "\n".join(lines)
+
+
+def _infer_summary(path: str) -> str:
+    rows = None
+    if Path(path).is_file():  # process 0 writes it
+        with open(path) as lines:
+            rows = sum(1 for _ in lines)
+    count = f" ({rows} example{'s' * (rows != 1)})" if rows is not None else ""
+    return f"infer: predictions in {path}{count}"
+
+
+# What each command prints: its entry point's result in words.
+SUMMARIES = {"train": _train_summary, "eval": _eval_summary, "infer": _infer_summary}
+
+
 def parse_gin(files: list[str], bindings: list[str]) -> None:
     """Parse the files and `NAME=value` bindings; errors name the file and the binding."""
     for path in files:
         if not Path(path).is_file():
             raise FileNotFoundError(f"gin file not found: {path}")
     gin.clear_config()
-    gin.add_config_file_search_path(str(PROJECT_ROOT))
+    gin_checks.search_project_first()
     try:
-        gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+        with gin_checks.quiet_search():
+            gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
     except (ValueError, KeyError, SyntaxError) as error:
-        raise ValueError(f"gin: {error}") from None
+        raise ValueError(f"gin: {gin_checks.plain_message(error)}") from None
 
 
 INCLUDE = re.compile(r"^\s*include\s+['\"]([^'\"]+)['\"]", re.MULTILINE)
@@ -128,17 +169,34 @@ def check_required(files: list[str]) -> None:
             raise _missing_required(name, where)
 
 
-def call_entry_point(command: str, files: list[str]):
-    """Run the gin-configured entry point, turning gin's errors into ones that say what to do."""
+def check_configuration(entry_point, files: list[str], bindings: list[str]) -> None:
+    """Before anything runs: every required macro has a value, and every macro and binding the
+    user set (`NAME=VALUE` bindings, their own gin files) is read by `entry_point`."""
     check_required(files)
+    gin_checks.check_used(entry_point, files, bindings)
+
+
+def call_configured(entry_point, files: list[str]):
+    """Call a gin-configured entry point; gin's errors become ones that say what to do, without
+    gin's `In call to configurable ...` decorations."""
     try:
-        return gin.get_configurable(ENTRY_POINTS[command])()
-    except ValueError as error:
+        return gin.get_configurable(entry_point)()
+    except (KeyError, ValueError, FileNotFoundError, TypeError) as error:
         missing = _MISSING.match(str(error))
-        if not missing:
+        if missing:
+            name = missing.group(1)
+            raise _missing_required(name, _required_in(files).get(name, "a gin file")) from None
+        if isinstance(error, TypeError) and "No values supplied by Gin" not in str(error):
+            raise  # a TypeError gin did not diagnose as a missing binding is a bug: traceback
+        if not gin_checks.is_gin_proxy(error):
             raise
-        name = missing.group(1)
-        raise _missing_required(name, _required_in(files).get(name, "a gin file")) from None
+        raise ValueError(gin_checks.plain_message(error)) from error
+
+
+def call_entry_point(command: str, files: list[str]):
+    """Run the gin-configured entry point of `command`."""
+    check_required(files)
+    return call_configured(ENTRY_POINTS[command], files)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -172,13 +230,13 @@ def run_command(command: str, args: argparse.Namespace) -> int:
                                    num_processes=args.num_processes, process_id=args.process_id)
     bindings = [_as_gin_binding(b) for b in args.gin_bindings]
     parse_gin(args.gin_file, bindings)
-    check_required(args.gin_file)
+    check_configuration(ENTRY_POINTS[command], args.gin_file, args.gin_bindings)
     output_dir = next((value for value in map(_macro_value, OUTPUT_MACROS)
                        if isinstance(value, str)), None)
     if output_dir:  # written first, so even a failed run says how it was set up
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "config.gin").write_text(gin.config_str())
-    print(call_entry_point(command, args.gin_file))
+    print(SUMMARIES[command](call_entry_point(command, args.gin_file)))
     return 0
 
 

@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import gin
-
 from arch_compare.cli import runs
 from arch_compare.imitation.config import StudyConfig
 
@@ -52,15 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def study_config(files: list[str], bindings: list[str]) -> StudyConfig:
+    """Parse the experiment files and `NAME=VALUE` bindings; refuse a required macro left unset or
+    a macro or binding the study never reads (before anything runs); build the StudyConfig."""
     runs.parse_gin(files, [runs._as_gin_binding(b) for b in bindings])
-    runs.check_required(files)
-    try:
-        return gin.get_configurable(configure)()
-    except ValueError as error:
-        missing = runs._MISSING.match(str(error))
-        if missing:
-            raise runs._missing_required(missing.group(1), "a gin file") from None
-        raise
+    runs.check_configuration(configure, files, bindings)
+    return runs.call_configured(configure, files)
 
 
 def print_plan(config: StudyConfig) -> int:

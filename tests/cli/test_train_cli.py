@@ -27,7 +27,13 @@ def test_train_runs_and_writes_the_resolved_config(tmp_path, capsys, sentencepie
     assert "MIXTURE_OR_TASK_NAME = 'imitation_hc3_fixture'" in config
     assert "MODEL_PRESET = 'llama-tiny'" in config
     assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
-    assert "'step': 2" in capsys.readouterr().out
+    # In words, with the loss the run logged for its last step.
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    loss = next(row["loss"] for row in reversed(logged)
+                if row["step"] == 2 and row["kind"] == "train")
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"trained llama-tiny to step 2 in {tmp_path / 'run'}: loss {loss:.4g} at the last step "
+        "(float32, 1 device)")
 
 
 def test_a_missing_required_macro_names_it_and_its_file(tmp_path, capsys,
@@ -77,6 +83,11 @@ def test_eval_and_infer_read_the_training_directory(tmp_path, capsys, sentencepi
                                   EVAL_SPLIT="'validation'")])
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    printed = capsys.readouterr().out.strip().splitlines()
+    start = printed.index(f"eval: metrics in {tmp_path / 'eval' / 'metrics.json'}")
+    assert printed[start + 1:] == [f"  {task}  {name} {value:.4g}"
+                                   for task, values in metrics.items()
+                                   for name, value in values.items()]
     assert 0.0 <= metrics["nq_open_3shot_fixture"]["exact_match"] <= 100.0
     assert 0.0 <= metrics["mmlu_5shot_fixture"]["accuracy_micro"] <= 100.0
     assert (tmp_path / "eval" / "config.gin").is_file()
@@ -89,4 +100,6 @@ def test_eval_and_infer_read_the_training_directory(tmp_path, capsys, sentencepi
     rows = [json.loads(line) for line in
             (tmp_path / "infer" / "predictions.jsonl").read_text().splitlines()]
     assert [row["index"] for row in rows] == [0]  # the fixture's one validation example
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"infer: predictions in {tmp_path / 'infer' / 'predictions.jsonl'} (1 example)")
     assert rows[0]["inputs"].endswith("Assistant:") and isinstance(rows[0]["prediction"], str)
