@@ -203,7 +203,7 @@ def _serve(store: PairwiseStore, args: argparse.Namespace) -> int:
 
 
 def _export(store: PairwiseStore, args: argparse.Namespace) -> int:
-    from arch_compare.pairwise.app import to_csv, to_jsonl
+    from arch_compare.pairwise.reports import to_csv, to_jsonl
 
     rows = list(store.rating_rows(store.campaign(args.campaign)))
     text = to_jsonl(rows) if args.format == "jsonl" else to_csv(rows)

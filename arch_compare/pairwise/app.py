@@ -7,8 +7,10 @@ Rater-facing routes (nothing here ever names a model, an item id or the campaign
     GET  /rate/{token}     the rater's next item, or the completion page when all are rated
     POST /rate/{token}     one rating (position, choice, reason, csrf_token)
 
-Admin routes need the admin token, as `Authorization: Bearer ...` or the cookie set by
-/admin/login: /admin, /admin/campaigns/{id}, .../export.jsonl|csv, /admin/api/campaigns/{id}.
+Admin routes need the admin token as `Authorization: Bearer ...`, or the session cookie that
+/admin/login sets: /admin, /admin/campaigns/{id}, .../export.jsonl|csv, /admin/api/campaigns/{id}.
+The cookie is a signed, expiring session value, never the token; wrong tokens are throttled per
+client address (429 with Retry-After). Both are in `admin_auth`.
 
 Forms carry a CSRF token: an HMAC of the rater's id and the item's position under a server key
 kept in the database, so it is bound to one rater and one item, cannot be forged from another
@@ -18,15 +20,14 @@ database work runs in the thread pool so that one slow query does not stall othe
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import hmac
-import io
-import json
 import logging
 import secrets
+import time
 from pathlib import Path
+from typing import Callable
 from urllib.parse import parse_qsl
 
 import jinja2
@@ -39,8 +40,10 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from arch_compare.pairwise.admin_auth import SESSION_SECONDS, AdminSessions, LoginThrottle
+from arch_compare.pairwise.reports import to_csv, to_jsonl
 from arch_compare.pairwise.store import (CHOICES, MAX_REASON_CHARS, ArrivalRefused, Campaign,
-                                         PairwiseStore, Rater)
+                                         PairwiseStore, Rater, hash_token)
 from arch_compare.pairwise.workforces import WORKFORCES, ArrivalError
 
 HERE = Path(__file__).parent
@@ -59,7 +62,8 @@ SECURITY_HEADERS = {
 STATUS_HEADINGS = {400: "This request is not valid", 401: "Sign-in needed",
                    403: "Not allowed", 404: "Not found", 405: "Not allowed",
                    409: "Already done", 410: "This session has ended",
-                   413: "Too much text", 415: "Unsupported form", 500: "Something went wrong"}
+                   413: "Too much text", 415: "Unsupported form", 429: "Too many attempts",
+                   500: "Something went wrong"}
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +133,14 @@ async def read_form(request: Request) -> dict[str, str]:
 class RatingApp:
     """Route handlers over one `PairwiseStore`."""
 
-    def __init__(self, store: PairwiseStore, base_url: str = ""):
+    def __init__(self, store: PairwiseStore, base_url: str = "",
+                 clock: Callable[[], float] = time.time):
         self.store = store
         self.base_url = base_url.rstrip("/")
         self.secret = store.secret()
+        # Wall-clock time: a session's expiry is written into its cookie and outlives the process.
+        self.sessions = AdminSessions(store.secret("admin_session_secret"), clock)
+        self.throttle = LoginThrottle(clock)
 
     async def db(self, function, *args):
         return await run_in_threadpool(function, *args)
@@ -231,12 +239,34 @@ class RatingApp:
 
     async def require_admin(self, request: Request) -> None:
         header = request.headers.get("authorization", "")
-        token = (header[7:].strip() if header.lower().startswith("bearer ")
-                 else request.cookies.get(ADMIN_COOKIE))
-        if not token:
+        if header.lower().startswith("bearer ") and header[7:].strip():
+            await self.check_token(request, header[7:].strip())
+            return
+        cookie = request.cookies.get(ADMIN_COOKIE)
+        if not cookie:
             fail(401, "Sign in at /admin/login with the admin token.")
-        if not await self.db(self.store.is_admin, token):
-            fail(403, "This token does not give access to the administration pages.")
+        # A signature cannot be guessed, so bad cookies are not throttled; they were issued to
+        # someone who knew the token once, or forged.
+        if not self.sessions.valid(cookie, await self.db(self.store.admin_token_hash)):
+            fail(401, "Your admin sign-in has expired or is no longer valid. Sign in again at "
+                      "/admin/login.")
+
+    async def check_token(self, request: Request, token: str) -> str:
+        """Checks an admin token under the throttle; returns the stored hash it matched."""
+        stored = await self.db(self.store.admin_token_hash)
+        # No await from here on: the check and the record of its outcome are one step, so
+        # concurrent guesses from one address cannot all slip past the count.
+        address = request.client.host if request.client else "unknown"
+        wait = self.throttle.retry_after(address)
+        if wait is not None:
+            raise HTTPException(429, f"Too many wrong admin tokens from your address. Try "
+                                     f"again in {wait} seconds.",
+                                headers={"retry-after": str(wait)})
+        if stored is None or not hmac.compare_digest(stored, hash_token(token)):
+            self.throttle.failed(address)
+            fail(403, "Wrong admin token.")
+        self.throttle.succeeded(address)
+        return stored
 
     async def login_form(self, request: Request) -> Response:
         token = secrets.token_urlsafe(24)
@@ -250,11 +280,10 @@ class RatingApp:
         expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
         if not expected or not hmac.compare_digest(form.get("csrf_token", ""), expected):
             fail(403, "This form did not come from the sign-in page. Please reload it.")
-        token = form.get("token", "")
-        if not await self.db(self.store.is_admin, token):
-            fail(403, "Wrong admin token.")
+        token_hash = await self.check_token(request, form.get("token", ""))
         response = RedirectResponse("/admin", status_code=303)
-        response.set_cookie(ADMIN_COOKIE, token, httponly=True, samesite="strict", path="/admin",
+        response.set_cookie(ADMIN_COOKIE, self.sessions.issue(token_hash), max_age=SESSION_SECONDS,
+                            httponly=True, samesite="strict", path="/admin",
                             secure=request.url.scheme == "https")
         response.delete_cookie(LOGIN_CSRF_COOKIE, path="/admin")
         return response
@@ -310,28 +339,17 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-def to_jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-
-
-def to_csv(rows: list[dict]) -> str:
-    out = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "meta": json.dumps(row["meta"], ensure_ascii=False)})
-    return out.getvalue()
-
-
 async def on_http_error(request: Request, error: HTTPException) -> Response:
     if request.url.path.startswith("/admin/api/") or request.url.path.endswith(
             (".jsonl", ".csv")):
-        return JSONResponse({"error": error.detail}, status_code=error.status_code)
+        return JSONResponse({"error": error.detail}, status_code=error.status_code,
+                            headers=error.headers)
     detail = error.detail if isinstance(error.detail, str) else ""
     if error.status_code == 404 and detail == "Not Found":
         detail = "There is no page here."
-    return message(error.status_code, detail)
+    response = message(error.status_code, detail)
+    response.headers.update(error.headers or {})  # Retry-After on a 429
+    return response
 
 
 async def on_server_error(request: Request, error: Exception) -> Response:
@@ -339,8 +357,11 @@ async def on_server_error(request: Request, error: Exception) -> Response:
     return message(500, "The server could not handle this request. Please try again.")
 
 
-def create_app(store: PairwiseStore, base_url: str = "") -> Starlette:
-    handlers = RatingApp(store, base_url)
+def create_app(store: PairwiseStore, base_url: str = "",
+               clock: Callable[[], float] = time.time) -> Starlette:
+    """The app over `store`; `clock` (seconds since the epoch) times admin sessions and the
+    sign-in throttle, and tests pass their own."""
+    handlers = RatingApp(store, base_url, clock)
     routes = [
         Route("/", handlers.home),
         Route("/p/{public_id}", functools.partial(handlers.arrive, workforce="prolific")),

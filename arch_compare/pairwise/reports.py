@@ -6,6 +6,8 @@ rater-facing queries: only the admin pages and the exports use it, and it alone 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from typing import TYPE_CHECKING, Iterator
 
@@ -99,3 +101,17 @@ class CampaignReports:
             return {f"{row.workforce}:{row.external_id}":
                     "completed" if row.completed_at is not None else row.status
                     for (row,) in rows}
+
+
+def to_jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def to_csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "meta": json.dumps(row["meta"], ensure_ascii=False)})
+    return out.getvalue()

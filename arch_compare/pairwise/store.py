@@ -169,12 +169,13 @@ class PairwiseStore(CampaignReports):
 
     # -- server secrets -------------------------------------------------------------------------
 
-    def secret(self) -> bytes:
-        """The key of the forms' CSRF tokens, kept in the database: forms survive a restart."""
+    def secret(self, name: str = "csrf_secret") -> bytes:
+        """A random server key, made on first use and kept in the database so that what it signs
+        survives a restart: `csrf_secret` (forms), `admin_session_secret` (admin cookies)."""
         with self._writer() as session:
-            row = session.get(SettingRow, "csrf_secret")
+            row = session.get(SettingRow, name)
             if row is None:
-                row = SettingRow(key="csrf_secret", value=secrets.token_hex(32))
+                row = SettingRow(key=name, value=secrets.token_hex(32))
                 session.add(row)
             return bytes.fromhex(row.value)
 

@@ -11,9 +11,11 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -140,3 +142,40 @@ def server_factory(tmp_path):
     yield make
     for server in servers:
         server.stop()
+
+
+class FakeClock:
+    """Seconds since the epoch that move only when a test says so."""
+
+    def __init__(self, now: float = 1_800_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def live_app(store):
+    """`create_app(store)` under uvicorn on a loopback port, in a thread of this process so that
+    the test holds its clock: real HTTP, real cookies and headers, no waiting for time to pass.
+    uvicorn trusts X-Forwarded-For/-Proto from 127.0.0.1, as behind a local TLS proxy."""
+    import uvicorn
+
+    from arch_compare.pairwise.app import create_app
+
+    clock, port = FakeClock(), free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(store, clock=clock), host="127.0.0.1",
+                                           port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the in-thread server did not start")
+        time.sleep(0.02)
+    yield SimpleNamespace(base=f"http://127.0.0.1:{port}", clock=clock, store=store)
+    server.should_exit = True
+    thread.join(10)
