@@ -8,10 +8,11 @@ Modules, read in this order:
 - `items`: the comparison items and their JSONL format (documented there).
 - `workforces`: how raters arrive and finish, per workforce (private / prolific / crowd).
 - `campaign`: overlap, gold items, per-rater order and left/right placement.
-- `store`: SQLAlchemy 2 tables and queries (SQLite by default, PostgreSQL by URL).
+- `store`: the database (SQLite by default, PostgreSQL by URL): campaigns, raters, tokens; its
+  tables in `schema`, a rater's session in `rating`, the administrator's reads in `reports`.
 - `summary`: the admin view's statistics, from `arch_compare.evaluation.pairwise`.
-- `app`: the web app; `arch_compare/cli/pairwise.py` is the command line
-  (`arch-compare pairwise ...`).
+- `app`: the web app, its admin sign-in in `admin_auth`; `arch_compare/cli/pairwise.py` is the
+  command line (`arch-compare pairwise ...`).
 
 Stack: Starlette + uvicorn (a small ASGI toolkit without a framework's worth of magic; tests
 drive it in-process or on loopback), SQLAlchemy 2 (one dialect-neutral code path for SQLite and

@@ -42,8 +42,8 @@ from starlette.staticfiles import StaticFiles
 
 from arch_compare.pairwise.admin_auth import SESSION_SECONDS, AdminSessions, LoginThrottle
 from arch_compare.pairwise.reports import to_csv, to_jsonl
-from arch_compare.pairwise.store import (CHOICES, MAX_REASON_CHARS, ArrivalRefused, Campaign,
-                                         PairwiseStore, Rater, hash_token)
+from arch_compare.pairwise.rating import CHOICES, MAX_REASON_CHARS
+from arch_compare.pairwise.store import ArrivalRefused, Campaign, PairwiseStore, Rater, hash_token
 from arch_compare.pairwise.workforces import WORKFORCES, ArrivalError
 
 HERE = Path(__file__).parent

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from arch_compare.pairwise.store import MAX_REASON_CHARS
+from arch_compare.pairwise.rating import MAX_REASON_CHARS
 from tests.pairwise.conftest import ADMIN_TOKEN, form_fields, new_campaign
 
 SQL_INJECTIONS = ("'; DROP TABLE pairwise_ratings; --", "1 OR 1=1", "\" OR \"\"=\"",
