@@ -80,6 +80,10 @@ CREATE TABLE IF NOT EXISTS samples (
 """
 
 
+class ResultsDatabaseError(ValueError):
+    """A results database that cannot be read or written: damaged, locked, unreadable."""
+
+
 class StudyConflict(ValueError):
     """A study name already used in this database by a study of another configuration."""
 
@@ -180,8 +184,11 @@ class ResultsStore:
                 raise ValueError(f"{path}: cannot open the results database ({error})") from None
             self._check_kind(empty_ok=True)
             # Changes the file (WAL mode, the schema), so only after the kind check above.
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.executescript(SCHEMA)
+            try:
+                self._connection.execute("PRAGMA journal_mode=WAL")
+                self._connection.executescript(SCHEMA)
+            except sqlite3.DatabaseError as error:
+                raise self._damaged(error) from None
         self._connection.execute("PRAGMA foreign_keys=ON")
         self._connection.row_factory = sqlite3.Row
 
@@ -227,13 +234,31 @@ class ResultsStore:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _damaged(self, error: sqlite3.DatabaseError) -> Exception:
+        """A damaged, locked or unreadable file, named; anything else (a constraint this code
+        broke) as it is."""
+        if type(error) in (sqlite3.DatabaseError, sqlite3.OperationalError):
+            return ResultsDatabaseError(f"{self.path}: {error}")
+        return error
+
+    def _read(self, query: str, args: Iterable = ()) -> list[sqlite3.Row]:
+        try:
+            return self._connection.execute(query, tuple(args)).fetchall()
+        except sqlite3.DatabaseError as error:
+            raise self._damaged(error) from None
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._connection.execute("BEGIN IMMEDIATE")
+        try:
+            self._connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as error:
+            raise self._damaged(error) from None
         try:
             yield self._connection
-        except BaseException:
+        except BaseException as error:
             self._connection.execute("ROLLBACK")
+            if isinstance(error, sqlite3.DatabaseError):
+                raise self._damaged(error) from None
             raise
         self._connection.execute("COMMIT")
 
@@ -296,7 +321,7 @@ class ResultsStore:
     # -- reading -----------------------------------------------------------------------------------
 
     def studies(self) -> list[Study]:
-        rows = self._connection.execute("SELECT * FROM studies ORDER BY created").fetchall()
+        rows = self._read("SELECT * FROM studies ORDER BY created")
         return [Study(row["name"], json.loads(row["config_json"]), row["directory"],
                       row["created"]) for row in rows]
 
@@ -308,8 +333,7 @@ class ResultsStore:
         raise KeyError(f"{self.path}: no study named {name!r} (studies: {known})")
 
     def runs(self, study: str) -> list[Run]:
-        rows = self._connection.execute(
-            "SELECT * FROM runs WHERE study = ? ORDER BY rowid", (study,)).fetchall()
+        rows = self._read("SELECT * FROM runs WHERE study = ? ORDER BY rowid", (study,))
         runs = []
         for row in rows:
             fields = {name: row[name] for name in row.keys() if name != "study"}
@@ -323,21 +347,19 @@ class ResultsStore:
         return next((run for run in self.runs(study) if run.run_id == run_id), None)
 
     def metrics(self, study: str) -> list[Metric]:
-        rows = self._connection.execute(
-            "SELECT run_id, task, metric, kind, value FROM metrics WHERE study = ? "
-            "ORDER BY rowid", (study,)).fetchall()
+        rows = self._read("SELECT run_id, task, metric, kind, value FROM metrics WHERE study = ? "
+                          "ORDER BY rowid", (study,))
         return [Metric(*row) for row in rows]
 
     def samples(self, study: str, run_id: str | None = None) -> list[Sample]:
         query, args = "SELECT * FROM samples WHERE study = ?", [study]
         if run_id is not None:
             query, args = query + " AND run_id = ?", args + [run_id]
-        rows = self._connection.execute(query + " ORDER BY rowid", args).fetchall()
+        rows = self._read(query + " ORDER BY rowid", args)
         return [Sample(*(row[name] for name in ("run_id", "task", "example_id", "prompt",
                                                 "output", "reference"))) for row in rows]
 
     def row_counts(self, study: str) -> dict[str, int]:
         """Rows per table for one study (the resume tests compare these)."""
-        return {table: self._connection.execute(
-                    f"SELECT COUNT(*) FROM {table} WHERE study = ?", (study,)).fetchone()[0]
+        return {table: self._read(f"SELECT COUNT(*) FROM {table} WHERE study = ?", (study,))[0][0]
                 for table in ("runs", "metrics", "samples")}

@@ -2,20 +2,76 @@
 
 Each sub-command is a module with `add_arguments(parser)` and `run(args) -> int`, registered in
 `COMMANDS`.
+
+Exit codes: 0 success; 1 the command ran and reports a failure (a run that failed, a set-up that
+does not fit); 2 the user's input or the environment stopped it (`EXPECTED_FAILURES`: a bad flag,
+file, database, target, or memory), said in one `arch-compare CMD: error: ...` line; 130
+interrupted. Any other exception is a bug: its traceback goes to a log file named in one line
+(or, with ARCH_COMPARE_TRACEBACK=1, is raised as it is).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import http.client
+import logging
 import os
+import re
+import sqlite3
 import sys
+import tempfile
+import traceback
 from types import ModuleType
+from typing import Callable, Iterator
 
-# TensorFlow (under seqio) logs start-up chatter at INFO; keep the terminal for results.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up writes to file descriptor 2 before absl logging is set up, so
+# TF_CPP_MIN_LOG_LEVEL (which JAX's import sets to 1) cannot hold these back (TF 2.21): absl's
+# INFO lines ("I0000 00:00:... port.cc:153] oneDNN custom operations are on...", "... Could not
+# find cuda drivers..."), the notice before them, and on machines without a GPU "failed call to
+# cuInit" at ERROR level. Every other line, warnings and errors included, still passes.
+_STARTUP_CHATTER = re.compile(
+    r"^(I\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\] "
+    r"|E\d{4} \d\d:\d\d:\S+\s+\d+ cuda_platform\.cc:\d+\] failed call to cuInit: "
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
+    r"STDERR$)")
 
-from arch_compare.cli import (budget, convert, demo, pairwise, presets, report, runs, serve,
-                              study, tasks)
+
+@contextlib.contextmanager
+def _native_stderr_filtered(chatter: re.Pattern = _STARTUP_CHATTER) -> Iterator[None]:
+    """Runs the block with file descriptor 2 captured, then passes on every line but chatter."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(True)
+                    if not chatter.match(line)]
+            sys.stderr.write("".join(kept))
+
+
+def _tensorflow_without_accelerators() -> None:
+    """TensorFlow only feeds data here (seqio's tf.data pipelines); JAX owns the accelerators.
+    Left alone, TF's first op would initialise every GPU and reserve its memory. Called inside
+    the filtered block: on a machine without a GPU this is where TF logs its failed cuInit."""
+    import tensorflow as tf
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TF already ran an op in this process (a test, a notebook)
+        pass
+
+
+with _native_stderr_filtered():  # the sub-commands import TensorFlow
+    from arch_compare.cli import (budget, convert, demo, pairwise, presets, report, runs, serve,
+                                  study, tasks)
+    _tensorflow_without_accelerators()
 
 COMMANDS: dict[str, ModuleType | runs.RunCommand] = {
     "presets": presets,
@@ -41,12 +97,149 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# -- library log lines -----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class LibraryNoise:
+    """A library's log line that means nothing to a user as worded: dropped, or reworded."""
+
+    logger: str
+    starts: str  # how the library's format string starts
+    rewrite: str | None = None  # None: dropped; else a format string taking the same arguments
+
+
+LIBRARY_NOISE: tuple[LibraryNoise, ...] = (
+    # seqio's Evaluator without its TensorBoard loggers (we write metrics.json ourselves).
+    LibraryNoise("absl", "'logger_cls' is empty so seqio.Evaluator will not log"),
+    # Says something true (the lengths waste compute) in seqio's API terms ("pass `None` for
+    # `sequence_length`"), in three lines.
+    LibraryNoise("absl", "Given sequence lengths are longer than necessary",
+                 "evaluation: the feature lengths %s are longer than the longest example needs "
+                 "(%s); shorter ones would compute less"),
+)
+
+
+class _LibraryNoiseFilter(logging.Filter):
+    def __init__(self, noise: tuple[LibraryNoise, ...]):
+        super().__init__()
+        self.noise = noise
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for noise in self.noise:
+            if isinstance(record.msg, str) and record.msg.startswith(noise.starts):
+                if noise.rewrite is None:
+                    return False
+                record.msg = noise.rewrite
+        return True
+
+
+def filter_library_noise() -> None:
+    """Installs the `LIBRARY_NOISE` filters (once) on the loggers they name."""
+    for name in dict.fromkeys(noise.logger for noise in LIBRARY_NOISE):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _LibraryNoiseFilter) for f in logger.filters):
+            logger.addFilter(_LibraryNoiseFilter(
+                tuple(noise for noise in LIBRARY_NOISE if noise.logger == name)))
+
+
+# -- failures --------------------------------------------------------------------------------------
+
+# gin adds where a configurable was called to an error's message, with the function's address.
+_GIN_CALL_LINE = re.compile(r"\n\s*In call to configurable '[^']*' \(<[^>]*>\)")
+
+
+def _text(error: BaseException) -> str:
+    text = error.args[0] if isinstance(error, KeyError) and error.args else error
+    return _GIN_CALL_LINE.sub("", str(text)).strip() or type(error).__name__
+
+
+def _os_text(error: OSError) -> str:
+    """`path: reason` rather than `[Errno 13] Permission denied: 'path'`."""
+    reason = getattr(error, "reason", None)  # urllib's URLError: the reason is the OSError
+    if reason is not None:
+        url = getattr(error, "url", None) or getattr(error, "filename", None)
+        return f"{url + ': ' if url else ''}cannot reach it ({reason})"
+    if error.strerror and error.filename is not None:
+        other = f" -> {error.filename2}" if error.filename2 is not None else ""
+        return f"{error.filename}{other}: {error.strerror}"
+    return _text(error)
+
+
+def _out_of_device_memory(error: BaseException) -> bool:
+    return "RESOURCE_EXHAUSTED" in str(error)
+
+
+def _device_memory_text(error: BaseException) -> str:
+    first = next((line for line in str(error).splitlines() if line.strip()), "")
+    return (f"out of device memory: {first.strip()} (try more devices, a smaller batch, "
+            f"microbatches or remat: `arch-compare budget` and `study --plan` estimate it)")
+
+
+def _jax_runtime_error() -> type[BaseException]:
+    import jax
+    return jax.errors.JaxRuntimeError
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpectedFailure:
+    """A kind of exception the user's input or environment causes, and how to say it."""
+
+    types: Callable[[], tuple[type[BaseException], ...]]  # imported only when one is raised
+    describe: Callable[[BaseException], str] = _text
+    applies: Callable[[BaseException], bool] = lambda error: True
+
+
+# The first entry whose types and `applies` match an exception describes it; anything else is a
+# bug. ValueError covers the project's own refusals (CheckpointError, MemoryShortfall,
+# StudyConflict, HardwareError, ... all subclass it); OSError covers unreadable files
+# (PermissionError, IsADirectoryError, FileNotFoundError) and unreachable targets
+# (ConnectionError, TimeoutError, urllib's URLError).
+EXPECTED_FAILURES: tuple[ExpectedFailure, ...] = (
+    ExpectedFailure(lambda: (KeyError, ValueError)),
+    ExpectedFailure(lambda: (OSError,), _os_text),
+    ExpectedFailure(lambda: (http.client.HTTPException,),
+                    lambda error: f"the connection failed ({type(error).__name__}: {error})"),
+    ExpectedFailure(lambda: (sqlite3.DatabaseError,),
+                    lambda error: f"database error: {error} (is it a results database, and "
+                                  f"intact?)"),
+    ExpectedFailure(lambda: (_jax_runtime_error(),), _device_memory_text, _out_of_device_memory),
+)
+
+
+def expected_failure(error: BaseException) -> str | None:
+    """The one-line message for an expected failure, or None for a bug."""
+    for failure in EXPECTED_FAILURES:
+        if isinstance(error, failure.types()) and failure.applies(error):
+            return failure.describe(error)
+    return None
+
+
+def _log_internal_error(command: str) -> str:
+    """Writes the traceback being handled to a new log file and returns its path."""
+    handle, path = tempfile.mkstemp(prefix=f"arch-compare-{command}-", suffix=".log")
+    with os.fdopen(handle, "w") as log:
+        log.write(f"arch-compare {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(runs.split_gin_flags(argv))
+    prefix = f"arch-compare {args.command}"
+    filter_library_noise()
     try:
         return COMMANDS[args.command].run(args)
-    except (KeyError, ValueError, FileNotFoundError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"arch-compare {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"\n{prefix}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        message = expected_failure(error)
+        if message is not None:
+            print(f"{prefix}: error: {message}", file=sys.stderr)
+            return 2
+        if os.environ.get("ARCH_COMPARE_TRACEBACK") == "1":
+            raise
+        first_line = next(iter(_text(error).splitlines()), "")
+        print(f"{prefix}: internal error: {type(error).__name__}: {first_line} (traceback in "
+              f"{_log_internal_error(args.command)}; please report it)", file=sys.stderr)
+        return 1

@@ -3,20 +3,27 @@
 One run per --model from flags, or a whole experiment grid from a gin file (--study), listed most
 expensive first with totals per chip kind. Every default MFU names its source; pass --mfu, or
 calibrate a study with a measured run's tokens/second (--measured-tokens-per-second).
+
+Exits 1, as `study --plan` does, when a priced run does not fit its chips' memory, with a line
+naming each such run and what would fit (more chips, --remat, fsdp sharding, another chip); the
+table is still printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
+import sys
 from pathlib import Path
 
 import gin
 
 from arch_compare.budget import (Evaluation, RunSpec, Setup, StudyGrid, calibrate, estimate_run,
                                  estimate_study, load_catalogue)
+from arch_compare.budget.cost import RunEstimate
 from arch_compare.budget.memory import OPTIMIZER_STATE, SHARDINGS
 from arch_compare.cli.tables import format_table
 
@@ -102,7 +109,7 @@ def _load_study(path: Path) -> StudyGrid:
         gin.clear_config()
 
 
-def _run_study(args, catalogue) -> tuple[list[dict], list[str]]:
+def _run_study(args, catalogue) -> tuple[list[RunEstimate], list[str]]:
     grid = _load_study(args.study)
     footer = []
     if args.measured_tokens_per_second is not None:
@@ -120,10 +127,10 @@ def _run_study(args, catalogue) -> tuple[list[dict], list[str]]:
         cost = study.total_cost_usd(hardware)
         footer.append(f"total on {hardware}: {study.total_chip_hours(hardware):,.0f} chip-hours, "
                       + ("no verified price" if cost is None else f"${cost:,.0f}"))
-    return [run.to_dict() for run in study.runs], footer
+    return list(study.runs), footer
 
 
-def _run_models(args, catalogue) -> tuple[list[dict], list[str]]:
+def _run_models(args, catalogue) -> tuple[list[RunEstimate], list[str]]:
     if not args.model:
         raise ValueError("give --model PRESET (repeatable) or --study FILE")
     if args.tokens is None and args.examples is None:
@@ -135,12 +142,43 @@ def _run_models(args, catalogue) -> tuple[list[dict], list[str]]:
                        hardware=args.hardware, chips=args.chips, mfu=args.mfu,
                        optimizer=args.optimizer, batch_size=args.batch_size, remat=args.remat,
                        sharding=args.sharding, epochs=args.epochs)
-        rows.append(estimate_run(spec, catalogue).to_dict())
+        rows.append(estimate_run(spec, catalogue))
     return rows, []
+
+
+# Changes to a run's set-up that lower its memory, tried in order when no chip count fits.
+MEMORY_SAVERS: tuple[tuple[str, dict], ...] = (
+    ("--remat", {"remat": True}),
+    ("--sharding fsdp", {"sharding": "fsdp"}),
+    ("--remat --sharding fsdp", {"remat": True, "sharding": "fsdp"}),
+)
+
+
+def what_would_fit(run: RunEstimate, catalogue) -> str:
+    """What makes a run that does not fit fit: more chips, else a memory saver, else nothing on
+    this chip."""
+    where = f"{run.spec.model_name} on {run.chips} x {run.chip.name}"
+    if run.min_chips is not None:
+        return f"{where}: needs {run.min_chips} chips (--chips {run.min_chips})"
+    for flags, change in MEMORY_SAVERS:
+        if all(getattr(run.spec, name) == value for name, value in change.items()):
+            continue  # already so
+        other = estimate_run(dataclasses.replace(run.spec, chips=None, **change), catalogue)
+        if other.min_chips is not None:
+            return f"{where}: fits with {flags} on {other.min_chips} chips"
+    return (f"{where}: one example's activations exceed a chip's memory at any chip count; "
+            f"shorten the sequences or choose a chip with more memory")
 
 
 def run(args: argparse.Namespace) -> int:
     catalogue = load_catalogue(args.hardware_file)
-    rows, footer = (_run_study if args.study else _run_models)(args, catalogue)
-    print(_render(rows, args.format, footer))
+    runs, footer = (_run_study if args.study else _run_models)(args, catalogue)
+    print(_render([run.to_dict() for run in runs], args.format, footer))
+    misfits = [what_would_fit(run, catalogue) for run in runs if not run.fits]
+    if misfits:
+        # On stderr, so --format json/csv output stays machine-readable.
+        print(f"arch-compare budget: {len(misfits)} run(s) do not fit:", file=sys.stderr)
+        for line in misfits:
+            print(f"  {line}", file=sys.stderr)
+        return 1
     return 0
