@@ -1,19 +1,21 @@
 """What gin does not check for us: every macro and binding a user sets is read by the run.
 
 Gin accepts `TRAIN_STEP = 3` beside a configuration that reads `%TRAIN_STEPS`: a macro nobody
-references is stored and ignored, so a typo silently runs the defaults. After parsing, `check_used`
-walks the parsed configuration from the entry point the command calls (the configurables it
-reaches through `@references` and the macros through `%references`) and refuses any macro or
-binding the user wrote that the walk never reaches, naming where it was written (`--gin.NAME` or
-`file:line`) and the closest macro the run does read.
+references is stored and ignored, so a typo silently runs the defaults. After parsing,
+`check_used` walks the parsed configuration from the entry point the command calls (the
+configurables it reaches through `@references`, the macros through `%references`) and refuses,
+naming where it was set (`--gin.NAME` or `file:line`) and the closest macro the run reads:
+- a `--gin.NAME=VALUE` flag the walk never reaches (a typo, or MESH_FSDP beside MESH = 'auto',
+  which drops the MeshConfig that reads it), unless a file declares NAME %gin.REQUIRED;
+- a macro a user's gin file defines that nothing in the configuration references (a typo);
+  a file may hold alternatives a flag picks between, so reached is not asked of it;
+- a flag binding a configurable (`--gin.some.Configurable.param=...`) the run never calls.
+User files are those outside the shipped `gin_configs/` (and the user files they include);
+shipped files define optional macros a run may leave unread (MESH_FSDP when MESH = 'auto').
 
-What the user wrote: `--gin.NAME=VALUE` bindings and every statement of a gin file outside the
-shipped `gin_configs/` (following its `include`s). Shipped files define optional macros that a run
-may legitimately leave unread (MESH_FSDP when MESH = 'auto'); those are not the user's typos.
-
-Also here: gin's exception decorations turned into a plain message, and gin's "Path not found"
-log lines (its search for an `include` relative to the working directory before the project
-root) kept off the terminal.
+Also here: gin's exception decorations turned into a plain message, and the order gin searches
+for `include`d files (the project root first), which keeps `ERROR Path not found` lines off the
+terminal.
 """
 
 from __future__ import annotations
@@ -44,18 +46,26 @@ class Setting:
     selector: str | None = None  # the configurable, as written (possibly a partial selector)
 
     @property
+    def is_flag(self) -> bool:
+        return self.where.startswith("--gin.")
+
+    @property
     def label(self) -> str:
         """`--gin.NAME` (the flag names the setting) or `path:line: NAME`."""
-        return self.where if self.where.startswith("--gin.") else f"{self.where}: {self.name}"
+        return self.where if self.is_flag else f"{self.where}: {self.name}"
 
 
 class _Recorder(config_parser.ParserDelegate):
-    """Parses statements without resolving references: only names and locations are wanted."""
+    """Parses statements without resolving references, noting every `%NAME` the text uses."""
+
+    def __init__(self):
+        self.macros: set[str] = set()
 
     def configurable_reference(self, scoped_configurable_name, evaluate):
         return None
 
     def macro(self, macro_name):
+        self.macros.add(macro_name)
         return None
 
 
@@ -83,28 +93,40 @@ def resolve_include(name: str) -> Path | None:
     return None
 
 
-def file_settings(path: str | Path, seen: set[Path] | None = None) -> list[Setting]:
-    """Every macro and binding a user-written gin file sets, with its line (following includes
-    into other user-written files; shipped files are skipped)."""
-    seen = set() if seen is None else seen
-    path = Path(path)
-    if path.resolve() in seen or is_shipped(path):
-        return []
-    seen.add(path.resolve())
-    settings = []
-    for statement in config_parser.ConfigParser(path.read_text(), _Recorder()):
-        if isinstance(statement, config_parser.BindingStatement):
-            scope, selector, arg, _, location = statement
-            where = f"{path}:{location.line_num}"
-            if arg:
-                settings.append(Setting(f"{selector}.{arg}", where, selector))
-            else:  # a macro: `NAME = value` (or `scope/NAME = value`)
-                settings.append(Setting(f"{scope}/{selector}" if scope else selector, where))
-        elif isinstance(statement, config_parser.IncludeStatement):
-            included = resolve_include(statement.filename)
-            if included is not None:  # gin has already refused a missing one
-                settings += file_settings(included, seen)
-    return settings
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """What the gin files say as written (before later files and flags override any of it)."""
+
+    settings: list[Setting]  # every macro and binding of the user's files, with its line
+    references: frozenset[str]  # every `%NAME` in any file, shipped or not
+
+
+def read_files(files: Sequence[str | Path]) -> Written:
+    """Walk `files` and what they include (as gin finds it); the user's files are those outside
+    the shipped gin_configs/."""
+    recorder, settings, seen = _Recorder(), [], set()
+
+    def visit(path: Path) -> None:
+        if path.resolve() in seen:
+            return
+        seen.add(path.resolve())
+        users = not is_shipped(path)
+        for statement in config_parser.ConfigParser(path.read_text(), recorder):
+            if isinstance(statement, config_parser.BindingStatement) and users:
+                scope, selector, arg, _, location = statement
+                where = f"{path}:{location.line_num}"
+                if arg:
+                    settings.append(Setting(f"{selector}.{arg}", where, selector))
+                else:  # a macro: `NAME = value` (or `scope/NAME = value`)
+                    settings.append(Setting(f"{scope}/{selector}" if scope else selector, where))
+            elif isinstance(statement, config_parser.IncludeStatement):
+                included = resolve_include(statement.filename)
+                if included is not None:  # gin has already refused a missing one
+                    visit(included)
+
+    for path in files:
+        visit(Path(path))
+    return Written(settings, frozenset(recorder.macros))
 
 
 def binding_settings(bindings: Sequence[str]) -> list[Setting]:
@@ -160,14 +182,16 @@ def reach(entry_point: Callable) -> Reach:
                  frozenset(name for kind, name in seen if kind == "configurable"))
 
 
-def _readers_of(macro: str) -> list[str]:
-    """Configurables (and macros) whose bindings reference `%macro`, wherever they are."""
-    readers = []
+def readers() -> dict[str, set[str]]:
+    """Macro -> what references it (`%NAME`) anywhere in the parsed configuration, reached or not:
+    configurables (full selectors) and other macros (`%NAME`)."""
+    found: dict[str, set[str]] = {}
     for (scope, selector), params in gin.config._CONFIG.items():
         for reference in gin.config.iterate_references(params):
-            if _macro_name(reference) == macro:
-                readers.append(f"%{scope}" if selector == MACRO else selector)
-    return sorted(set(readers))
+            name = _macro_name(reference)
+            if name is not None:
+                found.setdefault(name, set()).add(f"%{scope}" if selector == MACRO else selector)
+    return found
 
 
 def _full_selector(selector: str) -> str | None:
@@ -182,38 +206,55 @@ def _short(selector: str) -> str:
     return selector.rpartition(".")[2]
 
 
-def unused(settings: Sequence[Setting], reached: Reach) -> list[str]:
-    """One message per setting the run never reads."""
+def _typo(setting: Setting, candidates: set[str]) -> str:
+    close = difflib.get_close_matches(setting.name, sorted(candidates), n=1)
+    return (f"{setting.label} is not used by any configurable"
+            + (f"; did you mean {close[0]}?" if close else ""))
+
+
+def unused(settings: Sequence[Setting], reached: Reach, required: set[str] = frozenset(),
+           written_references: frozenset[str] = frozenset()) -> list[str]:
+    """One message per setting the run does not read.
+
+    A flag (`--gin.NAME=VALUE`) is meant for this run: it must be reached from the entry point,
+    unless a file declares it %gin.REQUIRED (the files demand a value whether or not this run
+    reads it). A gin file may hold alternatives the command line picks between (`MODELS =
+    [%GPT2]` leaves `%LLAMA` unread), so a macro it defines need only be referenced somewhere:
+    in the parsed configuration or in any file's text (`written_references`: the file's
+    `MODELS = [%GPT2, %LLAMA]` was overridden). That still catches every misspelling. Its
+    configurable bindings gin itself has checked."""
+    referencing = readers()
     problems = []
     for setting in settings:
-        if setting.selector is None:
-            if setting.name in reached.macros:
-                continue
-            readers = [_short(r) for r in _readers_of(setting.name)]
-            if readers:  # spelled right, but read only by something this run does not call
-                problems.append(f"{setting.label} is not used: only {', '.join(readers)} "
-                                f"read{'s' * (len(readers) == 1)} it, and this run never calls "
-                                f"{'it' if len(readers) == 1 else 'them'}")
-                continue
-            problem = f"{setting.label} is not used by any configurable"
-            close = difflib.get_close_matches(setting.name, sorted(reached.macros), n=1)
-            problems.append(problem + (f"; did you mean {close[0]}?" if close else ""))
-        else:
+        if setting.selector is not None:
             full = _full_selector(setting.selector)
-            if full is None or full in reached.selectors:
-                continue
-            problems.append(f"{setting.label} is not used: this run never calls {_short(full)}")
+            if setting.is_flag and full is not None and full not in reached.selectors:
+                problems.append(f"{setting.label} is not used: this run never calls "
+                                f"{_short(full)}")
+        elif not setting.is_flag:
+            if setting.name not in referencing and setting.name not in written_references:
+                problems.append(_typo(setting, set(referencing) | written_references))
+        elif setting.name not in reached.macros | required:
+            names = sorted(_short(r) for r in referencing.get(setting.name, ()))
+            if not names:
+                problems.append(_typo(setting, set(reached.macros)))
+            else:  # spelled right, but read only by something this run does not call
+                one = len(names) == 1
+                problems.append(f"{setting.label} is not used: only {', '.join(names)} "
+                                f"read{'s' * one} it, and this run never calls "
+                                f"{'it' if one else 'them'}")
     return problems
 
 
-def check_used(entry_point: Callable, files: Sequence[str], bindings: Sequence[str]) -> None:
-    """Every macro and binding the user set (in `bindings`, `NAME=VALUE`, and in gin files outside
-    the shipped ones) is read by a call of `entry_point` under the parsed configuration; else a
-    ValueError naming each that is not, where it was set and the closest macro the run reads."""
-    seen: set[Path] = set()
-    settings = [s for path in files for s in file_settings(path, seen)]
-    settings += binding_settings(bindings)
-    problems = unused(settings, reach(entry_point))
+def check_used(entry_point: Callable, files: Sequence[str], bindings: Sequence[str],
+               required: set[str] = frozenset()) -> None:
+    """Every macro and binding the user set (`bindings`, `NAME=VALUE`, and gin files outside the
+    shipped ones) is read as `unused` asks; else a ValueError naming each that is not, where it
+    was set and the closest macro the run reads. `required`: macros the files declare
+    %gin.REQUIRED."""
+    written = read_files(files)
+    settings = written.settings + binding_settings(bindings)
+    problems = unused(settings, reach(entry_point), set(required), written.references)
     if problems:
         raise ValueError("\n  ".join(problems))
 
@@ -241,7 +282,8 @@ def plain_message(error: BaseException) -> str:
         text = str(original.args[0]) + text[len(str(original)):]
     calls = _CALL.findall(text)
     text = _CALL.sub("", text)
-    return f"{calls[0]}: {text}" if calls else text
+    named = not calls or re.search(rf"\b{re.escape(calls[0])}\b", text)  # already says where
+    return text if named else f"{calls[0]}: {text}"
 
 
 class _DropGinSearchMisses(logging.Filter):

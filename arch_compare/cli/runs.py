@@ -173,7 +173,7 @@ def check_configuration(entry_point, files: list[str], bindings: list[str]) -> N
     """Before anything runs: every required macro has a value, and every macro and binding the
     user set (`NAME=VALUE` bindings, their own gin files) is read by `entry_point`."""
     check_required(files)
-    gin_checks.check_used(entry_point, files, bindings)
+    gin_checks.check_used(entry_point, files, bindings, required=set(_required_in(files)))
 
 
 def call_configured(entry_point, files: list[str]):

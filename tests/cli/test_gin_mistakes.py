@@ -61,16 +61,34 @@ def test_a_macro_only_an_unused_configurable_reads_is_refused(tmp_path, capsys):
             in err)
 
 
-def test_a_binding_of_a_configurable_the_run_never_calls_is_refused(tmp_path, capsys):
-    experiment = tmp_path / "e.gin"
-    experiment.write_text("include 'gin_configs/experiments/tiny_t5_imitation.gin'\n"
-                          "from __gin__ import dynamic_registration\n"
-                          "import arch_compare.trainer.inference\n"
-                          "arch_compare.trainer.inference.InferenceConfig.batch_size = 3\n")
-    assert main(train_argv(tmp_path / "run", experiment)) == 2
-    err = capsys.readouterr().err
-    assert (f"{experiment}:4: arch_compare.trainer.inference.InferenceConfig.batch_size is not "
-            "used: this run never calls InferenceConfig") in err
+def test_a_flag_binding_a_configurable_the_run_never_calls_is_refused(tmp_path, capsys):
+    argv = train_argv(tmp_path / "run", TINY_T5, MESH="'auto'",
+                      **{"arch_compare.partitioning.MeshConfig.fsdp": "2"})
+    assert main(argv) == 2
+    assert ("--gin.arch_compare.partitioning.MeshConfig.fsdp is not used: this run never calls "
+            "MeshConfig") in capsys.readouterr().err
+
+
+SHARDED = ROOT / "tests" / "imitation" / "sharded_study.gin"
+
+
+def test_alternatives_in_a_user_file_and_required_macros_pass_when_a_flag_picks_one():
+    """sharded_study.gin defines GPT2, LLAMA, T5 and UL2 and requires every base checkpoint;
+    `--gin.MODELS=[%GPT2]` leaves LLAMA (and LLAMA_BASE, a flag) unread, and that is fine."""
+    bindings = [f"{name}='/x/{name.lower()}'" for name in runs._required_in([str(SHARDED)])]
+    bindings.append("MODELS=[%GPT2]")
+    try:
+        runs.parse_gin([str(SHARDED)], [runs._as_gin_binding(b) for b in bindings])
+        assert "LLAMA" not in gin_checks.reach(study.configure).macros
+        assert "LLAMA_BASE" in runs._required_in([str(SHARDED)])
+        runs.check_configuration(study.configure, [str(SHARDED)], bindings)
+        # The same flags with one misspelled: refused.
+        runs.parse_gin([str(SHARDED)], [runs._as_gin_binding(b) for b in bindings + ["MODEL=[]"]])
+        with pytest.raises(ValueError, match="--gin.MODEL is not used by any configurable; "
+                                             "did you mean MODELS"):
+            runs.check_configuration(study.configure, [str(SHARDED)], bindings + ["MODEL=[]"])
+    finally:
+        gin.clear_config()
 
 
 def test_an_unknown_parameter_of_a_configurable_names_the_file_and_line(tmp_path, capsys):
@@ -115,24 +133,36 @@ def test_demo_takes_gin_dot_name_like_every_command_and_checks_it(tmp_path, caps
     assert [source.amounts for source in config.sources if source.name == "local"] == [(16,)]
 
 
-def test_plain_message_keeps_the_file_location_and_drops_the_call_stack():
+def _raised_through_gin(bindings, configurable):
     gin.clear_config()
     try:
-        gin.parse_config(["import arch_compare.cli.study", "import arch_compare.imitation.config",
-                          "arch_compare.cli.study.configure.config = "
-                          "@arch_compare.imitation.config.StudyConfig()"])
-        with pytest.raises(TypeError) as raised:
-            gin.get_configurable(study.configure)()
-        message = gin_checks.plain_message(raised.value)
+        gin.parse_config(["from __gin__ import dynamic_registration", *bindings])
+        with pytest.raises(Exception) as raised:
+            gin.get_configurable(configurable)()
     finally:
         gin.clear_config()
-    assert message.startswith("StudyConfig: ") and "No values supplied by Gin" in message
+    return raised.value
+
+
+def test_plain_message_drops_gins_call_stack_and_names_the_configurable():
+    # A missing argument: gin's TypeError names StudyConfig itself, and no prefix is added.
+    error = _raised_through_gin(["import arch_compare.cli.study",
+                                 "import arch_compare.imitation.config",
+                                 "arch_compare.cli.study.configure.config = "
+                                 "@arch_compare.imitation.config.StudyConfig()"],
+                                study.configure)
+    assert "In call to configurable 'StudyConfig'" in str(error)  # what gin shows
+    message = gin_checks.plain_message(error)
+    assert message.startswith("StudyConfig.__init__() missing")
     assert "In call to configurable" not in message and "0x" not in message
-    # A KeyError's message is not shown in quotes.
-    try:
-        raise KeyError("unknown preset 'gpt2-xxl'")
-    except KeyError as error:
-        assert gin_checks.plain_message(error) == "unknown preset 'gpt2-xxl'"
+    # A KeyError whose text does not say where: the configurable is named, without quotes.
+    from arch_compare.models import zoo
+    error = _raised_through_gin(["import arch_compare.models.zoo",
+                                 "arch_compare.models.zoo.get_preset.name = 'gpt2-tinyy'"],
+                                zoo.get_preset)
+    assert isinstance(error, KeyError)
+    assert gin_checks.plain_message(error).startswith(
+        "get_preset: unknown preset 'gpt2-tinyy'; did you mean gpt2-tiny")
 
 
 ENTRY = {"finetune.gin": runs.train, "eval.gin": runs.evaluate, "infer.gin": runs.infer}
