@@ -96,8 +96,14 @@ def read_items(path: str | Path, *, gold: bool = False) -> list[Item]:
             if not line.strip():
                 continue
             try:
-                item = Item.from_json(json.loads(line))
-            except (ValueError, TypeError) as error:  # JSONDecodeError is a ValueError
+                record = json.loads(line)
+            except json.JSONDecodeError as error:  # its "line 1" would mean this line
+                raise ValueError(f"{path}:{number}: not a JSON object "
+                                 f"({error.msg.removesuffix(' at')}, column "
+                                 f"{error.colno}; a truncated or garbled line?)") from None
+            try:
+                item = Item.from_json(record)
+            except (ValueError, TypeError) as error:
                 raise ValueError(f"{path}:{number}: {error}") from None
             if gold and item.gold is None:
                 raise ValueError(f"{path}:{number}: field 'gold' is required in a gold file "

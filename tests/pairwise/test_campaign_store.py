@@ -31,7 +31,9 @@ def test_items_round_trip_and_errors_name_file_line_field(tmp_path):
         "empty": (json.dumps({**items[1].to_json(), "prompt": "  "}), "'prompt'"),
         "unknown": (json.dumps({**items[1].to_json(), "modle_a": "x"}), "unknown field"),
         "repeat": (good, "repeats line 1"),
-        "json": ("{not json", "Expecting"),
+        "json": ("{not json", "not a JSON object (Expecting property name enclosed in double "
+                              "quotes, column 2;"),
+        "truncated": (good[:40], "not a JSON object (Invalid control character, column 41;"),
     }
     for name, (line, expected) in cases.items():
         bad = tmp_path / f"{name}.jsonl"
