@@ -272,7 +272,7 @@ class RatingApp:
         token = secrets.token_urlsafe(24)
         response = render("admin_login.html", csrf_token=token)
         response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict",
-                            path="/admin")
+                            path="/admin", secure=request.url.scheme == "https")
         return response
 
     async def login(self, request: Request) -> Response:

@@ -49,6 +49,8 @@ def test_the_session_cookie_is_signed_expires_and_never_holds_the_token(live_app
         behind_tls = login(client, ADMIN_TOKEN, login_csrf(client), **{
             "x-forwarded-proto": "https"})
         assert "secure" in cookie_of(behind_tls)[1]
+        form_over_tls = client.get("/admin/login", headers={"x-forwarded-proto": "https"})
+        assert "secure" in form_over_tls.headers["set-cookie"].lower()
 
     expires, nonce, signature = cookie.split(".")
     forged = [f"{int(expires) + 3600}.{nonce}.{signature}",  # a later expiry, same signature
