@@ -1,8 +1,8 @@
 """Convert a checkpoint between a Hugging Face directory and this project's orbax format.
 
 The source kind is detected (`config.json` + safetensors: Hugging Face; `model_config.json`: this
-project's; a training MODEL_DIR: its newest checkpoint's parameters); the destination is the other
-format unless `--to` says otherwise.
+project's; a training MODEL_DIR: its newest checkpoint's parameters; MODEL_DIR/checkpoints/<step>:
+that step's); the destination is the other format unless `--to` says otherwise.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ def parse_size(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", type=Path, help="HF model directory or native checkpoint")
+    parser.add_argument("source", type=Path,
+                        help="HF model directory, native checkpoint, training MODEL_DIR, or "
+                             "MODEL_DIR/checkpoints/<step>")
     parser.add_argument("destination", type=Path)
     parser.add_argument("--to", choices=("hf", "native"), default=None,
                         help="destination format (default: the other one)")
@@ -37,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    source_kind = checkpoint_kind(args.source)  # a training directory converts too
+    source_kind = checkpoint_kind(args.source)  # training directories and steps convert too
     loaded = load_checkpoint(args.source, dtype=args.dtype)
     model, params = loaded.model, loaded.params
     target = args.to or ("native" if source_kind == "hf" else "hf")

@@ -14,7 +14,8 @@ more. Without `shardings` the parameters are host numpy arrays.
 
 The training-directory layout (`MODEL_DIR/checkpoints/<step>/state` holding
 {"step", "params", "opt_state"}) is defined here so that `models/` never imports `trainer/`;
-`trainer/checkpoints.py` writes with the same names.
+`trainer/checkpoints.py` writes with the same names. A MODEL_DIR reads as its newest finished step,
+a `MODEL_DIR/checkpoints/<step>` directory as that step.
 """
 
 from __future__ import annotations
@@ -77,6 +78,22 @@ def _training_params(path: Path, model: BaseModel, shardings: Params | None
     return params, f"{path}@{step}"
 
 
+def _is_training_step(path: Path) -> bool:
+    """`MODEL_DIR/checkpoints/<step>`: one saved step of a training directory."""
+    return (path.name.isdigit() and path.parent.name == CHECKPOINT_DIR
+            and (path / STATE_ITEM).is_dir())
+
+
+def _training_step_config(path: Path) -> ModelConfig:
+    return read_config(path.parent.parent)  # MODEL_DIR/model_config.json
+
+
+def _training_step_params(path: Path, model: BaseModel, shardings: Params | None
+                          ) -> tuple[Params, str]:
+    params = restore_params(path / STATE_ITEM, model, shardings, within=("params",))
+    return params, f"{path.parent.parent}@{int(path.name)}"
+
+
 def _native_params(path: Path, model: BaseModel, shardings: Params | None
                    ) -> tuple[Params, str]:
     return restore_params(path / PARAMS_DIR, model, shardings), str(path)
@@ -90,6 +107,9 @@ def _hf_params(path: Path, model: BaseModel, shardings: Params | None) -> tuple[
 CHECKPOINT_KINDS: dict[str, CheckpointKind] = {
     "training": CheckpointKind(lambda path: (path / CHECKPOINT_DIR).is_dir(), read_config,
                                _training_params, f"a training directory ({CHECKPOINT_DIR}/)"),
+    "training_step": CheckpointKind(_is_training_step, _training_step_config,
+                                    _training_step_params,
+                                    f"a training step ({CHECKPOINT_DIR}/<step>/{STATE_ITEM})"),
     "native": CheckpointKind(is_native_checkpoint, read_config, _native_params,
                              f"a native checkpoint ({CONFIG_FILE})"),
     "hf": CheckpointKind(is_hf_checkpoint, read_hf_config, _hf_params,
