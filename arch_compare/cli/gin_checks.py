@@ -97,7 +97,7 @@ def resolve_include(name: str) -> Path | None:
 class Written:
     """What the gin files say as written (before later files and flags override any of it)."""
 
-    settings: list[Setting]  # every macro and binding of the user's files, with its line
+    settings: tuple[Setting, ...]  # every macro and binding of the user's files, with its line
     references: frozenset[str]  # every `%NAME` in any file, shipped or not
 
 
@@ -126,7 +126,7 @@ def read_files(files: Sequence[str | Path]) -> Written:
 
     for path in files:
         visit(Path(path))
-    return Written(settings, frozenset(recorder.macros))
+    return Written(tuple(settings), frozenset(recorder.macros))
 
 
 def binding_settings(bindings: Sequence[str]) -> list[Setting]:
@@ -253,7 +253,7 @@ def check_used(entry_point: Callable, files: Sequence[str], bindings: Sequence[s
     was set and the closest macro the run reads. `required`: macros the files declare
     %gin.REQUIRED."""
     written = read_files(files)
-    settings = written.settings + binding_settings(bindings)
+    settings = [*written.settings, *binding_settings(bindings)]
     problems = unused(settings, reach(entry_point), set(required), written.references)
     if problems:
         raise ValueError("\n  ".join(problems))
