@@ -181,7 +181,7 @@ def call_configured(entry_point, files: list[str]):
     gin's `In call to configurable ...` decorations."""
     try:
         return gin.get_configurable(entry_point)()
-    except (KeyError, ValueError, FileNotFoundError, TypeError) as error:
+    except (KeyError, ValueError, TypeError) as error:  # OSErrors: cli.main words them
         missing = _MISSING.match(str(error))
         if missing:
             name = missing.group(1)
