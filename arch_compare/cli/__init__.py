@@ -1,7 +1,8 @@
 """`arch-compare`: the only place that parses flags (and, for runs, gin files).
 
 Each sub-command is a module with `add_arguments(parser)` and `run(args) -> int`, registered in
-`COMMANDS`.
+`COMMANDS` by name and imported only when it runs: a command that reads a database or prices a
+run does not wait for TensorFlow to start (about 4 s) before it can answer, or fail.
 
 Exit codes: 0 success; 1 the command ran and reports a failure (a run that failed, a set-up that
 does not fit); 2 the user's input or the environment stopped it (`EXPECTED_FAILURES`: a bad flag,
@@ -16,6 +17,7 @@ import argparse
 import contextlib
 import dataclasses
 import http.client
+import importlib
 import logging
 import os
 import re
@@ -24,7 +26,10 @@ import sys
 import tempfile
 import traceback
 from types import ModuleType
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+
+if TYPE_CHECKING:
+    from arch_compare.cli.runs import RunCommand
 
 # TensorFlow's C++ start-up writes to file descriptor 2 before absl logging is set up, so
 # TF_CPP_MIN_LOG_LEVEL (which JAX's import sets to 1) cannot hold these back (TF 2.21): absl's
@@ -68,33 +73,57 @@ def _tensorflow_without_accelerators() -> None:
         pass
 
 
-with _native_stderr_filtered():  # the sub-commands import TensorFlow
-    from arch_compare.cli import (budget, convert, demo, pairwise, presets, report, runs, serve,
-                                  study, tasks)
-    _tensorflow_without_accelerators()
+@dataclasses.dataclass(frozen=True)
+class Command:
+    module: str
+    run_command: str | None = None  # a gin-configured command in the module's RUN_COMMANDS
+    # Reads data through seqio (at import or as it runs): TensorFlow is imported with the
+    # command, where its start-up chatter is filtered. The others never wait for it.
+    tensorflow: bool = True
 
-COMMANDS: dict[str, ModuleType | runs.RunCommand] = {
-    "presets": presets,
-    "convert": convert,
-    "budget": budget,
-    "tasks": tasks,
-    "serve": serve,
-    "report": report,
-    "study": study,
-    "demo": demo,
-    "pairwise": pairwise,
-    **runs.RUN_COMMANDS,
+    def load(self) -> ModuleType | RunCommand:
+        """The command (`add_arguments`, `run`), imported with TensorFlow's chatter filtered."""
+        with _native_stderr_filtered():
+            module = importlib.import_module(self.module)
+            if self.tensorflow or "tensorflow" in sys.modules:
+                _tensorflow_without_accelerators()
+        return module if self.run_command is None else module.RUN_COMMANDS[self.run_command]
+
+
+COMMANDS: dict[str, Command] = {
+    "presets": Command("arch_compare.cli.presets", tensorflow=False),
+    "convert": Command("arch_compare.cli.convert", tensorflow=False),
+    "budget": Command("arch_compare.cli.budget", tensorflow=False),
+    "tasks": Command("arch_compare.cli.tasks"),
+    "serve": Command("arch_compare.cli.serve"),
+    "report": Command("arch_compare.cli.report", tensorflow=False),
+    "study": Command("arch_compare.cli.study"),
+    "demo": Command("arch_compare.cli.demo"),
+    "pairwise": Command("arch_compare.cli.pairwise", tensorflow=False),
+    **{name: Command("arch_compare.cli.runs", name) for name in ("train", "eval", "infer")},
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(names: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of the commands `names` (default: all, importing every one)."""
     parser = argparse.ArgumentParser(prog="arch-compare", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module in COMMANDS.items():
-        doc = module.__doc__.strip()
+    for name in COMMANDS if names is None else names:
+        command = COMMANDS[name].load()
+        doc = command.__doc__.strip()
         sub = commands.add_parser(name, help=doc.splitlines()[0], description=doc)
-        module.add_arguments(sub)
+        command.add_arguments(sub)
     return parser
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    # Only the command named (when it is one) is imported; help and mistakes in the name see all.
+    parser = build_parser([argv[0]] if argv and argv[0] in COMMANDS else None)
+    if any(arg.startswith("--gin.") for arg in argv):
+        with _native_stderr_filtered():  # runs.py imports TensorFlow
+            from arch_compare.cli.runs import split_gin_flags
+        argv = split_gin_flags(argv)
+    return parser.parse_args(argv)
 
 
 # -- library log lines -----------------------------------------------------------------------------
@@ -224,11 +253,11 @@ def _log_internal_error(command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(runs.split_gin_flags(argv))
+    args = _parse(argv)
     prefix = f"arch-compare {args.command}"
     filter_library_noise()
     try:
-        return COMMANDS[args.command].run(args)
+        return COMMANDS[args.command].load().run(args)
     except KeyboardInterrupt:
         print(f"\n{prefix}: interrupted", file=sys.stderr)
         return 130

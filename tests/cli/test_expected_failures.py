@@ -177,13 +177,16 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
 
 
 def test_the_user_sees_one_line_and_no_library_chatter(tmp_path):
-    """As a user meets it: a fresh interpreter, TensorFlow's start-up and all; nothing but the
-    error line on stderr, nothing on stdout, exit 2, and the file left alone."""
+    """As a user meets it: a fresh interpreter; nothing but the error line on stderr, nothing on
+    stdout, exit 2, the file left alone, and TensorFlow (4 s of start-up, and its log lines)
+    never imported by a command that does not read data."""
     corrupt = tmp_path / "corrupt.sqlite"
     corrupt.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 20)
     env = {name: value for name, value in os.environ.items()
            if name not in ("TF_CPP_MIN_LOG_LEVEL", "ARCH_COMPARE_TRACEBACK")}
-    result = subprocess.run([sys.executable, "-m", "arch_compare", "report", str(corrupt), "--out",
+    script = ("import sys; from arch_compare.cli import main; code = main(); "
+              "sys.exit(99 if 'tensorflow' in sys.modules else code)")
+    result = subprocess.run([sys.executable, "-c", script, "report", str(corrupt), "--out",
                              str(tmp_path / "report")], capture_output=True, text=True,
                             env={**env, "JAX_PLATFORMS": "cpu"}, cwd=tmp_path, timeout=120)
     assert result.returncode == 2
@@ -191,6 +194,22 @@ def test_the_user_sees_one_line_and_no_library_chatter(tmp_path):
     assert result.stderr == (f"arch-compare report: error: not an arch_compare results database: "
                              f"{corrupt} (file is not a database)\n")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["corrupt.sqlite"]
+
+
+def test_a_command_that_reads_data_starts_without_tensorflows_log_lines():
+    env = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-m", "arch_compare", "train", "--help"],
+                            capture_output=True, text=True, env={**env, "JAX_PLATFORMS": "cpu"},
+                            timeout=120)
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: arch-compare train")
+    assert result.stderr == ""  # no "I0000 ... oneDNN custom operations are on", no cuInit
+
+
+def test_every_gin_configured_command_is_registered():
+    from arch_compare.cli import COMMANDS, runs
+    assert set(runs.RUN_COMMANDS) <= set(COMMANDS)
+    assert all(COMMANDS[name].load() is command for name, command in runs.RUN_COMMANDS.items())
 
 
 # -- budget: a set-up that does not fit ------------------------------------------------------------
