@@ -1,8 +1,31 @@
 """Batches from a seqio task or mixture, with a position that checkpoints can store.
 
-The pipeline is deterministic for a given seed (seqio's seeded shuffle, tf.data's deterministic
-order), so the iterator's state is just the number of batches it has produced: a restored run
-rebuilds the pipeline and skips that many, and sees exactly the batches an uninterrupted run would.
+The pipeline is deterministic for a given seed (a seeded shuffle, tf.data's deterministic order),
+so the iterator's state is just the number of batches it has produced: a restored run rebuilds the
+pipeline and skips that many, and sees exactly the batches an uninterrupted run would.
+
+Each task of the provider is read as follows (`task_examples`), which is seqio's own order with
+three changes that make small amounts cheap and oversized records harmless:
+
+    text records -> cut to the feature lengths' character bound -> tokenize (the task's
+    pre-cache preprocessors) -> cache in memory -> shuffle one epoch -> repeat -> the task's
+    post-cache preprocessors (EOS) -> trim to the feature lengths
+
+- A record's text is cut to `CHARS_PER_TOKEN` characters per token of its feature's length before
+  tokenizing, so a 5 MB string never reaches the tokenizer whole. No token of the project's
+  vocabularies spans that many characters, so a cut record still fills its feature length and a
+  record within the bound is left exactly as it was. How many records were cut is counted
+  (`BatchIterator.stats`) and said once per run.
+- The tokenized split is cached in memory before it is repeated: every epoch after the first reads
+  the cache instead of tokenizing again. The text records are in memory already (the task
+  registry loads them once), and the tokens take about as much room again.
+- The shuffle buffer holds min(SHUFFLE_BUFFER, examples) and shuffles each epoch before it is
+  repeated, so every example is seen once per epoch; seqio repeats first and fills a
+  1,000-example buffer, which for 8 examples meant reading (and tokenizing) the split 125 times
+  before the first batch, and let a 2-step run see some examples twice and others never.
+
+A mixture samples its tasks, each read as above, at the mixture's rates (seqio's
+`sample_from_datasets`), keeping the features the mixture's tasks share.
 
 On several hosts every process builds the same pipeline and produces the same global batch; the
 trainer hands each device only its block of rows (`partitioning.global_array`), so each host feeds
@@ -21,17 +44,13 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+log = logging.getLogger(__name__)
 
-class _RestartWarningFilter(logging.Filter):
-    """seqio warns that an uncached FunctionDataSource reshuffles differently after a restart.
-    Not here: a restored iterator rebuilds the same seeded pipeline and skips the batches it had
-    produced, so a restart sees exactly the batches it would have seen."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "uncached FunctionDataset for training" not in record.getMessage()
-
-
-logging.getLogger("absl").addFilter(_RestartWarningFilter())
+SHUFFLE_BUFFER = 1000  # examples, at most (seqio's default); fewer when the split is smaller
+# Characters of text kept per token of a feature's length. The longest tokens of GPT-2's
+# byte-level BPE, LLaMA's and T5's SentencePiece models span well under 64 characters, so the
+# first `length` tokens of a cut text are those of the whole text.
+CHARS_PER_TOKEN = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,27 +71,135 @@ class DataConfig:
                              f"{sorted(self.feature_lengths)}")
 
 
+@dataclasses.dataclass(frozen=True)
+class SplitStats:
+    """What one task's split held: its examples, and how many had text cut before tokenizing."""
+
+    task: str
+    examples: int
+    cut: int
+    char_limits: Mapping[str, int]  # feature -> characters kept
+
+    def describe(self) -> str:
+        limits = " / ".join(f"{name} {chars:,}" for name, chars in self.char_limits.items())
+        return (f"{self.task.split('#')[0]}: {self.cut} of {self.examples} examples had text "
+                f"longer than the feature lengths can hold; cut to {limits} characters before "
+                f"tokenizing")
+
+
+def char_limits(feature_lengths: Mapping[str, int]) -> dict[str, int]:
+    """feature -> the characters of text kept for a feature of that many tokens."""
+    return {name: CHARS_PER_TOKEN * int(length) for name, length in feature_lengths.items()}
+
+
+def _text_features(dataset: tf.data.Dataset, limits: Mapping[str, int]) -> list[str]:
+    spec = dataset.element_spec
+    return [name for name in limits
+            if name in spec and spec[name].dtype == tf.string and spec[name].shape.rank == 0]
+
+
+def _cut(limits: Mapping[str, int], features: list[str]):
+    def cut(example):
+        return {**example, **{name: tf.strings.substr(example[name], 0, limits[name],
+                                                       unit="UTF8_CHAR")
+                              for name in features}}
+    return cut
+
+
+def _count(dataset: tf.data.Dataset, limits: Mapping[str, int],
+           features: list[str]) -> tuple[int, int]:
+    """(examples, examples with some text over its limit): one pass over the text records."""
+    def over(example):
+        lengths = [tf.strings.length(example[name], unit="UTF8_CHAR") > limits[name]
+                   for name in features]
+        return tf.cast(tf.reduce_any(tf.stack(lengths)) if lengths else False, tf.int64)
+
+    examples, cut = dataset.map(over, num_parallel_calls=tf.data.AUTOTUNE).reduce(
+        (np.int64(0), np.int64(0)), lambda total, flag: (total[0] + 1, total[1] + flag))
+    return int(examples), int(cut)
+
+
+def task_examples(task: seqio.Task, feature_lengths: Mapping[str, int], split: str, *,
+                  shuffle: bool, seed: int, repeat: bool) -> tuple[tf.data.Dataset, SplitStats]:
+    """One task's tokenized examples (see the module docstring for the order of the steps)."""
+    lengths, limits = dict(feature_lengths), char_limits(feature_lengths)
+    source = task.source.get_dataset(split=split, shuffle=False, seed=seed)
+    features = _text_features(source, limits)
+    examples, cut = _count(source, limits, features)
+    stats = SplitStats(task.name, examples, cut, {name: limits[name] for name in features})
+    dataset = source.map(_cut(limits, features), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = task.preprocess_precache(dataset, seed=seed).cache()
+    if shuffle and examples > 1:
+        dataset = dataset.shuffle(min(SHUFFLE_BUFFER, examples), seed=seed,
+                                  reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = task.preprocess_postcache(dataset, sequence_length=lengths, seed=seed)
+    return seqio.utils.trim_dataset(dataset, lengths, task.output_features), stats
+
+
+def provider_examples(provider: seqio.DatasetProviderBase, feature_lengths: Mapping[str, int],
+                      split: str, *, shuffle: bool, seed: int,
+                      repeat: bool) -> tuple[tf.data.Dataset, list[SplitStats]]:
+    """A task's examples, or a mixture's tasks sampled at its rates."""
+    if isinstance(provider, seqio.Task):
+        dataset, stats = task_examples(provider, feature_lengths, split, shuffle=shuffle,
+                                       seed=seed, repeat=repeat)
+        return dataset, [stats]
+    if not isinstance(provider, seqio.Mixture):
+        raise TypeError(f"expected a seqio Task or Mixture, got {type(provider).__name__}")
+    tasks = [task for task in provider.tasks if split in task.splits]
+    if not tasks:
+        raise ValueError(f"mixture {provider.name!r}: no task has a {split!r} split")
+    keep = set(provider.output_features)  # what every task of the mixture carries
+    datasets, all_stats = [], []
+    for task in tasks:
+        dataset, stats = task_examples(task, feature_lengths, split, shuffle=shuffle, seed=seed,
+                                       repeat=repeat)
+        datasets.append(dataset.map(lambda ex: {k: v for k, v in ex.items() if k in keep}))
+        all_stats.append(stats)
+    rates = [provider.get_rate(task) for task in tasks]
+    return tf.data.Dataset.sample_from_datasets(datasets, rates, seed=seed,
+                                                stop_on_empty_dataset=True), all_stats
+
+
 class BatchIterator:
-    """Endless numpy batches in model-feature form; `position` batches have been produced."""
+    """Endless numpy batches in model-feature form; `position` batches have been produced.
+
+    `stats` says, per task, how many examples the split holds and how many were cut."""
 
     def __init__(self, provider: seqio.DatasetProviderBase, converter: seqio.FeatureConverter,
                  config: DataConfig, position: int = 0):
         self.config = config
         self.position = position
-        dataset = provider.get_dataset(dict(config.feature_lengths), split=config.split,
-                                       shuffle=config.shuffle, seed=config.seed,
-                                       num_epochs=None, use_cached=False)
+        dataset, self.stats = provider_examples(provider, config.feature_lengths, config.split,
+                                                shuffle=config.shuffle, seed=config.seed,
+                                                repeat=True)
+        for stats in self.stats:
+            if stats.cut:
+                log.warning("%s", stats.describe())
         dataset = converter(dataset, dict(config.feature_lengths))
         dataset = dataset.batch(config.batch_size, drop_remainder=True)
         options = tf.data.Options()
         options.deterministic = True
-        self._batches: Iterator[dict[str, np.ndarray]] = (
+        self._batches: Iterator[dict[str, np.ndarray]] | None = (
             dataset.with_options(options).skip(position).as_numpy_iterator())
+
+    @property
+    def cut_records(self) -> int:
+        return sum(stats.cut for stats in self.stats)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
+        if self._batches is None:
+            raise StopIteration
         batch = next(self._batches)
         self.position += 1
         return batch
+
+    def close(self) -> None:
+        """Drop the tf.data iterator now (idempotent). One left alive until the interpreter exits
+        can hang the exit: its background threads call back into Python to tokenize."""
+        self._batches = None

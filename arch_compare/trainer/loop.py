@@ -33,7 +33,8 @@ from arch_compare.models.loading import load_params
 from arch_compare.models.model import BaseModel
 from arch_compare.trainer import placement
 from arch_compare.trainer.checkpoints import Checkpoints
-from arch_compare.trainer.data import BatchIterator, DataConfig
+from arch_compare.trainer.data import BatchIterator, DataConfig, SplitStats
+from arch_compare.trainer.interrupts import StopRequests
 from arch_compare.trainer.metrics import MetricsWriter
 from arch_compare.trainer.prefetch import Prefetcher
 from arch_compare.trainer.steps import (TrainState, abstract_train_state, make_eval_step,
@@ -83,6 +84,8 @@ class TrainResult:
     losses: dict[int, float]  # step -> loss, for the steps this call ran
     resumed_from: int | None
     execution: dict  # what ran: MODEL_DIR/execution.json (placement.place's record)
+    # Per task of the training data: its examples and how many had text cut before tokenizing.
+    data: tuple[SplitStats, ...] = ()
 
 
 def _initial_params(model: BaseModel, config: TrainConfig, shardings: Any):
@@ -158,6 +161,13 @@ class StepMetrics:
 
 def train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, *,
           progress: bool = True) -> TrainResult:
+    """Train as `config` says; Ctrl-C stops between steps (`interrupts.TrainingInterrupted`)."""
+    with StopRequests() as stop:
+        return _train(model, vocabulary, config, progress, stop)
+
+
+def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, progress: bool,
+           stop: StopRequests) -> TrainResult:
     model = placement.model_for(model, config.execution)
     # Mesh resolved and memory checked before anything is created or compiled.
     where = placement.place(model, config.execution, config.data.feature_lengths,
@@ -218,11 +228,19 @@ def train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, *
         return {name: partitioning.global_array(value, where.batch_sharding)
                 for name, value in rows.items()}
 
+    def interrupted() -> str:
+        last = checkpoints.latest_step
+        kept = f"the newest checkpoint (step {last}) is kept" if last is not None else (
+            "no checkpoint was written yet")
+        return f"after step {int(state.step)} of {config.train_steps}; {kept}; run again to resume"
+
     pending = StepMetrics(report, diverged)
-    batches = Prefetcher(BatchIterator(provider, converter, config.data, position=position),
-                         place_batch, depth=config.prefetch_batches, position=position)
+    data = BatchIterator(provider, converter, config.data, position=position)
+    batches = Prefetcher(data, place_batch, depth=config.prefetch_batches, position=position,
+                         while_waiting=lambda: stop.check(interrupted))
     try:
         for step in range(start + 1, config.train_steps + 1):
+            stop.check(interrupted)
             pending.before_dispatch()
             state, metrics = train_step(state, next(batches))
             pending.read_until(step - 1)  # the previous step's, while this one runs
@@ -245,4 +263,4 @@ def train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, *
         bar.close()
         writer.close()
         checkpoints.close()
-    return TrainResult(state, losses, resumed_from, where.record)
+    return TrainResult(state, losses, resumed_from, where.record, tuple(data.stats))

@@ -8,7 +8,8 @@ an exact resume.
 
 The thread stops when `close()` is called (the loop does so in a `finally`, so also after an error
 or a KeyboardInterrupt), and an error in the thread is raised in the loop by the next `next()`. It
-is a daemon thread: a pipeline stuck inside a read cannot keep the interpreter from exiting.
+is a daemon thread: a pipeline stuck inside a read cannot keep the interpreter from exiting. Once
+the thread has stopped, `close()` also closes the source when it has a `close()`.
 """
 
 from __future__ import annotations
@@ -30,12 +31,16 @@ class DataExhausted(RuntimeError):
 
 class Prefetcher:
     def __init__(self, batches: Iterator[Any], place: Callable[[Any], Any], depth: int = 2,
-                 position: int = 0, name: str = "batch-prefetch"):
+                 position: int = 0, name: str = "batch-prefetch",
+                 while_waiting: Callable[[], None] = lambda: None):
+        # `while_waiting` is called every POLL_SECONDS while next() waits for a batch; it may
+        # raise to stop waiting (the loop's Ctrl-C check), since a read can take long.
         if depth <= 0:
             raise ValueError(f"prefetch depth must be positive, got {depth}")
         self._source, self._place = batches, place
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self._while_waiting = while_waiting
         self.position = position  # batches handed out by next()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -69,6 +74,7 @@ class Prefetcher:
                 ok, value = self._queue.get(timeout=POLL_SECONDS)
                 break
             except queue.Empty:
+                self._while_waiting()
                 if not self._thread.is_alive():
                     raise RuntimeError("the batch thread stopped without a batch or an error; "
                                        "was the prefetcher closed?") from None
@@ -93,6 +99,12 @@ class Prefetcher:
         if self._thread.is_alive():
             log.warning("the batch thread is still reading after %.0f s; leaving it (daemon)",
                         JOIN_SECONDS)
+            return
+        # The source can be closed once the thread is done with it: a tf.data iterator left
+        # alive until the interpreter exits can hang the exit (its threads call into Python).
+        close = getattr(self._source, "close", None)
+        if close is not None:
+            close()
 
     def __enter__(self) -> "Prefetcher":
         return self
