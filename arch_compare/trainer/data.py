@@ -128,7 +128,9 @@ def task_examples(task: seqio.Task, feature_lengths: Mapping[str, int], split: s
     examples, cut = _count(source, limits, features)
     stats = SplitStats(task.name, examples, cut, {name: limits[name] for name in features})
     dataset = source.map(_cut(limits, features), num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = task.preprocess_precache(dataset, seed=seed).cache()
+    dataset = task.preprocess_precache(dataset, seed=seed)
+    if repeat:  # read once: no cache to fill
+        dataset = dataset.cache()
     if shuffle and examples > 1:
         dataset = dataset.shuffle(min(SHUFFLE_BUFFER, examples), seed=seed,
                                   reshuffle_each_iteration=True)

@@ -47,7 +47,9 @@ class StopRequests:
     def check(self, where: Callable[[], str]) -> None:
         """Raise TrainingInterrupted after a Ctrl-C; `where()` (called only then) says where."""
         if self._requested.is_set():
-            raise TrainingInterrupted(f"stopped by Ctrl-C {where()}")
+            message = f"stopped by Ctrl-C {where()}"
+            log.warning("%s", message)  # said here too: a caller may report only "interrupted"
+            raise TrainingInterrupted(message)
 
     def _handle(self, signum, frame) -> None:
         if self._requested.is_set():

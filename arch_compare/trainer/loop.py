@@ -33,7 +33,7 @@ from arch_compare.models.loading import load_params
 from arch_compare.models.model import BaseModel
 from arch_compare.trainer import placement
 from arch_compare.trainer.checkpoints import Checkpoints
-from arch_compare.trainer.data import BatchIterator, DataConfig, SplitStats
+from arch_compare.trainer.data import BatchIterator, DataConfig, SplitStats, provider_examples
 from arch_compare.trainer.interrupts import StopRequests
 from arch_compare.trainer.metrics import MetricsWriter
 from arch_compare.trainer.prefetch import Prefetcher
@@ -109,8 +109,9 @@ def evaluate_loss(model: BaseModel, params, provider: seqio.DatasetProviderBase,
                   eval_step=None) -> dict[str, float]:
     """Mean token loss and accuracy over (up to `max_batches` batches of) a split."""
     eval_step = eval_step or jax.jit(make_eval_step(model))
-    dataset = provider.get_dataset(dict(data.feature_lengths), split=data.split, shuffle=False,
-                                   num_epochs=1, use_cached=False)
+    # Read as training reads (oversized text cut before tokenizing), once, in order.
+    dataset, _ = provider_examples(provider, data.feature_lengths, data.split, shuffle=False,
+                                   seed=data.seed, repeat=False)
     dataset = converter(dataset, dict(data.feature_lengths))
     totals = {"loss_sum": 0.0, "correct": 0.0, "weight": 0.0}
     for batch in dataset.batch(data.batch_size).take(max_batches).as_numpy_iterator():

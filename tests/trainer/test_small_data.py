@@ -12,15 +12,18 @@ import threading
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from arch_compare.data.converters import feature_converter_for
 from arch_compare.data.vocabularies import HuggingFaceTokenizerVocabulary, vocabulary_for_model
-from arch_compare.models import get_preset
+from arch_compare.models import build_model, get_preset
 from arch_compare.trainer import data as data_lib
 from arch_compare.trainer.data import BatchIterator, DataConfig, provider_examples
 from arch_compare.trainer.interrupts import TrainingInterrupted
+from arch_compare.trainer.loop import evaluate_loss
+from arch_compare.trainer.steps import make_eval_step
 from arch_compare_tasks import catalogue
 from arch_compare_tasks.registry import seqio_provider
 
@@ -261,3 +264,23 @@ def test_ctrl_c_stops_training_within_seconds_and_a_rerun_resumes(tmp_path, bpe_
     assert second.returncode == 0, stderr[-3000:]
     assert json.loads(stdout.strip().splitlines()[-1]) == {"resumed_from": newest, "cut": 1,
                                                             "examples": EXAMPLES}
+
+
+def test_validation_loss_reads_the_examples_seqio_reads(tmp_path, vocabularies):
+    config = get_preset("t5-tiny")
+    model, vocabulary = build_model(config), vocabularies["t5"]
+    params = model.init(jax.random.key(0))
+    provider = seqio_provider(register("small_eval", write_records(tmp_path / "e.json")),
+                              vocabulary)
+    converter = model.feature_converter(vocabulary)
+    ours = evaluate_loss(model, params, provider, converter,
+                         DataConfig("small_eval", LENGTHS, batch_size=4), max_batches=2)
+    # The reference: seqio's own pipeline, read in order, through the same eval step.
+    step, totals = jax.jit(make_eval_step(model)), {"loss_sum": 0.0, "correct": 0.0, "weight": 0.0}
+    examples = provider.get_dataset(dict(LENGTHS), split="train", shuffle=False, num_epochs=1)
+    for batch in converter(examples, dict(LENGTHS)).batch(4).take(2).as_numpy_iterator():
+        for name, value in jax.device_get(step(params, batch)).items():
+            totals[name] += float(value)
+    assert totals["weight"] > 0
+    assert ours == pytest.approx({"loss": totals["loss_sum"] / totals["weight"],
+                                  "accuracy": totals["correct"] / totals["weight"]}, rel=1e-6)
