@@ -253,10 +253,11 @@ def _log_internal_error(command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _parse(argv)
-    prefix = f"arch-compare {args.command}"
-    filter_library_noise()
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    prefix = f"arch-compare {command}" if command else "arch-compare"
     try:
+        args = _parse(argv)  # imports the command: Ctrl-C may come while TensorFlow loads
+        filter_library_noise()
         return COMMANDS[args.command].load().run(args)
     except KeyboardInterrupt:
         print(f"\n{prefix}: interrupted", file=sys.stderr)
@@ -270,5 +271,5 @@ def main(argv: list[str] | None = None) -> int:
             raise
         first_line = next(iter(_text(error).splitlines()), "")
         print(f"{prefix}: internal error: {type(error).__name__}: {first_line} (traceback in "
-              f"{_log_internal_error(args.command)}; please report it)", file=sys.stderr)
+              f"{_log_internal_error(command or 'cli')}; please report it)", file=sys.stderr)
         return 1
