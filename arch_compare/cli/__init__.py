@@ -25,6 +25,7 @@ import sqlite3
 import sys
 import tempfile
 import traceback
+import urllib.error
 from types import ModuleType
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
@@ -184,10 +185,11 @@ def _text(error: BaseException) -> str:
 
 def _os_text(error: OSError) -> str:
     """`path: reason` rather than `[Errno 13] Permission denied: 'path'`."""
-    reason = getattr(error, "reason", None)  # urllib's URLError: the reason is the OSError
-    if reason is not None:
-        url = getattr(error, "url", None) or getattr(error, "filename", None)
-        return f"{url + ': ' if url else ''}cannot reach it ({reason})"
+    if isinstance(error, urllib.error.HTTPError):  # reached, and it said no
+        return f"{error.url}: HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):  # its reason is the socket's error
+        where = getattr(error, "filename", None)
+        return f"{where + ': ' if where else ''}cannot reach it ({error.reason})"
     if error.strerror and error.filename is not None:
         other = f" -> {error.filename2}" if error.filename2 is not None else ""
         return f"{error.filename}{other}: {error.strerror}"

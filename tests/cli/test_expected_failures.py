@@ -132,6 +132,9 @@ EXPECTED = {
                                "/data: Is a directory"),
     "unreachable host": (_raise(urllib.error.URLError(
         ConnectionRefusedError(111, "Connection refused"))), "cannot reach it ("),
+    "refused request": (_raise(urllib.error.HTTPError("http://127.0.0.1:8000/v1/chat/completions",
+                                                      401, "Unauthorized", {}, None)),
+                        "http://127.0.0.1:8000/v1/chat/completions: HTTP 401 Unauthorized"),
     "dropped connection": (_raise(ConnectionResetError(104, "Connection reset by peer")),
                            "Connection reset by peer"),
     "database": (_raise(sqlite3.DatabaseError("database disk image is malformed")),
