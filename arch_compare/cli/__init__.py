@@ -230,9 +230,7 @@ EXPECTED_FAILURES: tuple[ExpectedFailure, ...] = (
     ExpectedFailure(lambda: (OSError,), _os_text),
     ExpectedFailure(lambda: (http.client.HTTPException,),
                     lambda error: f"the connection failed ({type(error).__name__}: {error})"),
-    ExpectedFailure(lambda: (sqlite3.DatabaseError,),
-                    lambda error: f"database error: {error} (is it a results database, and "
-                                  f"intact?)"),
+    ExpectedFailure(lambda: (sqlite3.DatabaseError,), lambda error: f"database error: {error}"),
     ExpectedFailure(lambda: (_jax_runtime_error(),), _device_memory_text, _out_of_device_memory),
 )
 
@@ -245,11 +243,11 @@ def expected_failure(error: BaseException) -> str | None:
     return None
 
 
-def _log_internal_error(command: str) -> str:
-    """Writes the traceback being handled to a new log file and returns its path."""
+def _log_internal_error(command: str, argv: list[str]) -> str:
+    """Writes the command line and the traceback being handled to a new log file; its path."""
     handle, path = tempfile.mkstemp(prefix=f"arch-compare-{command}-", suffix=".log")
     with os.fdopen(handle, "w") as log:
-        log.write(f"arch-compare {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+        log.write(f"arch-compare {' '.join(argv)}\n\n{traceback.format_exc()}")
     return path
 
 
@@ -273,5 +271,5 @@ def main(argv: list[str] | None = None) -> int:
             raise
         first_line = next(iter(_text(error).splitlines()), "")
         print(f"{prefix}: internal error: {type(error).__name__}: {first_line} (traceback in "
-              f"{_log_internal_error(command or 'cli')}; please report it)", file=sys.stderr)
+              f"{_log_internal_error(command or 'cli', argv)}; please report it)", file=sys.stderr)
         return 1

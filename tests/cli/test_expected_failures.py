@@ -168,6 +168,7 @@ def test_a_bug_is_one_line_pointing_at_its_traceback(monkeypatch, capsys):
     try:
         assert line.endswith("; please report it)")
         text = log.read_text()
+        assert text.startswith("arch-compare presets\n")
         assert "Traceback (most recent call last)" in text and "len(args.names) + None" in text
     finally:
         log.unlink()
