@@ -267,7 +267,7 @@ def test_seqio_evaluator_notes_are_dropped_or_reworded(caplog):
         "a real warning still shows"]
 
 
-# -- convert: what train writes ---------------------------------------------------------------------
+# -- convert: what train writes -------------------------------------------------------------------
 
 def test_convert_exports_a_training_directory_and_any_of_its_steps(tmp_path, capsys):
     model = build_model(get_preset("llama-tiny"))
