@@ -102,6 +102,23 @@ def test_report_reads_a_study_without_changing_its_database(tmp_path, capsys):
     assert (tmp_path / "report" / "report.html").is_file()
 
 
+def test_study_plan_creates_nothing(tmp_path, capsys, sentencepiece_model_path,
+                                    bpe_tokenizer_path):
+    demo = Path(__file__).resolve().parents[2] / "gin_configs" / "experiments" / "demo_study.gin"
+    vocabularies = tmp_path / "vocabularies"
+    vocabularies.mkdir()
+    for path in (sentencepiece_model_path, bpe_tokenizer_path):
+        (vocabularies / path.name).write_bytes(path.read_bytes())
+    spm, bpe = vocabularies / sentencepiece_model_path.name, vocabularies / bpe_tokenizer_path.name
+    before = snapshot(tmp_path)
+    assert main(["study", "--plan", f"--gin_file={demo}",
+                 f"--gin.STUDY_DIR='{tmp_path / 'study'}'", f"--gin.DEMO_BPE='{bpe}'",
+                 f"--gin.DEMO_SENTENCEPIECE_LLAMA='{spm}'",
+                 f"--gin.DEMO_SENTENCEPIECE_T5='{spm}'"]) == 0, capsys.readouterr().err
+    assert "runs fit" in capsys.readouterr().out
+    assert snapshot(tmp_path) == before and not (tmp_path / "study").exists()
+
+
 @pytest.mark.parametrize("kind", ["other sqlite", "pairwise"])
 def test_a_study_will_not_adopt_another_programs_sqlite_file(kind, tmp_path):
     path = tmp_path / "results.sqlite"
