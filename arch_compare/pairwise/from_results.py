@@ -16,7 +16,7 @@ from arch_compare.results import ResultsStore
 
 def items_from_study(results: str | Path, study: str, *, target_run: str | None = None,
                      roles: tuple[str, ...] = ("imitation",)) -> list[Item]:
-    with ResultsStore(results) as store:
+    with ResultsStore(results, read_only=True) as store:  # a source: never created or changed
         store.study(study)  # a KeyError that lists the studies there
         runs = store.runs(study)
         targets = [run for run in runs if run.role == "target"]

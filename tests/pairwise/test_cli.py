@@ -129,6 +129,10 @@ def test_import_from_a_study_results_database(files, capsys):
     assert pairwise("import", folder / "items.jsonl", "--from-study", folder / "results",
                     "--db", db, "--campaign", "x") == 2
     assert "either an ITEMS file or --from-study" in capsys.readouterr().err
+    missing = folder / "no_such_study.sqlite"
+    assert pairwise("import", "--from-study", missing, "--study", "tiny", "--db", db,
+                    "--campaign", "y") == 2
+    assert not missing.exists()  # the study's database is a source: never created
 
 
 def dump(path) -> list[str]:
