@@ -17,7 +17,7 @@ three changes that make small amounts cheap and oversized records harmless:
   record within the bound is left exactly as it was. How many records were cut is counted
   (`BatchIterator.stats`) and said once per run.
 - The tokenized split is cached in memory before it is repeated: every epoch after the first reads
-  the cache instead of tokenizing again. The text records are in memory already (the task
+  the cache instead of tokenizing again (a single pass, as for a validation loss, is not cached). The text records are in memory already (the task
   registry loads them once), and the tokens take about as much room again.
 - The shuffle buffer holds min(SHUFFLE_BUFFER, examples) and shuffles each epoch before it is
   repeated, so every example is seen once per epoch; seqio repeats first and fills a

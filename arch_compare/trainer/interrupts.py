@@ -1,15 +1,20 @@
 """Ctrl-C during training: stop at the next safe point, within seconds, leaving a resumable run.
 
 Python's default SIGINT handler raises KeyboardInterrupt wherever the main thread happens to be,
-and in a training process that is often somewhere it is lost: XLA swallows it while compiling
-(jax-ml/jax#18246), and a read stuck in tf.data never sees it. So while `train` runs, the first
-Ctrl-C only sets a flag and says what will happen; the loop looks at the flag between steps and
-while it waits for a batch, and stops there with `TrainingInterrupted` (a KeyboardInterrupt, so
-the command line reports it as an interruption). The loop's `finally` then stops the batch thread
-and waits for an asynchronous checkpoint already being written, so the newest checkpoint on disk
-is whole and a rerun resumes from it. A second Ctrl-C raises KeyboardInterrupt at once, as
-Python's handler would (checkpoints are written to a temporary name and renamed when complete,
-so even then no half-written checkpoint is taken for a finished one).
+and in a training process that is often somewhere unsafe: inside XLA's compiler (with jax 0.10.2
+on CPU the process then dies of a segmentation fault on its way out), inside a checkpoint save or
+a metrics write. So while `train` runs, the first Ctrl-C only sets a flag and says what will
+happen; the loop looks at the flag between steps and while it waits for a batch, and stops there
+with `TrainingInterrupted` (a KeyboardInterrupt, so the command line reports it as an
+interruption); a compilation in progress finishes first (seconds for small models). The loop's
+`finally` then stops the batch thread and waits for an asynchronous checkpoint already being
+written, so the newest checkpoint on disk is whole and a rerun resumes from it. A second Ctrl-C
+raises KeyboardInterrupt at once, as Python's handler would (checkpoints are written to a
+temporary name and renamed when complete, so even then no half-written checkpoint is taken for a
+finished one).
+
+A process started in the background by a non-interactive shell (`cmd &` in a script) ignores
+SIGINT from the start; Python then installs no handler, and neither does this module.
 
 The handler is installed only from the main thread and only over Python's default one; it is
 restored when training returns.
