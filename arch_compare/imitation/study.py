@@ -229,7 +229,8 @@ class StudyRunner:
                     "tokens_per_second": tokens / seconds if seconds else None,
                     "flops": flops, "resumed_from_step": result.resumed_from,
                     "loss": result.losses[max(result.losses)] if result.losses else None,
-                    "execution": getattr(result, "execution", None)}
+                    "execution": getattr(result, "execution", None),
+                    "examples_cut": sum(split.cut for split in getattr(result, "data", ()))}
         return result.state.params, measured
 
     def _evaluate(self, run_id: str, predict: Callable[[Evaluation, Sequence], list[str]],

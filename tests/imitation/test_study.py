@@ -89,6 +89,7 @@ def test_a_study_runs_every_run_and_records_it(uninterrupted):
     imitation = runs["imitation/gpt2-tiny/broad/16"]
     assert imitation.data_examples == 16 and imitation.data_tokens > 16
     assert imitation.measured["steps"] == 4  # 16 examples, batch 4, one epoch
+    assert imitation.measured["examples_cut"] == 0  # the demo's answers fit its feature lengths
     assert imitation.estimate["train_flops"] > 0 and imitation.estimate["cost_usd"] > 0
     assert imitation.config["training"]["steps"] == 4
     # Collected once, exported for training: the largest amount's prompts, each answered once.
