@@ -26,7 +26,8 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not scale"
 
 # The multi-device and multi-process equivalence tests (simulated CPU devices, several processes
-# on loopback): minutes of compiling, so apart from `make test`; CI runs both.
+# on loopback), kill-and-resume in subprocesses and the rating app under load: minutes of
+# compiling and waiting, so apart from `make test`; CI runs both.
 test-scale: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m scale
 

@@ -13,6 +13,8 @@ import threading
 import time
 from urllib.parse import urlencode
 
+import pytest
+
 from arch_compare.pairwise.campaign import CampaignPlan, CampaignSettings
 from arch_compare.pairwise.store import PairwiseStore
 from tests.pairwise.conftest import FORM_PATTERN, make_gold, make_items
@@ -71,6 +73,7 @@ class Rater(threading.Thread):
             connection.close()
 
 
+@pytest.mark.scale  # about a minute of wall clock: run by `make test-scale`
 def test_fifty_concurrent_raters_store_two_thousand_ratings_exactly_once(tmp_path,
                                                                          server_factory):
     db = tmp_path / "pairwise.sqlite"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from arch_compare import optim
 from arch_compare.models import build_model, get_preset
@@ -70,6 +71,7 @@ def losses(model_dir):
     return [(json.loads(line)["step"], json.loads(line)["loss"]) for line in lines]
 
 
+@pytest.mark.scale  # about a minute of wall clock: run by `make test-scale`
 def test_sigkill_mid_run_then_restart_matches_an_uninterrupted_run(tmp_path, bpe_tokenizer_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     first = start(killed, bpe_tokenizer_path)
