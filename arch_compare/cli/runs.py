@@ -193,12 +193,6 @@ def call_configured(entry_point, files: list[str]):
         raise ValueError(gin_checks.plain_message(error)) from error
 
 
-def call_entry_point(command: str, files: list[str]):
-    """Run the gin-configured entry point of `command`."""
-    check_required(files)
-    return call_configured(ENTRY_POINTS[command], files)
-
-
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gin_file", action="append", default=[], required=True,
                         help="gin file (repeatable, later files override earlier ones)")
@@ -236,7 +230,7 @@ def run_command(command: str, args: argparse.Namespace) -> int:
     if output_dir:  # written first, so even a failed run says how it was set up
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "config.gin").write_text(gin.config_str())
-    print(SUMMARIES[command](call_entry_point(command, args.gin_file)))
+    print(SUMMARIES[command](call_configured(ENTRY_POINTS[command], args.gin_file)))
     return 0
 
 

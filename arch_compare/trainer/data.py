@@ -17,8 +17,9 @@ three changes that make small amounts cheap and oversized records harmless:
   record within the bound is left exactly as it was. How many records were cut is counted
   (`BatchIterator.stats`) and said once per run.
 - The tokenized split is cached in memory before it is repeated: every epoch after the first reads
-  the cache instead of tokenizing again (a single pass, as for a validation loss, is not cached). The text records are in memory already (the task
-  registry loads them once), and the tokens take about as much room again.
+  the cache instead of tokenizing again (a single pass, as for a validation loss, is not cached).
+  The text records are in memory already (the task registry loads them once), and the tokens take
+  about as much room again.
 - The shuffle buffer holds min(SHUFFLE_BUFFER, examples) and shuffles each epoch before it is
   repeated, so every example is seen once per epoch; seqio repeats first and fills a
   1,000-example buffer, which for 8 examples meant reading (and tokenizing) the split 125 times
@@ -129,7 +130,7 @@ def task_examples(task: seqio.Task, feature_lengths: Mapping[str, int], split: s
     stats = SplitStats(task.name, examples, cut, {name: limits[name] for name in features})
     dataset = source.map(_cut(limits, features), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = task.preprocess_precache(dataset, seed=seed)
-    if repeat:  # read once: no cache to fill
+    if repeat:  # later epochs read the tokens from here; a single pass has nothing to reuse
         dataset = dataset.cache()
     if shuffle and examples > 1:
         dataset = dataset.shuffle(min(SHUFFLE_BUFFER, examples), seed=seed,
