@@ -34,6 +34,8 @@ class Proportion(float):
     def __repr__(self) -> str:
         return f"Proportion({self.hits}/{self.n} = {float(self):.1f}%)"
 
+    __str__ = float.__repr__  # printed, it is the number
+
 
 def wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson's score interval for `hits` of `n`, in percent; (nan, nan) when n is 0."""
