@@ -34,6 +34,7 @@ from typing import Sequence
 
 from arch_compare.data.conversations import Turn, format_history
 from arch_compare.evaluation import metrics
+from arch_compare.evaluation.intervals import Proportion
 from arch_compare_tasks.registry import TaskSpec, as_text, register_task
 
 SEED = 20230525  # the paper's arXiv date; any fixed number would do
@@ -371,7 +372,7 @@ def fact_accuracy(targets: Sequence[dict], predictions: Sequence[str]) -> dict[s
                          f"predictions")
     hits = [mentioned_values(p, t["attribute"]) == {t["answer"]}
             for t, p in zip(targets, predictions)]
-    return {"fact_accuracy": 100.0 * sum(hits) / max(len(hits), 1)}
+    return {"fact_accuracy": Proportion(sum(hits), len(hits))}  # a share: Wilson's interval
 
 
 # --- registration ---------------------------------------------------------------------------------

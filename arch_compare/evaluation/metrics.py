@@ -2,7 +2,8 @@
 
 Scoring metrics take `fn(targets, scores)` instead, where `scores` are the model's log-likelihoods,
 so `seqio.Evaluator` can run either kind unchanged. Rates and accuracies are percentages (0-100),
-as in t5/seqio's own metrics; correlations are in [-1, 1].
+as in t5/seqio's own metrics, returned as `Proportion`s (floats that keep their counts, so their
+interval is Wilson's; see `intervals.py`); correlations are in [-1, 1].
 
 What the paper (Gudibande et al. 2023) measures and where it lives here:
 - Natural Questions, 3-shot exact match: `normalize_answer`, `first_line_answer`, `exact_match`.
@@ -22,6 +23,8 @@ import string
 from typing import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
+
+from arch_compare.evaluation.intervals import Proportion
 
 # --- open-domain QA: normalisation and exact match -----------------------------------------------
 
@@ -67,7 +70,7 @@ def exact_match(targets: Sequence[str | Sequence[str]],
     _check_paired("exact_match", targets, predictions)
     hits = [normalize_answer(p) in {normalize_answer(a) for a in _aliases(t, i)}
             for i, (t, p) in enumerate(zip(targets, predictions))]
-    return {"exact_match": 100.0 * float(np.mean(hits))}
+    return {"exact_match": Proportion(sum(hits), len(hits))}
 
 
 # --- multiple choice: rank classification --------------------------------------------------------
@@ -111,7 +114,8 @@ def rank_classification_accuracy(targets: Sequence[int],
     of example i's per-choice log-likelihoods (higher is better), in choice order. Examples may
     have different numbers of choices. Ties: see `predicted_choice`.
     """
-    return {"accuracy": 100.0 * float(np.mean(_choice_hits(targets, scores)))}
+    hits = _choice_hits(targets, scores)
+    return {"accuracy": Proportion(sum(hits), len(hits))}
 
 
 def subject_accuracy(targets: Sequence[tuple[str, int]],
@@ -128,9 +132,9 @@ def subject_accuracy(targets: Sequence[tuple[str, int]],
     by_subject: dict[str, list[bool]] = collections.defaultdict(list)
     for subject, hit in zip(subjects, hits):
         by_subject[subject].append(hit)
-    per_subject = {f"accuracy/{subject}": 100.0 * float(np.mean(subject_hits))
+    per_subject = {f"accuracy/{subject}": Proportion(sum(subject_hits), len(subject_hits))
                    for subject, subject_hits in sorted(by_subject.items())}
-    return {"accuracy_micro": 100.0 * float(np.mean(hits)),
+    return {"accuracy_micro": Proportion(sum(hits), len(hits)),
             "accuracy_macro": float(np.mean(list(per_subject.values()))),
             **per_subject}
 
@@ -211,12 +215,13 @@ def list_usage_agreement(targets: Sequence[str], predictions: Sequence[str]) -> 
     _check_paired("list_usage_agreement", targets, predictions)
     target_lists = np.array([uses_list(t) for t in targets])
     prediction_lists = np.array([uses_list(p) for p in predictions])
-    when_target = (100.0 * float(prediction_lists[target_lists].mean()) if target_lists.any()
-                   else math.nan)
-    return {"list_agreement": 100.0 * float((target_lists == prediction_lists).mean()),
-            "target_list_rate": 100.0 * float(target_lists.mean()),
-            "prediction_list_rate": 100.0 * float(prediction_lists.mean()),
-            "list_when_target_lists": when_target}
+    n = len(targets)
+    # Proportion(0, 0) is NaN: the rate is undefined when no target lists.
+    return {"list_agreement": Proportion(int((target_lists == prediction_lists).sum()), n),
+            "target_list_rate": Proportion(int(target_lists.sum()), n),
+            "prediction_list_rate": Proportion(int(prediction_lists.sum()), n),
+            "list_when_target_lists": Proportion(int(prediction_lists[target_lists].sum()),
+                                                 int(target_lists.sum()))}
 
 
 def word_count(text: str) -> int:
