@@ -1,8 +1,9 @@
 """The results database of imitation studies: one SQLite file, any number of studies.
 
 The study runner writes here as it goes and the report reads only from here (it never imports the
-trainer or the models). A run is one row keyed by `(study, run_id)`; its metrics and sample outputs
-hang off that key, and every write is an upsert on it, so a resumed study rewrites the rows it
+trainer or the models). A run is one row keyed by `(study, run_id)`; its metrics (each with its 95%
+interval), a few sample outputs, every prediction and the paired comparisons between runs hang
+off that key, and every write is an upsert on it, so a resumed study rewrites the rows it
 repeats instead of adding duplicates. Two studies can share one file: rows carry the study's name,
 and registering a name that already holds a study of a different configuration is refused rather
 than mixed into it.
@@ -17,10 +18,13 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
+
+from arch_compare.evaluation.intervals import MetricValue
 
 DATABASE_FILE = "results.sqlite"
 ROLES = ("base", "imitation", "target")
@@ -63,6 +67,10 @@ CREATE TABLE IF NOT EXISTS metrics (
     metric TEXT NOT NULL,
     kind TEXT NOT NULL,             -- capability | style | other
     value REAL,                     -- NULL when undefined (NaN)
+    low REAL,                       -- its 95% interval; NULL where unknown or undefined
+    high REAL,
+    n INTEGER,                      -- the examples behind it
+    method TEXT,                    -- wilson | bootstrap | NULL (no interval)
     PRIMARY KEY (study, run_id, task, metric),
     FOREIGN KEY (study, run_id) REFERENCES runs(study, run_id)
 );
@@ -77,7 +85,33 @@ CREATE TABLE IF NOT EXISTS samples (
     PRIMARY KEY (study, run_id, task, example_id),
     FOREIGN KEY (study, run_id) REFERENCES runs(study, run_id)
 );
+CREATE TABLE IF NOT EXISTS predictions (   -- every output of every run, to recompute comparisons
+    study TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    example_index INTEGER NOT NULL,  -- position in the task's evaluation records
+    example_id TEXT NOT NULL,
+    output TEXT NOT NULL,
+    PRIMARY KEY (study, run_id, task, example_index),
+    FOREIGN KEY (study, run_id) REFERENCES runs(study, run_id)
+);
+CREATE TABLE IF NOT EXISTS comparisons (   -- paired bootstrap: run minus baseline, same examples
+    study TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    baseline_run_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    difference REAL,                -- NULL when undefined for either run
+    low REAL,
+    high REAL,
+    significant INTEGER NOT NULL,   -- 1 when the 95% interval excludes 0
+    PRIMARY KEY (study, run_id, baseline_run_id, task, metric)
+);
 """
+# Columns added to `metrics` after databases were first written; an older file gains them when
+# opened for writing, and a reader of one that did not reads them as NULL.
+ADDED_METRIC_COLUMNS = {"low": "REAL", "high": "REAL", "n": "INTEGER", "method": "TEXT"}
+TABLES = ("runs", "metrics", "samples", "predictions", "comparisons")
 
 
 class ResultsDatabaseError(ValueError):
@@ -135,11 +169,41 @@ class Run:
 
 @dataclasses.dataclass(frozen=True)
 class Metric:
+    """One metric of one run on one task; `low`-`high` its 95% interval (None where unknown)."""
+
     run_id: str
     task: str
     metric: str
     kind: str
     value: float | None
+    low: float | None = None
+    high: float | None = None
+    n: int | None = None
+    method: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    run_id: str
+    task: str
+    example_index: int
+    example_id: str
+    output: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """metric(run) - metric(baseline) on the same examples, with its paired-bootstrap 95%
+    interval; `significant` when that interval excludes 0."""
+
+    run_id: str
+    baseline_run_id: str
+    task: str
+    metric: str
+    difference: float | None
+    low: float | None
+    high: float | None
+    significant: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +217,11 @@ class Sample:
 
 
 _RUN_JSON = ("config", "estimate", "measured")
+
+
+def _real(value: float | None) -> float | None:
+    """NaN (undefined) is stored as NULL."""
+    return None if value is None or value != value else float(value)
 
 
 def _dump(value) -> str | None:
@@ -187,6 +256,9 @@ class ResultsStore:
             try:
                 self._connection.execute("PRAGMA journal_mode=WAL")
                 self._connection.executescript(SCHEMA)
+                for column, kind in ADDED_METRIC_COLUMNS.items():
+                    if column not in self._columns("metrics"):
+                        self._connection.execute(f"ALTER TABLE metrics ADD COLUMN {column} {kind}")
             except sqlite3.DatabaseError as error:
                 raise self._damaged(error) from None
         self._connection.execute("PRAGMA foreign_keys=ON")
@@ -224,6 +296,10 @@ class ResultsStore:
             others = f"; its tables: {', '.join(sorted(tables))}" if tables else ""
             raise ValueError(f"not an arch_compare results database: {self.path} "
                              f"(no 'runs' table{others})")
+
+    def _columns(self, table: str) -> set[str]:
+        """The table's columns; empty when it does not exist (an older database, read only)."""
+        return {row[1] for row in self._connection.execute(f"PRAGMA table_info({table})")}
 
     def close(self) -> None:
         self._connection.close()
@@ -302,12 +378,17 @@ class ResultsStore:
             if kind not in METRIC_KINDS:
                 raise ValueError(f"metric {task}/{metric}: kind must be one of {METRIC_KINDS}, "
                                  f"got {kind!r}")
-            value = None if value is None or value != value else float(value)  # NaN -> NULL
-            rows.append((study, run_id, task, metric, kind, value))
+            if not isinstance(value, MetricValue):  # a bare number: no interval known
+                value = MetricValue(math.nan if value is None else float(value))
+            rows.append((study, run_id, task, metric, kind, _real(value.value), _real(value.low),
+                         _real(value.high), value.n, value.method))
         with self._transaction() as db:
-            db.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT "
-                           "(study, run_id, task, metric) DO UPDATE SET kind = excluded.kind, "
-                           "value = excluded.value", rows)
+            db.executemany(
+                "INSERT INTO metrics (study, run_id, task, metric, kind, value, low, high, n, "
+                "method) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (study, run_id, task, "
+                "metric) DO UPDATE SET kind = excluded.kind, value = excluded.value, low = "
+                "excluded.low, high = excluded.high, n = excluded.n, method = excluded.method",
+                rows)
 
     def put_samples(self, study: str, samples: Iterable[Sample]) -> None:
         rows = [(study, s.run_id, s.task, s.example_id, s.prompt, s.output, s.reference)
@@ -317,6 +398,27 @@ class ResultsStore:
                            "(study, run_id, task, example_id) DO UPDATE SET prompt = "
                            "excluded.prompt, output = excluded.output, reference = "
                            "excluded.reference", rows)
+
+    def put_predictions(self, study: str, run_id: str, task: str,
+                        outputs: Iterable[tuple[str, str]]) -> None:
+        """Every output of a run on a task, as (example_id, output) in record order; replaces
+        what the run had recorded for the task (a re-evaluated run may have fewer)."""
+        rows = [(study, run_id, task, index, str(example_id), output)
+                for index, (example_id, output) in enumerate(outputs)]
+        with self._transaction() as db:
+            db.execute("DELETE FROM predictions WHERE study = ? AND run_id = ? AND task = ?",
+                       (study, run_id, task))
+            db.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def put_comparisons(self, study: str, comparisons: Iterable[Comparison]) -> None:
+        rows = [(study, c.run_id, c.baseline_run_id, c.task, c.metric, _real(c.difference),
+                 _real(c.low), _real(c.high), int(bool(c.significant))) for c in comparisons]
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO comparisons VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (study, "
+                "run_id, baseline_run_id, task, metric) DO UPDATE SET difference = "
+                "excluded.difference, low = excluded.low, high = excluded.high, significant = "
+                "excluded.significant", rows)
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -347,9 +449,31 @@ class ResultsStore:
         return next((run for run in self.runs(study) if run.run_id == run_id), None)
 
     def metrics(self, study: str) -> list[Metric]:
-        rows = self._read("SELECT run_id, task, metric, kind, value FROM metrics WHERE study = ? "
-                          "ORDER BY rowid", (study,))
+        present = self._columns("metrics")  # an older database read-only: no interval columns
+        added = ", ".join(c if c in present else f"NULL AS {c}" for c in ADDED_METRIC_COLUMNS)
+        rows = self._read(f"SELECT run_id, task, metric, kind, value, {added} FROM metrics "
+                          f"WHERE study = ? ORDER BY rowid", (study,))
         return [Metric(*row) for row in rows]
+
+    def predictions(self, study: str, run_id: str | None = None,
+                    task: str | None = None) -> list[Prediction]:
+        """Stored outputs in record order (none from a database older than the table)."""
+        if not self._columns("predictions"):
+            return []
+        query, args = "SELECT * FROM predictions WHERE study = ?", [study]
+        for column, value in (("run_id", run_id), ("task", task)):
+            if value is not None:
+                query, args = query + f" AND {column} = ?", args + [value]
+        rows = self._read(query + " ORDER BY run_id, task, example_index", args)
+        return [Prediction(*(row[name] for name in ("run_id", "task", "example_index",
+                                                    "example_id", "output"))) for row in rows]
+
+    def comparisons(self, study: str) -> list[Comparison]:
+        if not self._columns("comparisons"):
+            return []
+        rows = self._read("SELECT run_id, baseline_run_id, task, metric, difference, low, high, "
+                          "significant FROM comparisons WHERE study = ? ORDER BY rowid", (study,))
+        return [Comparison(*row[:7], bool(row[7])) for row in rows]
 
     def samples(self, study: str, run_id: str | None = None) -> list[Sample]:
         query, args = "SELECT * FROM samples WHERE study = ?", [study]
@@ -362,4 +486,4 @@ class ResultsStore:
     def row_counts(self, study: str) -> dict[str, int]:
         """Rows per table for one study (the resume tests compare these)."""
         return {table: self._read(f"SELECT COUNT(*) FROM {table} WHERE study = ?", (study,))[0][0]
-                for table in ("runs", "metrics", "samples")}
+                if self._columns(table) else 0 for table in TABLES}

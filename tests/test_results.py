@@ -5,7 +5,9 @@ import sqlite3
 
 import pytest
 
-from arch_compare.results import Metric, ResultsStore, Run, Sample, StudyConflict
+from arch_compare.evaluation.intervals import MetricValue
+from arch_compare.results import (Comparison, Metric, Prediction, ResultsStore, Run, Sample,
+                                  StudyConflict)
 
 
 def _run(run_id="imitation/gpt2-tiny/broad/64", **fields):
@@ -22,7 +24,8 @@ def test_upserts_replace_rows_instead_of_adding(tmp_path):
             store.put_metrics("s", _run().run_id, "qa", {"exact_match": 10.0},
                               {"exact_match": "capability"})
             store.put_samples("s", [Sample(_run().run_id, "qa", "1", "Q?", "A", "A")])
-        assert store.row_counts("s") == {"runs": 1, "metrics": 1, "samples": 1}
+        assert store.row_counts("s") == {"runs": 1, "metrics": 1, "samples": 1,
+                                         "predictions": 0, "comparisons": 0}
         assert store.runs("s")[0].status == "done"
         assert store.runs("s")[0].config == {"steps": 8}
         assert store.metrics("s") == [Metric(_run().run_id, "qa", "exact_match", "capability",
@@ -73,3 +76,67 @@ def test_a_reader_sees_what_a_writer_committed(tmp_path):
         assert [run.status for run in reader.runs("s")] == ["done"]
     assert sqlite3.connect(tmp_path / "results.sqlite").execute(
         "PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_intervals_predictions_and_comparisons_round_trip(tmp_path):
+    run_id = _run().run_id
+    with ResultsStore(tmp_path) as store:
+        store.register_study("s", {}, tmp_path)
+        store.put_run("s", _run())
+        store.put_metrics("s", run_id, "qa", {
+            "exact_match": MetricValue(25.0, 10.5, 48.0, 20, "wilson"),
+            "pearson": MetricValue(0.4, math.nan, math.nan, 20, "bootstrap"), "plain": 3.0})
+        assert store.metrics("s") == [
+            Metric(run_id, "qa", "exact_match", "other", 25.0, 10.5, 48.0, 20, "wilson"),
+            Metric(run_id, "qa", "pearson", "other", 0.4, None, None, 20, "bootstrap"),
+            Metric(run_id, "qa", "plain", "other", 3.0)]
+        store.put_predictions("s", run_id, "qa", [("a", "one"), ("b", "two"), ("c", "three")])
+        store.put_predictions("s", run_id, "qa", [("a", "uno"), ("b", "dos")])  # replaces
+        assert store.predictions("s", run_id, "qa") == [Prediction(run_id, "qa", 0, "a", "uno"),
+                                                        Prediction(run_id, "qa", 1, "b", "dos")]
+        comparison = Comparison(run_id, "base/gpt2-tiny", "qa", "exact_match", 12.0, 2.0, 20.0,
+                                True)
+        store.put_comparisons("s", [comparison, comparison])
+        assert store.comparisons("s") == [comparison]
+        assert store.row_counts("s") == {"runs": 1, "metrics": 3, "samples": 0,
+                                         "predictions": 2, "comparisons": 1}
+
+
+OLD_SCHEMA = """
+CREATE TABLE studies (name TEXT PRIMARY KEY, config_json TEXT NOT NULL, config_hash TEXT NOT NULL,
+                      directory TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE runs (study TEXT NOT NULL, run_id TEXT NOT NULL, role TEXT NOT NULL,
+    model TEXT NOT NULL, architecture TEXT NOT NULL, family TEXT NOT NULL, parameters INTEGER,
+    data_source TEXT, data_examples INTEGER, data_tokens INTEGER, data_reference_tokens INTEGER,
+    status TEXT NOT NULL, config_json TEXT NOT NULL, estimate_json TEXT, measured_json TEXT,
+    error TEXT, started REAL, finished REAL, PRIMARY KEY (study, run_id));
+CREATE TABLE metrics (study TEXT NOT NULL, run_id TEXT NOT NULL, task TEXT NOT NULL,
+    metric TEXT NOT NULL, kind TEXT NOT NULL, value REAL, PRIMARY KEY (study, run_id, task, metric));
+CREATE TABLE samples (study TEXT NOT NULL, run_id TEXT NOT NULL, task TEXT NOT NULL,
+    example_id TEXT NOT NULL, prompt TEXT NOT NULL, output TEXT NOT NULL, reference TEXT NOT NULL,
+    PRIMARY KEY (study, run_id, task, example_id));
+INSERT INTO studies VALUES ('old', '{}', 'x', '.', 0);
+INSERT INTO runs (study, run_id, role, model, architecture, family, status, config_json)
+    VALUES ('old', 'base/m', 'base', 'm', 'decoder_only', 'gpt2', 'done', '{}');
+INSERT INTO metrics VALUES ('old', 'base/m', 'qa', 'exact_match', 'capability', 30.0);
+"""
+
+
+def test_a_database_written_before_intervals_opens_reads_and_takes_writes(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the schema as it was before intervals
+        db.executescript(OLD_SCHEMA)
+    with ResultsStore(path, read_only=True) as reader:  # read-only: missing columns are NULL
+        assert reader.metrics("old") == [Metric("base/m", "qa", "exact_match", "capability",
+                                                30.0)]
+        assert reader.comparisons("old") == [] and reader.predictions("old") == []
+        assert reader.row_counts("old")["comparisons"] == 0
+    with sqlite3.connect(path) as db:
+        assert "low" not in {row[1] for row in db.execute("PRAGMA table_info(metrics)")}
+    with ResultsStore(path) as store:  # a writer adds the columns and tables
+        store.put_metrics("old", "base/m", "qa", {"exact_match": MetricValue(
+            40.0, 20.0, 60.0, 10, "wilson")}, {"exact_match": "capability"})
+        store.put_predictions("old", "base/m", "qa", [("1", "yes")])
+        assert store.metrics("old") == [Metric("base/m", "qa", "exact_match", "capability", 40.0,
+                                               20.0, 60.0, 10, "wilson")]
+        assert store.row_counts("old")["predictions"] == 1
