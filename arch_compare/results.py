@@ -18,13 +18,12 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from arch_compare.evaluation.intervals import MetricValue
+from arch_compare.evaluation.intervals import MetricValue, as_metric_value
 
 DATABASE_FILE = "results.sqlite"
 ROLES = ("base", "imitation", "target")
@@ -368,9 +367,11 @@ class ResultsStore:
                        f"ON CONFLICT (study, run_id) DO UPDATE SET {updates}",
                        (study, *values.values()))
 
-    def put_metrics(self, study: str, run_id: str, task: str, values: Mapping[str, float],
+    def put_metrics(self, study: str, run_id: str, task: str,
+                    values: Mapping[str, float | MetricValue],
                     kinds: Mapping[str, str] | None = None) -> None:
-        """Upsert one task's metrics; `kinds` maps metric -> capability | style (default other)."""
+        """Upsert one task's metrics (a MetricValue with its interval; a Proportion gets
+        Wilson's); `kinds` maps metric -> capability | style (default other)."""
         kinds = kinds or {}
         rows = []
         for metric, value in values.items():
@@ -378,8 +379,7 @@ class ResultsStore:
             if kind not in METRIC_KINDS:
                 raise ValueError(f"metric {task}/{metric}: kind must be one of {METRIC_KINDS}, "
                                  f"got {kind!r}")
-            if not isinstance(value, MetricValue):  # a bare number: no interval known
-                value = MetricValue(math.nan if value is None else float(value))
+            value = as_metric_value(value)  # a bare number: no interval known
             rows.append((study, run_id, task, metric, kind, _real(value.value), _real(value.low),
                          _real(value.high), value.n, value.method))
         with self._transaction() as db:

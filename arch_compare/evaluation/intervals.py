@@ -184,11 +184,49 @@ def metric_values(metric_fn: MetricFn, targets: Sequence, outputs: Sequence, *,
     result = {}
     for name, value in whole.items():
         if isinstance(value, Proportion):
-            result[name] = MetricValue(float(value), *wilson(value.hits, value.n), value.n,
-                                       "wilson")
+            result[name] = as_metric_value(value)
         else:
             value = math.nan if value is None else float(value)
             result[name] = MetricValue(value, *intervals[name], len(targets), "bootstrap")
+    return result
+
+
+def resampled(metric_fn: MetricFn, targets: Sequence, outputs: Sequence, *,
+              resamples: int = RESAMPLES, seed: int = 0
+              ) -> tuple[Mapping[str, float], dict[str, np.ndarray]]:
+    """The metrics on all examples and on each resample ([resamples] per name). The resampled
+    examples depend only on (number of examples, resamples, seed), so two runs resampled with
+    the same seed are paired: `paired_differences` of the two is the paired bootstrap."""
+    whole = metric_fn(targets, outputs)
+    indices = _indices(len(targets), resamples, seed)
+    return whole, _resampled(metric_fn, targets, outputs, indices, whole)
+
+
+def as_metric_value(value: float | MetricValue | None) -> MetricValue:
+    """A metric function's value as a MetricValue: a Proportion gets Wilson's interval; a bare
+    number (one scored elsewhere, such as by seqio's Evaluator) none."""
+    if isinstance(value, MetricValue):
+        return value
+    if isinstance(value, Proportion):
+        return MetricValue(float(value), *wilson(value.hits, value.n), value.n, "wilson")
+    return MetricValue(math.nan if value is None else float(value))
+
+
+def paired_differences(a: tuple[Mapping[str, float], dict[str, np.ndarray]],
+                       b: tuple[Mapping[str, float], dict[str, np.ndarray]]
+                       ) -> dict[str, PairedDifference]:
+    """metric(A) - metric(B) from two `resampled` results over the same resampled examples."""
+    (whole_a, samples_a), (whole_b, samples_b) = a, b
+    result = {}
+    for name in whole_a:
+        if name not in whole_b:
+            continue
+        value_a, value_b = whole_a[name], whole_b[name]
+        difference = (math.nan if value_a is None or value_b is None
+                      else float(value_a) - float(value_b))
+        low, high = _percentiles(samples_a[name] - samples_b[name])
+        result[name] = PairedDifference(difference, low, high,
+                                        bool(low > 0 or high < 0))  # NaN compares False
     return result
 
 
@@ -200,17 +238,6 @@ def paired_bootstrap(metric_fn: MetricFn, targets: Sequence, outputs_a: Sequence
     if not len(targets) == len(outputs_a) == len(outputs_b):
         raise ValueError(f"paired_bootstrap: {len(targets)} targets, {len(outputs_a)} outputs "
                          f"of A and {len(outputs_b)} of B")
-    whole_a, whole_b = metric_fn(targets, outputs_a), metric_fn(targets, outputs_b)
-    indices = _indices(len(targets), resamples, seed)
-    samples_a = _resampled(metric_fn, targets, outputs_a, indices, whole_a)
-    samples_b = _resampled(metric_fn, targets, outputs_b, indices, whole_b)
-    result = {}
-    for name in whole_a:
-        if name not in whole_b:
-            continue
-        a, b = whole_a[name], whole_b[name]
-        difference = math.nan if a is None or b is None else float(a) - float(b)
-        low, high = _percentiles(samples_a[name] - samples_b[name])
-        result[name] = PairedDifference(difference, low, high,
-                                        bool(low > 0 or high < 0))  # NaN compares False
-    return result
+    return paired_differences(
+        resampled(metric_fn, targets, outputs_a, resamples=resamples, seed=seed),
+        resampled(metric_fn, targets, outputs_b, resamples=resamples, seed=seed))

@@ -17,6 +17,8 @@ from typing import Any, Mapping, Sequence
 import seqio
 
 from arch_compare.decoding.config import DecodeConfig
+from arch_compare.evaluation import intervals
+from arch_compare.evaluation.intervals import MetricValue
 from arch_compare.imitation import collection
 from arch_compare.imitation.targets import GenerationSettings, Prompt, Target
 from arch_compare.models.model import BaseModel, Params
@@ -35,10 +37,11 @@ def task_records(task: str, split: str, max_examples: int | None) -> tuple[Mappi
     return records[:max_examples] if max_examples else records
 
 
-def score_predictions(task: str, records: Sequence[Mapping], predictions: Sequence[str]
-                      ) -> dict[str, float]:
-    """The task's metrics for `predictions`, one per record (seqio's conventions: targets and
-    predictions go through `postprocess_fn` with their example, then every metric function)."""
+def postprocessed(task: str, records: Sequence[Mapping], predictions: Sequence[str]
+                  ) -> tuple[list, list]:
+    """(targets, outputs) as the task's metric functions take them (seqio's conventions: both go
+    through `postprocess_fn` with their example). Done once per run and task: for a task whose
+    postprocessing is expensive the metric functions, re-run on resamples, never repeat it."""
     spec = registry.get_task(task)
     if len(records) != len(predictions):
         raise ValueError(f"{task}: {len(records)} examples but {len(predictions)} predictions")
@@ -46,10 +49,24 @@ def score_predictions(task: str, records: Sequence[Mapping], predictions: Sequen
     targets = [post(record["targets"], example=record, is_target=True) for record in records]
     outputs = [post(text, example=record, is_target=False)
                for text, record in zip(predictions, records)]
-    metrics: dict[str, float] = {}
-    for metric_fn in spec.metric_fns:
-        metrics.update({name: float(value) for name, value in metric_fn(targets, outputs).items()})
+    return targets, outputs
+
+
+def score_postprocessed(task: str, targets: Sequence, outputs: Sequence
+                        ) -> dict[str, MetricValue]:
+    """Every metric of the task with its 95% interval (Wilson for shares of examples, the
+    bootstrap over examples otherwise; see `evaluation/intervals.py`)."""
+    metrics: dict[str, MetricValue] = {}
+    for metric_fn in registry.get_task(task).metric_fns:
+        metrics.update(intervals.metric_values(metric_fn, targets, outputs))
     return metrics
+
+
+def score_predictions(task: str, records: Sequence[Mapping], predictions: Sequence[str]
+                      ) -> dict[str, MetricValue]:
+    """The task's metrics for `predictions`, one per record, with their intervals
+    (`float(value)` is the number alone)."""
+    return score_postprocessed(task, *postprocessed(task, records, predictions))
 
 
 def model_predictions(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary, task: str,

@@ -8,7 +8,9 @@ For a `StudyConfig` it runs, in order, and records in the results database as it
 3. for each model, its base checkpoint (given, or pre-trained here) evaluated: run `base/<model>`;
 4. for each model x source x amount, the base fine-tuned on the first `amount` collected
    examples (one recipe for all), then evaluated: run `imitation/<model>/<source>/<amount>`;
-5. the target evaluated on the same tasks: run `target/<name>`.
+5. the target evaluated on the same tasks: run `target/<name>`;
+6. paired comparisons (imitation vs base, and sources against each other), from every stored
+   prediction (`comparisons.py`).
 
 Planning and pricing (the runs, their budget and memory) live in `plan.py`. Each model's runs
 use `config.execution_for(model)`, its mesh resolved over the devices present; a run whose
@@ -45,7 +47,7 @@ from arch_compare.budget.memory import MemoryShortfall
 from arch_compare.data import amounts as amounts_lib
 from arch_compare.data.vocabularies import load_vocabulary, vocabulary_for_model
 from arch_compare.execution import ExecutionConfig
-from arch_compare.imitation import collection, evaluation, preflight
+from arch_compare.imitation import collection, comparisons, evaluation, preflight
 from arch_compare.imitation import plan as plan_lib
 from arch_compare.imitation.config import Evaluation, StudyConfig, StudyModel
 from arch_compare.imitation.hosts import Processes
@@ -255,6 +257,8 @@ class StudyRunner:
                                str(record["targets"]))
                         for record, prediction in list(zip(records, predictions))[
                             :self.config.samples_per_task]])
+                    self.store.put_predictions(name, run_id, spec.task, [
+                        (str(record["id"]), text) for record, text in zip(records, predictions)])
             if self.store is not None:
                 self.store.put_metrics(name, run_id, spec.task, metrics,
                                        {metric: spec.kind_of(metric) for metric in metrics})
@@ -430,6 +434,8 @@ class StudyRunner:
                                               finished=time.time()))
             finished += 1
         if self.store is not None:
+            # From every stored prediction, so a resumed study recomputes them all (cheap).
+            comparisons.record(config, self.store, self.echo)
             self.store.close()
         self.processes.barrier("study done")  # the report is written after every row is in
         return StudyOutcome(database_path(config), finished, skipped, failed)

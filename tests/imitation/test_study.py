@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from arch_compare.evaluation import intervals
 from arch_compare.imitation import config as study_config
+from arch_compare.imitation import evaluation
 from arch_compare.imitation.plan import StudyDeclined, confirm, plan
 from arch_compare.results import ResultsStore
-from arch_compare_tasks import demo_world
+from arch_compare_tasks import demo_world, registry
 
 from tests.imitation.study_progress import statuses_so_far
 
@@ -95,6 +97,38 @@ def test_a_study_runs_every_run_and_records_it(uninterrupted):
     # Collected once, exported for training: the largest amount's prompts, each answered once.
     lines = (study_dir / "collection" / "broad.openai_chat.jsonl").read_text().splitlines()
     assert len(lines) == 16
+    assert counts["predictions"] == len(statuses) * (6 + 6)  # every output of every run
+
+
+def test_a_study_records_intervals_and_paired_comparisons(uninterrupted):
+    study_dir, stdout = uninterrupted
+    with ResultsStore(study_dir, read_only=True) as store:
+        metrics = {(m.run_id, m.task, m.metric): m for m in store.metrics("tiny")}
+        comparisons = store.comparisons("tiny")
+        predictions = store.predictions("tiny", "base/gpt2-tiny", "demo_facts_known")
+    accuracy = metrics["base/gpt2-tiny", "demo_facts_known", "fact_accuracy"]
+    assert (accuracy.method, accuracy.n) == ("wilson", 6)
+    hits = round(accuracy.value * 6 / 100)
+    assert (accuracy.low, accuracy.high) == pytest.approx(intervals.wilson(hits, 6))
+    pearson = metrics["target/demo-target", "demo_style", "length_pearson"]
+    assert pearson.method == "bootstrap" and pearson.n == 6
+    # Predictions are stored whole, in record order, and re-score to the recorded value.
+    records = registry.records("demo_facts_known", "validation")[:6]
+    assert [p.example_id for p in predictions] == [str(r["id"]) for r in records]
+    rescored = evaluation.score_predictions("demo_facts_known", records,
+                                            [p.output for p in predictions])
+    assert rescored["fact_accuracy"].value == pytest.approx(accuracy.value)
+    # Each imitation run against its base, on every headline metric (one source: no cross-source).
+    assert {(c.run_id, c.baseline_run_id, c.task, c.metric) for c in comparisons} == {
+        (f"imitation/gpt2-tiny/broad/{amount}", "base/gpt2-tiny", task, metric)
+        for amount in (8, 16) for task, metric in (
+            ("demo_facts_known", "fact_accuracy"), ("demo_style", "list_when_target_lists"),
+            ("demo_style", "length_pearson"))}
+    for c in comparisons:
+        if c.metric == "fact_accuracy":
+            run, base = (metrics[r, c.task, c.metric].value for r in (c.run_id, c.baseline_run_id))
+            assert c.difference == pytest.approx(run - base)
+    assert "comparisons: 6 paired" in stdout
 
 
 def test_a_killed_study_resumes_to_the_same_results_without_duplicates(
