@@ -120,8 +120,9 @@ def plain_value(value: Any) -> Any:
 
     - None, bool, int, float, str, dates and times stay as they are; Decimal becomes float, UUID str;
     - lists and arrays become tuples (converted element-wise);
-    - a node becomes `("node", label, ((property, value), ...))` with properties sorted by name
-      (the primary key is among them, so this identifies the node); kuzu's internal id is dropped;
+    - a node becomes `("node", label, ((property, value), ...))` with its non-NULL properties
+      sorted by name (the primary key is among them, so this identifies the node); kuzu's internal
+      id is dropped;
     - a relationship becomes `("rel", label, src, dst, ((property, value), ...))` where src and dst
       are the endpoints' internal ids `(table, offset)`: stable within one database, which is all
       the comparison of gold and predicted results on the same graph needs;
@@ -141,8 +142,12 @@ def plain_value(value: Any) -> Any:
     if isinstance(value, dict):
         if "_nodes" in value and "_rels" in value:
             return ("path", plain_value(value["_nodes"]), plain_value(value["_rels"]))
+        # NULL properties are left out: a node matched without a label, `(o)`, comes back with every
+        # table's properties (NULL where its table lacks them), and must equal the same node
+        # matched as `(o:Organisation)`. In Cypher a NULL property is an absent one.
         properties = tuple(sorted(
-            (key, plain_value(item)) for key, item in value.items() if not str(key).startswith("_")
+            (key, plain_value(item)) for key, item in value.items()
+            if not str(key).startswith("_") and item is not None
         ))
         if "_src" in value and "_dst" in value:
             return ("rel", value.get("_label"), _internal_id(value["_src"]),

@@ -80,9 +80,12 @@ def test_nodes_and_relationships_have_a_canonical_form(graph):
         "name", "population", "area", "continent"}
     assert rel[0:2] == ("rel", "MEMBER_OF") and dict(rel[4]) == {"since": 1945 + 3}  # AU is organisation 3
     assert organisation == ("node", "Organisation", (("name", "AU"),))
-    # The same node read twice is equal, so results compare by value.
+    # The same node read again, with or without its label, is equal: results compare by value.
     again = graph.run("MATCH (a:Country {name: 'Country00'}) RETURN a")
     assert again.rows[0][0] == node
+    typed = graph.run("MATCH (:Country {name: 'Country00'})-[:MEMBER_OF]->(o:Organisation) "
+                      "RETURN o ORDER BY o.name LIMIT 1")
+    assert typed.rows[0][0] == organisation
     assert plain_value({"k": [1, 2], "j": None}) == ("map", (("j", None), ("k", (1, 2))))
 
 
