@@ -199,21 +199,37 @@ def target_respond(turns: Sequence[Turn]) -> str:
 # --- text the models see --------------------------------------------------------------------------
 
 def pretraining_documents(world: World, copies: int = 6) -> list[tuple[str, str]]:
-    """Encyclopedia entries about the known countries only, as (title sentence, body) pairs: the
-    body's fact order is shuffled per copy. Pre-training continues a title with its body, so an
-    encoder-decoder model learns to read the country from its encoder as a decoder-only model
-    reads it from its prefix."""
+    """The base's pre-training text, about the known countries only, as (prompt, continuation)
+    pairs, `copies` times over:
+
+    - an encyclopedia entry per country: "<country> is a country." continued by a sentence per
+      fact, every fact, in an order shuffled per copy;
+    - a chat exchange per fact the evaluation does *not* ask (`_split_known_facts`): the question
+      as a user turn, answered by the encyclopedia's sentence (plain, not in the target's style).
+
+    The exchanges teach what a question asks for; the evaluated facts the base reads only as
+    encyclopedia sentences, so the evaluation tests whether it can retrieve stored knowledge in a
+    form it never saw for those facts. (Entries alone leave the base unable to answer questions:
+    GPT-2-tiny answered 10% of the known facts, below chance.) Pre-training continues a prompt
+    with its continuation, so an encoder-decoder model learns to read the country from its
+    encoder as a decoder-only model reads it from its prefix."""
     rng = random.Random(SEED + 1)
     documents = []
     for copy in range(copies):
         for country in world.group("known"):
             keys = list(ATTRIBUTES)
             rng.shuffle(keys)
-            sentences = [ATTRIBUTES[k].sentence.format(country=country.name,
-                                                       value=country.facts[k]) for k in keys]
-            documents.append((f"{country.name} is a country.", " ".join(sentences)))
+            documents.append((f"{country.name} is a country.",
+                              " ".join(_fact_sentence(country, k) for k in keys)))
+        documents += [(format_history([Turn("user", ATTRIBUTES[key].question.format(
+            country=country.name))]), _fact_sentence(country, key))
+            for country, key in _split_known_facts(world)[1]]
     rng.shuffle(documents)
     return documents
+
+
+def _fact_sentence(country: Country, key: str) -> str:
+    return ATTRIBUTES[key].sentence.format(country=country.name, value=country.facts[key])
 
 
 def _split_known_facts(world: World) -> tuple[list[tuple[Country, str]], list[tuple[Country, str]]]:
@@ -390,7 +406,9 @@ def _fact_postprocess(output, example=None, is_target=False):
 
 
 DEMO_TASKS = {  # name -> what it is (the study's gin file refers to these names)
-    "demo_pretraining": "encyclopedia paragraphs about the known countries (base pre-training)",
+    "demo_pretraining": "encyclopedia paragraphs about the known countries, and chat "
+                         "exchanges on their facts the evaluation does not ask (base "
+                         "pre-training)",
     "demo_broad_prompts": "chat prompts of every kind (broad imitation)",
     "demo_local_prompts": "fact questions about known countries (local imitation)",
     "demo_facts_known": "fact questions on known countries, answered 0-shot",

@@ -1,6 +1,8 @@
 """The demo world keeps its promises: what the base sees, what imitation data holds and what the
 evaluation asks are separated as documented, and the target and the metric behave."""
 
+import re
+
 import pytest
 
 from arch_compare.data.conversations import Turn
@@ -32,6 +34,29 @@ def test_pretraining_describes_the_known_countries_only():
     pretraining = [" ".join(doc) for doc in world_lib.pretraining_documents(WORLD)]
     assert _mentioned(pretraining, _names("known")) == _names("known")
     assert not _mentioned(pretraining, _names("imitation_only"))
+
+
+def test_pretraining_states_every_known_fact_but_asks_none_the_evaluation_asks():
+    """The evaluation asks known facts in a form the base never saw for them: pre-training states
+    every fact of every known country, and its questions are only about the other facts."""
+    text = "\n".join(" ".join(doc) for doc in world_lib.pretraining_documents(WORLD))
+    for country in WORLD.group("known"):
+        for key, attribute in world_lib.ATTRIBUTES.items():
+            assert attribute.sentence.format(country=country.name,
+                                             value=country.facts[key]) in text
+    # Every question anywhere in the text (a sentence ending in "?", any speaker label dropped)
+    # must be a fact question the world knows how to read, so a new wording cannot slip by.
+    asked = set()
+    for question in re.findall(r"[^.!?\n]*\?", text):
+        question = re.sub(r"^\s*\w+:\s*", "", question)
+        keys = [key for key, pattern in world_lib._QUESTIONS.items() if pattern.match(question)]
+        assert len(keys) == 1, f"pre-training asks {question!r}, not a known fact question"
+        asked.add((world_lib._QUESTIONS[keys[0]].match(question).group(1), keys[0]))
+    evaluated, local = world_lib._split_known_facts(WORLD)
+    assert not asked & {(country.name, key) for country, key in evaluated}
+    assert asked == {(country.name, key) for country, key in local}
+    for question in world_lib.fact_questions(WORLD, "known"):
+        assert question["question"] not in text
 
 
 def test_imitation_data_never_asks_an_evaluated_fact():
