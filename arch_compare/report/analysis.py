@@ -66,6 +66,15 @@ def values_by_run(data: StudyData) -> dict[str, dict[str, float | None]]:
     return values
 
 
+def intervals_by_run(data: StudyData) -> dict[str, dict[str, tuple[float, float]]]:
+    """run_id -> {"task/metric": (low, high)}: the 95% intervals recorded (None bounds left out)."""
+    intervals: dict[str, dict[str, tuple[float, float]]] = {}
+    for row in data.metrics:
+        if row.low is not None and row.high is not None:
+            intervals.setdefault(row.run_id, {})[f"{row.task}/{row.metric}"] = (row.low, row.high)
+    return intervals
+
+
 def _run_sort_key(run: Run, sources: dict[str, int]) -> tuple:
     arch = ARCHITECTURES.index(run.architecture) if run.architecture in ARCHITECTURES else 2
     role = {"base": 0, "imitation": 1}.get(run.role, 2)

@@ -70,7 +70,25 @@ def ratio(value: float | None) -> str:
 
 
 def metric_formatter(values: list[float | None]):
-    """One format for a whole column: 3 decimals for metrics on a 0-1 scale, else 1 decimal."""
+    """One format for a whole column: 3 decimals for metrics on a 0-1 scale, else 1 decimal.
+    The returned function takes an optional 95% interval: `value (low-high)`, or
+    `value (low to high)` when a bound is negative (a dash would read as a minus sign)."""
     known = [v for v in values if v is not None and math.isfinite(v)]
     decimals = 3 if known and all(abs(v) <= 1 for v in known) else 1
-    return lambda value: NA if value is None else f"{value:.{decimals}f}"
+
+    def render(value: float | None, interval: tuple[float, float] | None = None) -> str:
+        if value is None:
+            return NA
+        text = f"{value:.{decimals}f}"
+        if interval is None:
+            return text
+        low, high = interval
+        joint = " to " if min(low, high) < 0 else "-"
+        return f"{text} ({low:.{decimals}f}{joint}{high:.{decimals}f})"
+
+    return render
+
+
+def signed(value: float | None, decimals: int = 1) -> str:
+    """A difference with its sign: +4.2, -0.8."""
+    return NA if value is None else f"{value:+.{decimals}f}"

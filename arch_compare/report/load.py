@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from arch_compare.results import DATABASE_FILE, Metric, ResultsStore, Run, Sample, Study
+from arch_compare.results import (DATABASE_FILE, Comparison, Metric, ResultsStore, Run, Sample,
+                                  Study)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +20,7 @@ class StudyData:
     runs: tuple[Run, ...]
     metrics: tuple[Metric, ...]
     samples: tuple[Sample, ...]
+    comparisons: tuple[Comparison, ...] = ()  # paired bootstrap between runs (imitation vs base)
 
 
 def database_path(source: str | Path) -> Path:
@@ -53,4 +55,5 @@ def load_study(source: str | Path, study: str | None = None) -> StudyData:
             chosen = store.study(study)  # an unknown name raises, listing the known ones
         return StudyData(database=path, study=chosen, runs=tuple(store.runs(chosen.name)),
                          metrics=tuple(store.metrics(chosen.name)),
-                         samples=tuple(store.samples(chosen.name)))
+                         samples=tuple(store.samples(chosen.name)),
+                         comparisons=tuple(store.comparisons(chosen.name)))

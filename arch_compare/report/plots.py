@@ -2,7 +2,8 @@
 pyplot global state, so drawing here never changes another caller's backend).
 
 - one figure per metric: its value against the amount of imitation data (log x axis), one line per
-  model and data source, the base model as the leftmost point, the target as a dashed line;
+  model and data source, the base model as the leftmost point, the target as a dashed line; 95%
+  intervals as error bars (the target's as a grey band);
 - the mean share of the gap closed against the amount, capability and style side by side;
 - style against capability, one point per imitation run (the paper's central contrast).
 """
@@ -94,8 +95,21 @@ def _amounts(data: StudyData) -> list[int]:
                    if r.role == "imitation" and r.status == "done"})
 
 
+def _error_bars(axes, points: list[tuple[float, float, tuple[float, float] | None]],
+                colour: str) -> None:
+    """Vertical 95% interval bars at the points that have one."""
+    known = [(x, y, bounds) for x, y, bounds in points if bounds is not None]
+    if known:
+        xs, ys, bounds = zip(*known)
+        below = [max(0.0, y - low) for y, (low, _) in zip(ys, bounds)]
+        above = [max(0.0, high - y) for y, (_, high) in zip(ys, bounds)]
+        axes.errorbar(xs, ys, yerr=[below, above], ls="", color=colour, alpha=0.45,
+                      capsize=2, lw=1)
+
+
 def metric_figures(data: StudyData) -> list[Figure]:
     values = analysis.values_by_run(data)
+    intervals = analysis.intervals_by_run(data)
     styles = _Styles(data)
     target = analysis.target_run(data)
     bases = analysis.base_runs(data)
@@ -109,17 +123,23 @@ def metric_figures(data: StudyData) -> list[Figure]:
         base_x = _amount_axis(axes, amounts, with_base=bool(bases))
         drawn: set[str] = set()
         for model, colour in styles.colours.items():
-            base = values.get(bases[model].run_id, {}).get(key.name) if model in bases else None
+            base_id = bases[model].run_id if model in bases else None
+            base = values.get(base_id, {}).get(key.name)
             if base is not None:
                 axes.plot([base_x], [base], ls="", marker="D", markersize=7, color=colour)
+                _error_bars(axes, [(base_x, base, intervals.get(base_id, {}).get(key.name))],
+                            colour)
                 drawn.add(model)
             for source, line in styles.lines.items():
-                points = [(r.data_examples, values.get(r.run_id, {}).get(key.name))
+                points = [(r.data_examples, values.get(r.run_id, {}).get(key.name),
+                           intervals.get(r.run_id, {}).get(key.name))
                           for r in done if r.model == model and r.data_source == source]
-                points = ([(base_x, base)] if base is not None else []) + [
-                    p for p in points if p[1] is not None]
+                points = [p for p in points if p[1] is not None]
+                if points:
+                    _error_bars(axes, points, colour)
+                points = ([(base_x, base, None)] if base is not None else []) + points
                 if len(points) > (base is not None):
-                    xs, ys = zip(*points)
+                    xs, ys, _ = zip(*points)
                     axes.plot(xs, ys, ls=line, marker=styles.markers[source], color=colour,
                               markersize=5)
                     drawn.add(model)
@@ -127,6 +147,9 @@ def metric_figures(data: StudyData) -> list[Figure]:
             continue  # no model has a value: a plot with the target alone would say nothing
         if target_value is not None:
             axes.axhline(target_value, color="black", ls="--", lw=1.2)
+            band = intervals.get(target.run_id, {}).get(key.name)
+            if band is not None:  # the target's own 95% interval as a grey band
+                axes.axhspan(*band, color="black", alpha=0.08, lw=0)
             low, high = axes.get_ylim()
             pad = 0.06 * (max(high, target_value) - min(low, target_value) or 1.0)
             axes.set_ylim(min(low, target_value - pad), max(high, target_value + pad))

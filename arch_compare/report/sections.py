@@ -77,7 +77,33 @@ def summary(data: StudyData, rows: list[GapRow]) -> str:
                 f"{s} {fmt.percent(h.best_value)}" for s, h in per_source) + ".")
         if any(value is not None and value < 0 for value in (style.mean, capability.mean)):
             sentences.append("A negative share: further from the target than the base model.")
+    sentences += _significance(data)
     return " ".join(sentences)
+
+
+SUMMARY_LISTED = 8  # significant differences named in the summary; the rest in their section
+
+
+def _difference(value: float | None) -> str:
+    return fmt.signed(value, 3 if value is not None and abs(value) <= 1 else 1)
+
+
+def _significance(data: StudyData) -> list[str]:
+    """Which imitation-vs-base differences the paired bootstrap finds significant."""
+    roles = {run.run_id: run.role for run in data.runs}
+    against_base = [c for c in data.comparisons if roles.get(c.baseline_run_id) == "base"]
+    if not against_base:
+        return ["No paired comparison against the base models is recorded, so no difference "
+                "is tested for significance."]
+    significant = [c for c in against_base if c.significant]
+    sentence = (f"Paired bootstrap on the same examples (95%): {len(significant)} of "
+                f"{len(against_base)} imitation-versus-base differences are significant")
+    if significant:
+        named = [f"{c.run_id} on {c.task}/{c.metric} ({_difference(c.difference)})"
+                 for c in significant[:SUMMARY_LISTED]]
+        more = len(significant) - len(named)
+        sentence += ": " + "; ".join(named) + (f"; and {more} more" if more else "")
+    return [sentence + " (every comparison: section “Paired comparisons”)."]
 
 
 def _benchmarks(data: StudyData) -> Section:
@@ -90,6 +116,15 @@ def _benchmarks(data: StudyData) -> Section:
     if not blocks:
         blocks = [Paragraph("No metrics recorded yet.")]
     return Section("Benchmarks", "benchmarks", tuple(blocks))
+
+
+def _comparisons(data: StudyData) -> Section:
+    table = tables.comparison_table(data)
+    return Section("Paired comparisons", "comparisons", (
+        Paragraph("Each imitation run against its model's base run, and against the run of the "
+                  "same model and amount on each earlier data source of the study, on every "
+                  "generation task's headline metrics."),
+        table if table is not None else Paragraph("No paired comparison recorded.")))
 
 
 def _style_vs_capability(data: StudyData, rows: list[GapRow]) -> Section:
@@ -165,8 +200,10 @@ def build_document(data: StudyData) -> Document:
         Section("Metrics against imitation data", "curves", (
             Paragraph("Each metric against the amount of imitation data (examples; tokens are "
                       "in the tables): one colour per model, one line style per data source, "
-                      "the base model at the left, the target as a dashed line."),
+                      "the base model at the left, the target as a dashed line; bars (and the "
+                      "target's grey band) are 95% intervals over the evaluation examples."),
             Figures(tuple(metric_figures)) if metric_figures else Paragraph("Nothing to plot."))),
+        _comparisons(data),
         Section("Share of the gap closed", "gap", (
             tables.gap_table(keys, rows) if rows else Paragraph("No finished imitation run."),
             *((Figures((gap_figure,)),) if gap_figure else ()))),

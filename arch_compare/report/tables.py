@@ -11,6 +11,7 @@ from arch_compare.results import Run
 NO_RESULT = "—"   # the run has no results (failed or not finished); "n/a" is an undefined value
 KIND_MARK = {"capability": "C", "style": "S", "other": "O"}
 ERROR_CHARACTERS = 300
+SIGNIFICANT = "✱"
 
 
 def _row_style(run: Run) -> str:
@@ -62,6 +63,7 @@ GRID_NUMERIC = (False, False, True, False, True, True, True)
 def benchmark_tables(data: StudyData) -> dict[str, Table]:
     """task -> a table of its metrics for every run of the grid, base and target included."""
     values = analysis.values_by_run(data)
+    intervals = analysis.intervals_by_run(data)
     keys = analysis.metric_keys(data)
     runs = analysis.sorted_runs(data)
     tables = {}
@@ -71,8 +73,8 @@ def benchmark_tables(data: StudyData) -> dict[str, Table]:
                                                    for r in runs]) for key in task_keys}
         rows = []
         for run in runs:
-            own = values.get(run.run_id, {})
-            cells = [formats[key.name](own.get(key.name))
+            own, bounds = values.get(run.run_id, {}), intervals.get(run.run_id, {})
+            cells = [formats[key.name](own.get(key.name), bounds.get(key.name))
                      if run.status == "done" and key.name in own else NO_RESULT
                      for key in task_keys]
             rows.append((*_grid_cells(run), *cells, run.status))
@@ -83,10 +85,38 @@ def benchmark_tables(data: StudyData) -> dict[str, Table]:
             rows=tuple(rows), numeric=(*GRID_NUMERIC, *(True,) * len(task_keys), False),
             styles=tuple(_row_style(r) for r in runs), group_columns=3,
             caption=(f"{task}: " + ", ".join(f"({KIND_MARK[k]}) {k}" for k in kinds)
-                     + f" metric. n/a: undefined for that run; {NO_RESULT}: no result. "
+                     + f" metric. In brackets its 95% interval over the evaluation examples "
+                       "(Wilson's for shares of examples, the bootstrap otherwise; it does not "
+                       "cover the variation between training runs). n/a: undefined for that "
+                       f"run; {NO_RESULT}: no result. "
                        "Tokens: imitation data in the model's own tokenizer and in the "
                        "study's reference tokenizer."))
     return tables
+
+
+def comparison_table(data: StudyData) -> Table | None:
+    """Every paired comparison the study recorded: run minus baseline on the same examples."""
+    if not data.comparisons:
+        return None
+    order = {run.run_id: i for i, run in enumerate(analysis.sorted_runs(data))}
+    comparisons = sorted(data.comparisons, key=lambda c: (
+        order.get(c.run_id, len(order)), order.get(c.baseline_run_id, len(order)), c.task,
+        c.metric))
+    decimals = lambda c: 3 if all(abs(v) <= 1 for v in (c.difference, c.low, c.high)
+                                  if v is not None) else 1
+    return Table(
+        columns=("Run", "Against", "Metric", "Difference", "95% interval", "Significant"),
+        rows=tuple((c.run_id, c.baseline_run_id, f"{c.task}/{c.metric}",
+                    fmt.signed(c.difference, decimals(c)),
+                    fmt.NA if c.low is None or c.high is None else
+                    f"{fmt.signed(c.low, decimals(c))} to {fmt.signed(c.high, decimals(c))}",
+                    SIGNIFICANT if c.significant else "") for c in comparisons),
+        numeric=(False, False, False, True, True, False),
+        caption="Run minus the run it is compared against, on the same evaluation examples, "
+                "with the paired bootstrap's 95% interval (1,000 resamples of the examples, "
+                f"the same for both runs). {SIGNIFICANT}: the interval excludes 0. "
+                "Rank-classification tasks (scored from log-likelihoods by seqio) keep no "
+                "per-example outputs and have no comparisons.")
 
 
 def gap_table(keys: tuple[MetricKey, ...], rows: list[GapRow]) -> Table:

@@ -2,6 +2,7 @@
 one database, the budget gate, and the configuration's errors."""
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -129,6 +130,10 @@ def test_a_study_records_intervals_and_paired_comparisons(uninterrupted):
             run, base = (metrics[r, c.task, c.metric].value for r in (c.run_id, c.baseline_run_id))
             assert c.difference == pytest.approx(run - base)
     assert "comparisons: 6 paired" in stdout
+    report = (study_dir / "report" / "report.md").read_text()
+    assert re.search(r"\| \d+\.\d \(\d+\.\d-\d+\.\d\) \|", report)  # value (low-high) cells
+    assert "imitation-versus-base differences are significant" in report
+    assert "## Paired comparisons" in report
 
 
 def test_a_killed_study_resumes_to_the_same_results_without_duplicates(

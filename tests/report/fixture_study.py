@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from arch_compare.results import ResultsStore, Run, Sample
+from arch_compare.evaluation.intervals import MetricValue
+from arch_compare.results import Comparison, ResultsStore, Run, Sample
 
 STUDY = "tiny-arch"
 TARGET = "oracle-7b"
@@ -105,9 +106,36 @@ def imitation_values(model: str, source: str, examples: int) -> dict[str, float 
     return values
 
 
+def interval(name: str, value: float | None) -> tuple[float, float] | None:
+    """The fixture's 95% interval of a value: +-10% and a bit; none for the held-out loss (a
+    number recorded without its examples)."""
+    if value is None or name == "heldout/loss":
+        return None
+    return value - 0.1 * abs(value) - 0.01, value + 0.1 * abs(value) + 0.01
+
+
+def _with_interval(name: str, value: float | None):
+    bounds = interval(name, value)
+    return value if bounds is None else MetricValue(value, *bounds, 100, "bootstrap")
+
+
+# (run, baseline, task/metric, difference, low, high, significant)
+COMPARISONS = (
+    ("imitation/llama-tiny/local/1024", "base/llama-tiny", "nq_open/exact_match", 7.0, 2.0,
+     12.0, True),
+    ("imitation/llama-tiny/broad/1024", "base/llama-tiny", "nq_open/exact_match", -5.0, -11.0,
+     1.0, False),
+    ("imitation/llama-tiny/broad/1024", "base/llama-tiny", "style/length_pearson", 0.69, 0.41,
+     0.93, True),
+    ("imitation/llama-tiny/local/1024", "imitation/llama-tiny/broad/1024",
+     "nq_open/exact_match", 12.0, 5.0, 19.0, True),
+)
+
+
 def _put_metrics(store: ResultsStore, run_id: str, values: dict[str, float | None]) -> None:
     for task in dict.fromkeys(name.split("/")[0] for name in values):
-        own = {n.split("/")[1]: v for n, v in values.items() if n.startswith(task + "/")}
+        own = {n.split("/")[1]: _with_interval(n, v) for n, v in values.items()
+               if n.startswith(task + "/")}
         store.put_metrics(STUDY, run_id, task, own,
                           {n.split("/")[1]: KINDS[n] for n in values if n.startswith(task + "/")})
 
@@ -165,4 +193,6 @@ def build_study(path: Path) -> Path:
                     if status == "done":
                         _put_metrics(store, run_id, imitation_values(model, source, examples))
                         store.put_samples(STUDY, _samples(run_id, model, examples))
+        store.put_comparisons(STUDY, [Comparison(run, baseline, *name.split("/"), *numbers)
+                                      for run, baseline, name, *numbers in COMPARISONS])
     return path

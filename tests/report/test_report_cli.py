@@ -55,7 +55,7 @@ def test_studies_without_results_still_render(tmp_path):
     for study in ("empty", "started"):
         paths = write_report(database, tmp_path / study, study=study)
         page = parse_html(paths.html.read_text())
-        assert page.nesting_errors == [] and len(page.headings["h2"]) == 9
+        assert page.nesting_errors == [] and len(page.headings["h2"]) == 10
         summary = paths.markdown.read_text().split("\n\n")[1]
         assert "No imitation run has finished" in summary
     assert "just begun" in (tmp_path / "started" / "report.md").read_text()

@@ -8,11 +8,13 @@ import json
 import pytest
 
 from arch_compare.report import analysis, load_study
-from tests.report.fixture_study import (AMOUNTS, FAILED, KINDS, MODELS, NOTES, ODD_LEARNING_RATE,
-                                        PENDING, SCRIPT, SOURCES, TARGET, imitation_values)
+from tests.report.fixture_study import (AMOUNTS, COMPARISONS, FAILED, KINDS, MODELS, NOTES,
+                                        ODD_LEARNING_RATE, PENDING, SCRIPT, SOURCES, TARGET,
+                                        imitation_values, interval)
 from tests.report.parsing import markdown_tables, outside_code_fences, parse_html, png_size
 
-SECTIONS = ["Benchmarks", "Metrics against imitation data", "Share of the gap closed",
+SECTIONS = ["Benchmarks", "Metrics against imitation data", "Paired comparisons",
+            "Share of the gap closed",
             "Style vs capability", "Compute: estimated and measured",
             "Configuration differences", "Sample outputs", "Notes", "Run configurations"]
 LLAMA_BROAD_1024_GAPS = ["-45.5%", "-11.8%", "97.1%", "94.5%"]  # by hand: see test_analysis
@@ -62,7 +64,14 @@ def test_every_benchmark_row_and_metric_is_in_both_forms(form, parsed, md_tables
         for name, value in imitation_values("llama-tiny", "broad", 1024).items():
             if name.startswith(task + "/"):
                 column = f"{name.split('/')[1]} ({KINDS[name][0].upper()})"
-                assert float(llama[column]) == pytest.approx(value, abs=1e-3)
+                shown, _, bounds = llama[column].partition(" (")
+                assert float(shown) == pytest.approx(value, abs=1e-3)
+                low, high = interval(name, value) or (None, None)
+                if low is None:  # recorded without an interval: the value alone
+                    assert bounds == ""
+                else:  # "value (low-high)", or "(low to high)" across zero
+                    parts = bounds.rstrip(")").split(" to " if low < 0 else "-")
+                    assert [float(p) for p in parts] == pytest.approx([low, high], abs=0.051)
         assert cell[("t5-tiny", "local", "1,024")]["Status"] == "failed"
         assert cell[("gpt2-tiny", "broad", "1,024")]["Status"] == "pending"
         if task == "style":  # T5 cannot write lists at this vocabulary: undefined, not missing
@@ -96,7 +105,25 @@ def test_summary_states_computed_headlines(report, study_dir):
     assert "best run on style (llama-tiny · broad · 1,024) closed 95.8%" in summary
     assert "best run on capability (gpt2-tiny · local · 1,024) closed 50.0%" in summary
     assert "20 of 22 runs finished, 1 failed, 1 pending" in summary
+    # Significance from the recorded paired comparisons: 2 of the 3 against a base model.
+    assert ("2 of 3 imitation-versus-base differences are significant: "
+            "imitation/llama-tiny/local/1024 on nq_open/exact_match (+7.0); "
+            "imitation/llama-tiny/broad/1024 on style/length_pearson (+0.690)") in summary
     assert summary in html.unescape(report[1])
+
+
+@pytest.mark.parametrize("form", ["html", "markdown"])
+def test_every_paired_comparison_is_listed_with_its_interval(form, parsed, md_tables):
+    tables = parsed.tables if form == "html" else md_tables
+    rows = next(t.rows if form == "html" else t for t in tables
+                if (t.rows if form == "html" else t)[0][:2] == ["Run", "Against"])
+    listed = {(r[0], r[1], r[2]): r[3:] for r in rows[1:]}
+    assert len(listed) == len(COMPARISONS)
+    for run, baseline, name, difference, low, high, significant in COMPARISONS:
+        shown, bounds, mark = listed[run, baseline, name]
+        assert float(shown) == pytest.approx(difference)
+        assert [float(b) for b in bounds.split(" to ")] == pytest.approx([low, high])
+        assert (mark != "") == significant
 
 
 def test_html_is_one_self_contained_page_in_the_documented_order(report, parsed):
