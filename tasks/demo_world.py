@@ -324,6 +324,10 @@ def corpus_for_vocabulary(world: World) -> list[str]:
     texts += [q["question"] for group in ("known", "unseen") for q in fact_questions(world, group)]
     texts += [target_reply(world, p) for p in style_prompts(world)]
     texts += [format_history([Turn("user", p)]) for p in broad_prompts(world, 200)]
+    # The text2cypher tasks' schema, questions and queries, so Cypher's keywords become pieces
+    # (imported here: text2cypher imports this module).
+    from arch_compare_tasks import text2cypher
+    texts += text2cypher.vocabulary_texts()
     return texts
 
 

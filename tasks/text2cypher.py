@@ -30,8 +30,9 @@ import re
 import string
 from typing import Sequence
 
-from arch_compare.data.conversations import Turn
+from arch_compare.data.conversations import Turn, format_history
 from arch_compare_tasks import demo_world
+from arch_compare_tasks.registry import TaskSpec, as_text, register_task
 from arch_compare_tasks.text2cypher_graph import (FACTS, SCHEMA, SEED, build_graph,
                                                   demo_graph_path)
 
@@ -41,7 +42,7 @@ HELD_OUT_BLOCS = 2
 TRAIN_SLOTS_PER_TEMPLATE = 150  # slot fillings per template drawn for training, each in every wording
 VALIDATION_PER_TEMPLATE = 7
 AGGREGATES = {"largest": "max", "smallest": "min", "average": "avg"}
-RANKS = {"most": "DESC", "fewest": "ASC"}
+RANKS = {"largest": "DESC", "smallest": "ASC"}  # by population
 PROPERTIES = FACTS + ("population",)
 # Slot -> the regular expression that reads it back out of a question.
 SLOT_PATTERNS = {
@@ -78,7 +79,7 @@ class Template:
 
 
 _NEIGHBOURS = "MATCH (:Country {name: '$country'})-[:BORDERS]->(n:Country)"
-_MEMBERS = "MATCH (c:Country)-[:MEMBER_OF]->(:Bloc {name: '$bloc'})"
+_MEMBERS = "MATCH (c:Country)-[:JOINED]->(:Bloc {name: '$bloc'})"
 TEMPLATES = (
     Template("country_property", "lookup", (
         "What is the $prop of $country?", "Give the $prop of $country.",
@@ -86,59 +87,59 @@ TEMPLATES = (
         "MATCH (c:Country {name: '$country'}) RETURN c.$prop"),
     Template("bloc_founded", "lookup", (
         "When was the $bloc founded?", "In which year was the $bloc founded?",
-        "Give the founding year of the $bloc."),
+        "Founding year of the $bloc?"),
         "MATCH (b:Bloc {name: '$bloc'}) RETURN b.founded"),
     Template("countries_with_value", "filter", (
         "Which countries have $value as their $attr?", "List the countries whose $attr is $value.",
-        "Name every country with $value as $attr."),
+        "Countries with $attr $value?"),
         "MATCH (c:Country) WHERE c.$attr = '$value' RETURN c.name"),
     Template("population_above", "filter", (
-        "Which countries have a population over $number?",
-        "List the countries whose population exceeds $number.",
-        "Name the countries with population greater than $number."),
+        "Which countries have population over $number?",
+        "List countries with population over $number.",
+        "Countries with population above $number?"),
         "MATCH (c:Country) WHERE c.population > $number RETURN c.name"),
     Template("neighbours", "one_hop", (
         "Which countries border $country?", "List the neighbours of $country.",
-        "What countries share a border with $country?", "Name the countries next to $country."),
+        "What countries share a border with $country?", "Neighbours of $country?"),
         _NEIGHBOURS + " RETURN n.name"),
     Template("bloc_members", "one_hop", (
         "Which countries belong to the $bloc?", "List the members of the $bloc.",
-        "Name the countries in the $bloc."),
+        "Members of the $bloc?"),
         _MEMBERS + " RETURN c.name"),
     Template("blocs_of", "one_hop", (
-        "Which blocs is $country a member of?", "List the blocs that $country belongs to.",
-        "What blocs has $country joined?"),
-        "MATCH (:Country {name: '$country'})-[:MEMBER_OF]->(b:Bloc) RETURN b.name"),
+        "Which blocs did $country join?", "List the blocs of $country.",
+        "Blocs of $country?"),
+        "MATCH (:Country {name: '$country'})-[:JOINED]->(b:Bloc) RETURN b.name"),
     Template("joined_since", "one_hop", (
         "When did $country join the $bloc?", "Since when is $country in the $bloc?",
-        "In which year did $country join the $bloc?"),
-        "MATCH (:Country {name: '$country'})-[m:MEMBER_OF]->(:Bloc {name: '$bloc'}) "
+        "Year $country joined the $bloc?"),
+        "MATCH (:Country {name: '$country'})-[m:JOINED]->(:Bloc {name: '$bloc'}) "
         "RETURN m.since"),
     Template("neighbours_with_value", "one_hop", (
-        "Which neighbours of $country have $value as $attr?",
-        "List the countries bordering $country whose $attr is $value.",
-        "Name the neighbours of $country with $value as their $attr."),
+        "Which neighbours of $country have $attr $value?",
+        "List neighbours of $country whose $attr is $value.",
+        "Neighbours of $country with $attr $value?"),
         _NEIGHBOURS + " WHERE n.$attr = '$value' RETURN n.name"),
     Template("two_hop_neighbours", "two_hop", (
         "Which countries border a neighbour of $country?",
-        "List the countries two borders away from $country.",
-        "Name the neighbours of the neighbours of $country."),
+        "List countries bordering neighbours of $country.",
+        "Neighbours of neighbours of $country?"),
         "MATCH (:Country {name: '$country'})-[:BORDERS]->(:Country)-[:BORDERS]->(n:Country) "
         "WHERE n.name <> '$country' RETURN DISTINCT n.name"),
     Template("neighbour_blocs", "two_hop", (
-        "Which blocs do the neighbours of $country belong to?",
-        "List the blocs of the countries bordering $country.",
-        "Name the blocs that neighbours of $country are in."),
-        "MATCH (:Country {name: '$country'})-[:BORDERS]->(:Country)-[:MEMBER_OF]->(b:Bloc) "
+        "Which blocs did neighbours of $country join?",
+        "List the blocs of neighbours of $country.",
+        "Blocs of the neighbours of $country?"),
+        "MATCH (:Country {name: '$country'})-[:BORDERS]->(:Country)-[:JOINED]->(b:Bloc) "
         "RETURN DISTINCT b.name"),
     Template("bloc_partners", "two_hop", (
         "Which countries share a bloc with $country?",
-        "List the countries in a bloc with $country.",
-        "Name the countries that are in a bloc together with $country."),
-        "MATCH (:Country {name: '$country'})-[:MEMBER_OF]->(:Bloc)<-[:MEMBER_OF]-(n:Country) "
+        "List countries in a bloc with $country.",
+        "Bloc partners of $country?"),
+        "MATCH (:Country {name: '$country'})-[:JOINED]->(:Bloc)<-[:JOINED]-(n:Country) "
         "WHERE n.name <> '$country' RETURN DISTINCT n.name"),
     Template("count_neighbours", "aggregation", (
-        "How many countries border $country?", "How many neighbours does $country have?",
+        "How many countries border $country?", "How many neighbours has $country?",
         "Count the neighbours of $country."),
         _NEIGHBOURS + " RETURN count(*)"),
     Template("count_members", "aggregation", (
@@ -146,46 +147,46 @@ TEMPLATES = (
         "Count the members of the $bloc."),
         _MEMBERS + " RETURN count(*)"),
     Template("count_value", "aggregation", (
-        "How many countries have $value as their $attr?",
-        "Count the countries whose $attr is $value.",
-        "What is the number of countries with $value as $attr?"),
+        "How many countries have $attr $value?",
+        "Count countries whose $attr is $value.",
+        "Number of countries with $attr $value?"),
         "MATCH (c:Country) WHERE c.$attr = '$value' RETURN count(*)"),
     Template("bloc_population", "aggregation", (
         "What is the $agg population in the $bloc?",
-        "Give the $agg population of the $bloc members.",
-        "Find the $agg population among members of the $bloc."),
+        "Give the $agg population of the $bloc.",
+        "The $agg population among $bloc members?"),
         _MEMBERS + " RETURN $fn(c.population)"),
     Template("ranked_countries", "ordering", (
-        "Which $n countries have the $rank people?", "List the $n countries with the $rank people.",
-        "Name $n countries with the $rank people, in order."),
+        "Which $n countries are $rank?", "List the $n $rank countries.",
+        "The $n $rank countries by population?"),
         "MATCH (c:Country) RETURN c.name ORDER BY c.population $order LIMIT $n"),
     Template("ranked_members", "ordering", (
-        "Which $n members of the $bloc have the $rank people?",
-        "List the $n members of the $bloc with the $rank people.",
-        "Name $n members of the $bloc with the $rank people, in order."),
+        "Which $n $bloc members are $rank?",
+        "List the $n $rank $bloc members.",
+        "The $n $rank members of the $bloc?"),
         _MEMBERS + " RETURN c.name ORDER BY c.population $order LIMIT $n"),
     Template("ranked_neighbours", "ordering", (
-        "List the neighbours of $country from the $rank people down.",
-        "Sort the neighbours of $country starting with the $rank people.",
-        "Order the neighbours of $country by population, $rank people first."),
+        "List neighbours of $country, $rank first.",
+        "Sort neighbours of $country, $rank first.",
+        "Neighbours of $country by population, $rank first?"),
         _NEIGHBOURS + " RETURN n.name ORDER BY n.population $order"),
     Template("value_not_in_bloc", "negation", (
-        "Which countries with $value as $attr are not in the $bloc?",
-        "List the countries whose $attr is $value outside the $bloc.",
-        "Name the countries with $value as their $attr that are not members of the $bloc."),
-        "MATCH (c:Country) WHERE c.$attr = '$value' AND NOT (c)-[:MEMBER_OF]->(:Bloc "
+        "Which countries with $attr $value are not in the $bloc?",
+        "List countries with $attr $value outside the $bloc.",
+        "Countries with $attr $value not in the $bloc?"),
+        "MATCH (c:Country) WHERE c.$attr = '$value' AND NOT (c)-[:JOINED]->(:Bloc "
         "{name: '$bloc'}) RETURN c.name"),
     Template("value_in_no_bloc", "negation", (
-        "Which countries with $value as $attr belong to no bloc?",
-        "List the countries whose $attr is $value and that are in no bloc.",
-        "Name the countries with $value as their $attr outside every bloc."),
-        "MATCH (c:Country) WHERE c.$attr = '$value' AND NOT (c)-[:MEMBER_OF]->(:Bloc) "
+        "Which countries with $attr $value are in no bloc?",
+        "List countries with $attr $value in no bloc.",
+        "Countries with $attr $value outside every bloc?"),
+        "MATCH (c:Country) WHERE c.$attr = '$value' AND NOT (c)-[:JOINED]->(:Bloc) "
         "RETURN c.name"),
     Template("neighbours_not_in_bloc", "negation", (
         "Which neighbours of $country are not in the $bloc?",
-        "List the neighbours of $country outside the $bloc.",
-        "Name the countries bordering $country that are not members of the $bloc."),
-        _NEIGHBOURS + " WHERE NOT (n)-[:MEMBER_OF]->(:Bloc {name: '$bloc'}) RETURN n.name"),
+        "List neighbours of $country outside the $bloc.",
+        "Neighbours of $country not in the $bloc?"),
+        _NEIGHBOURS + " WHERE NOT (n)-[:JOINED]->(:Bloc {name: '$bloc'}) RETURN n.name"),
 )
 TEMPLATES_BY_NAME = {template.name: template for template in TEMPLATES}
 
@@ -335,3 +336,67 @@ def questions(split: str) -> tuple[Question, ...]:
     for position in range(max(len(group) for group in kept)):
         ordered += [group[position] for group in kept if position < len(group)]
     return tuple(_question(t, w, f, i, split) for i, (t, w, f) in enumerate(ordered))
+
+
+def vocabulary_texts(per_template: int = 10) -> list[str]:
+    """Training prompts (chat-formatted) and the target's answers, for the demo's tokenizers, so
+    the schema and Cypher's keywords become pieces. Drawn without the database (no execution)."""
+    texts = []
+    for template in TEMPLATES:
+        for index, filling in enumerate(_fillings(template, held_out=False)[:per_template]):
+            wording = template.wordings[index % (len(template.wordings) - 1)]
+            prompt = format_prompt(SCHEMA, string.Template(wording).substitute(filling))
+            texts += [format_history([Turn("user", prompt)]), answer(template.gold(filling))]
+    return texts
+
+
+# --- registration ---------------------------------------------------------------------------------
+
+@functools.cache
+def demo_graph():
+    """The process's read-only connection to its own copy of the demo graph."""
+    from arch_compare.evaluation import graph_database
+    return graph_database.ReadOnlyGraph(demo_graph_path())
+
+
+def postprocess(output, example=None, is_target=False):
+    """Targets -> {query, ordered, result}; predictions -> {query, result}, both run on the
+    demo graph (read-only, with a timeout and a row cap) for `cypher.cypher_metrics`."""
+    from arch_compare.evaluation import cypher
+    if is_target:
+        gold = (as_text(example["query"]) if example is not None
+                else cypher.extract_query(as_text(output)))
+        return {"query": gold, "ordered": cypher.has_order_by(gold),
+                "result": demo_graph().run(gold)}
+    query = cypher.extract_query(as_text(output))
+    return {"query": query, "result": demo_graph().run(query)}
+
+
+def _record(question: Question, targets: str) -> dict:
+    return {"id": question.id, "inputs": format_history([Turn("user", question.prompt)]),
+            "targets": targets, "prompt": question.prompt, "query": question.query}
+
+
+DEMO_TASKS = {
+    "demo_cypher_prompts": "English questions about the demo graph with its schema (local "
+                           "imitation: the target translates them to Cypher)",
+    "demo_cypher": "held-out English-to-Cypher questions (held-out wordings and entities), "
+                   "scored by executing the query on the demo graph",
+}
+
+
+def register(replace: bool = False) -> None:
+    from arch_compare.evaluation import cypher
+    source = f"generated by arch_compare_tasks.text2cypher (seed {SEED})"
+    register_task(TaskSpec(
+        name="demo_cypher_prompts", kind="prompts", description=DEMO_TASKS["demo_cypher_prompts"],
+        source=source, splits={"train": lambda: [
+            {key: value for key, value in _record(q, "").items() if key != "query"}
+            for q in questions("train")]},
+        extra_features=("id", "prompt")), replace=replace)
+    register_task(TaskSpec(
+        name="demo_cypher", kind="evaluation", description=DEMO_TASKS["demo_cypher"],
+        source=source, splits={"validation": lambda: [
+            _record(q, answer(q.query)) for q in questions("validation")]},
+        metric_fns=(cypher.cypher_metrics,), postprocess_fn=postprocess,
+        extra_features=("id", "prompt", "query")), replace=replace)

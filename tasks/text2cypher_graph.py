@@ -4,7 +4,7 @@ Nodes: `Country(name, flag, animal, food, sport, population)` (the demo world's 
 their four facts, plus a population in thousands, distinct per country so "the N largest" never
 ties) and `Bloc(name, founded)` (six trade blocs; "Union" is a reserved word in Cypher).
 Relationships: `BORDERS` (Country -> Country, stored in BOTH directions, so a query may always walk
-it forwards) and `MEMBER_OF {since}` (Country -> Bloc). Borders come from an 8 x 8 map: countries
+it forwards) and `JOINED {since}` (Country -> Bloc). Borders come from an 8 x 8 map: countries
 are dealt onto a grid and neighbouring cells border each other with a fixed probability, so the
 graph is connected-ish, planar-ish and has cycles for two-hop questions to walk around.
 
@@ -30,8 +30,10 @@ BLOC_NAMES = ("Amber League", "Cobalt League", "Jade League", "Onyx League", "Co
 GRID = 8  # countries are dealt onto a GRID x GRID map
 BORDER_PROBABILITY = 0.7  # per pair of neighbouring cells
 FACTS = tuple(demo_world.ATTRIBUTES)  # flag, animal, food, sport
-SCHEMA = ("Country(name, flag, animal, food, sport, population); Bloc(name, founded); "
-          "(Country)-[:BORDERS]->(Country); (Country)-[:MEMBER_OF {since}]->(Bloc)")
+# The schema as prompts show it: short, because the demo's prompts must fit in 64 tokens of its
+# 512-piece tokenizers (property types and keys are in `statements()`).
+SCHEMA = ("Country(name flag animal food sport population) Bloc(name founded) "
+          "BORDERS:Country->Country JOINED{since}:Country->Bloc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +104,7 @@ def statements(graph: Graph | None = None) -> list[str]:
         "food STRING, sport STRING, population INT64)",
         "CREATE NODE TABLE Bloc(name STRING PRIMARY KEY, founded INT64)",
         "CREATE REL TABLE BORDERS(FROM Country TO Country)",
-        "CREATE REL TABLE MEMBER_OF(FROM Country TO Bloc, since INT64)",
+        "CREATE REL TABLE JOINED(FROM Country TO Bloc, since INT64)",
     ]
     for country in graph.countries:
         facts = ", ".join(f"{key}: {_text(value)}" for key, value in country.facts)
@@ -115,7 +117,7 @@ def statements(graph: Graph | None = None) -> list[str]:
                       f"CREATE (a)-[:BORDERS]->(b), (b)-[:BORDERS]->(a)")
     for country, bloc, since in graph.memberships:
         result.append(f"MATCH (c:Country {{name: {_text(country)}}}), "
-                      f"(b:Bloc {{name: {_text(bloc)}}}) CREATE (c)-[:MEMBER_OF {{since: {since}}}]->(b)")
+                      f"(b:Bloc {{name: {_text(bloc)}}}) CREATE (c)-[:JOINED {{since: {since}}}]->(b)")
     return result
 
 
