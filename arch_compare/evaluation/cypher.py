@@ -11,7 +11,6 @@ when the gold query orders its output; column order and names are free.
 from __future__ import annotations
 
 import collections
-import itertools
 import math
 import re
 from typing import Any, Mapping, Sequence
