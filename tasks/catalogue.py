@@ -2,7 +2,8 @@
 
 Tasks over real benchmark data read it from a local data folder, `$ARCH_COMPARE_DATA_DIR`
 (default `~/arch_compare_data`): `mmlu/{dev,val,test}/*.csv`, `natural_questions/{train,
-validation}.jsonl`. Nothing is downloaded; a missing file is reported, with its path, when a task
+validation}.jsonl`, `text2cypher/{train,test}.{jsonl,csv,parquet}` (Neo4j's Text2Cypher).
+Nothing is downloaded; a missing file is reported, with its path, when a task
 is first read. The `*_fixture` variants read the small files under `tasks/fixtures/` and are what
 the tests and the offline demo use. Imitation data from your own files is registered with
 `register_imitation_task`.
@@ -16,7 +17,8 @@ import os
 from pathlib import Path
 
 from arch_compare.evaluation import humaneval, metrics
-from arch_compare_tasks import demo_world, mmlu, natural_questions, nq_synthetic, readers
+from arch_compare_tasks import (demo_world, mmlu, natural_questions, nq_synthetic, readers,
+                                text2cypher, text2cypher_neo4j)
 from arch_compare_tasks.registry import (MixtureSpec, TaskSpec, as_text, register_mixture,
                                          register_task)
 
@@ -210,6 +212,9 @@ def register_all() -> None:
     register_nq_synthetic_prompts("nq_synthetic_prompts_fixture",
                                   FIXTURES / "imitation" / "nq_seed_pairs.jsonl", num_prompts=20)
     demo_world.register()
+    text2cypher.register()
+    text2cypher_neo4j.register("text2cypher_neo4j", data_dir() / "text2cypher")
+    text2cypher_neo4j.register("text2cypher_neo4j_fixture", FIXTURES / "text2cypher")
 
 
 register_all()

@@ -39,7 +39,7 @@ from arch_compare_tasks.text2cypher_graph import (FACTS, SCHEMA, SEED, build_gra
 LEVELS = ("lookup", "filter", "one_hop", "two_hop", "aggregation", "ordering", "negation")
 HELD_OUT_COUNTRIES = 12
 HELD_OUT_BLOCS = 2
-TRAIN_SLOTS_PER_TEMPLATE = 150  # slot fillings per template drawn for training, each in every wording
+TRAIN_SLOTS_PER_TEMPLATE = 150  # slot fillings per template for training, each in every wording
 VALIDATION_PER_TEMPLATE = 7
 AGGREGATES = {"largest": "max", "smallest": "min", "average": "avg"}
 RANKS = {"largest": "DESC", "smallest": "ASC"}  # by population

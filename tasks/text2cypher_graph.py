@@ -117,7 +117,8 @@ def statements(graph: Graph | None = None) -> list[str]:
                       f"CREATE (a)-[:BORDERS]->(b), (b)-[:BORDERS]->(a)")
     for country, bloc, since in graph.memberships:
         result.append(f"MATCH (c:Country {{name: {_text(country)}}}), "
-                      f"(b:Bloc {{name: {_text(bloc)}}}) CREATE (c)-[:JOINED {{since: {since}}}]->(b)")
+                      f"(b:Bloc {{name: {_text(bloc)}}}) "
+                      f"CREATE (c)-[:JOINED {{since: {since}}}]->(b)")
     return result
 
 
