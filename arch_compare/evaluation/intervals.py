@@ -139,7 +139,13 @@ def _per_example_counts(metric_fn: MetricFn, targets: Sequence, outputs: Sequenc
 
 def _resampled(metric_fn: MetricFn, targets: Sequence, outputs: Sequence,
                indices: np.ndarray, whole: Mapping[str, float]) -> dict[str, np.ndarray]:
-    """name -> the metric on every resample, [resamples] (NaN where undefined)."""
+    """name -> the metric on every resample, [resamples] (NaN where undefined). A metric
+    function may carry `resample(targets, outputs, indices) -> {name: [resamples]}`, a vectorised
+    twin of calling it on every resample (its tests check they agree): then that is used."""
+    vectorised = getattr(metric_fn, "resample", None)
+    if vectorised is not None:
+        return {name: np.asarray(values, dtype=np.float64)
+                for name, values in vectorised(targets, outputs, indices).items()}
     counts = _per_example_counts(metric_fn, targets, outputs, whole)
     if counts is not None:
         result = {}

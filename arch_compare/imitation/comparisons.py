@@ -52,6 +52,7 @@ class _Resamples:
         self.store, self.study, self.task, self.records = store, study, task, records
         self.ids = [str(record["id"]) for record in records]
         self.cache: dict[str, list | None] = {}
+        self._targets: list | None = None  # postprocessed once: the same for every run
 
     def of(self, run_id: str) -> list | None:
         """One `intervals.resampled` per metric function; None when the run's stored
@@ -64,9 +65,11 @@ class _Resamples:
                             len(self.ids))
                 self.cache[run_id] = None
             else:
-                targets, outputs = evaluation.postprocessed(
-                    self.task, self.records, [p.output for p in stored])
-                self.cache[run_id] = [intervals.resampled(fn, targets, outputs)
+                if self._targets is None:
+                    self._targets = evaluation.postprocessed_targets(self.task, self.records)
+                outputs = evaluation.postprocessed_outputs(self.task, self.records,
+                                                           [p.output for p in stored])
+                self.cache[run_id] = [intervals.resampled(fn, self._targets, outputs)
                                       for fn in registry.get_task(self.task).metric_fns]
         return self.cache[run_id]
 

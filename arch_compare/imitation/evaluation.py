@@ -42,14 +42,26 @@ def postprocessed(task: str, records: Sequence[Mapping], predictions: Sequence[s
     """(targets, outputs) as the task's metric functions take them (seqio's conventions: both go
     through `postprocess_fn` with their example). Done once per run and task: for a task whose
     postprocessing is expensive the metric functions, re-run on resamples, never repeat it."""
-    spec = registry.get_task(task)
+    return postprocessed_targets(task, records), postprocessed_outputs(task, records, predictions)
+
+
+def _postprocess_fn(task: str):
+    return (registry.get_task(task).postprocess_fn
+            or (lambda text, example=None, is_target=False: text))
+
+
+def postprocessed_targets(task: str, records: Sequence[Mapping]) -> list:
+    post = _postprocess_fn(task)
+    return [post(record["targets"], example=record, is_target=True) for record in records]
+
+
+def postprocessed_outputs(task: str, records: Sequence[Mapping], predictions: Sequence[str]
+                          ) -> list:
     if len(records) != len(predictions):
         raise ValueError(f"{task}: {len(records)} examples but {len(predictions)} predictions")
-    post = spec.postprocess_fn or (lambda text, example=None, is_target=False: text)
-    targets = [post(record["targets"], example=record, is_target=True) for record in records]
-    outputs = [post(text, example=record, is_target=False)
-               for text, record in zip(predictions, records)]
-    return targets, outputs
+    post = _postprocess_fn(task)
+    return [post(text, example=record, is_target=False)
+            for text, record in zip(predictions, records)]
 
 
 def score_postprocessed(task: str, targets: Sequence, outputs: Sequence

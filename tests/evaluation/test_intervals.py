@@ -54,6 +54,21 @@ def test_the_counting_shortcut_equals_rescoring_every_resample():
         np.testing.assert_allclose(fast[name], slow[name], equal_nan=True)
 
 
+def test_the_vectorised_length_correlation_equals_rescoring_every_resample():
+    rng = np.random.default_rng(4)
+    # Few distinct lengths: many ties, which the rank correlation must average.
+    targets = [" ".join(["w"] * int(k)) for k in rng.integers(1, 5, size=40)]
+    outputs = [" ".join(["w"] * int(k)) for k in rng.integers(1, 4, size=40)]
+    indices = intervals._indices(40, 300, 1)
+    whole = metrics.length_correlation(targets, outputs)
+    fast = intervals._resampled(metrics.length_correlation, targets, outputs, indices, whole)
+    plain = lambda t, o: metrics.length_correlation(t, o)  # no `resample`: re-scored each time
+    slow = intervals._resampled(plain, targets, outputs, indices, whole)
+    for name in whole:
+        np.testing.assert_allclose(fast[name], slow[name], rtol=1e-12, atol=1e-12,
+                                   equal_nan=True)
+
+
 def test_metric_values_pick_wilson_for_proportions_and_bootstrap_otherwise():
     targets = ["one two three", "a b", "x y z w", "hello", "- a\n- b", "1. q\n2. r"]
     outputs = ["one", "a b c", "x y", "hi there you", "- a\n- b", "text"]
