@@ -5,10 +5,13 @@ as right and garbage as wrong without touching the graph, and every prompt fits 
 import re
 
 import pytest
+import seqio
 
+from arch_compare.data.converters import feature_converter_for
 from arch_compare.data.conversations import Turn
 from arch_compare.data.vocabularies import load_vocabulary
 from arch_compare.evaluation import cypher, graph_database
+from arch_compare.models import get_preset
 from arch_compare_tasks import catalogue  # noqa: F401  (registers the tasks)
 from arch_compare_tasks import demo_world, registry
 from arch_compare_tasks import text2cypher as t2c
@@ -22,7 +25,7 @@ def _wording_index(question: str) -> tuple[str, int]:
     """(template, wording index) of the one wording whose pattern reads `question`."""
     hits = [(template.name, index) for template in t2c.TEMPLATES
             for index, wording in enumerate(template.wordings)
-            if t2c._wording_pattern(wording).match(question)]
+            if t2c.wording_pattern(wording).match(question)]
     assert len(hits) == 1, (question, hits)
     return hits[0]
 
@@ -122,3 +125,29 @@ def test_every_prompt_and_answer_fits_the_demo_models_64_tokens(vocabularies):
                              for q in TRAIN + VALIDATION)
         assert longest_input <= 64 and longest_answer <= 64, (macro, longest_input,
                                                               longest_answer)
+        for text in [row["inputs"] for row in rows] + [t2c.answer(q.query) for q in VALIDATION]:
+            assert vocabulary.decode(vocabulary.encode(text)) == text, (macro, text)
+
+
+def test_seqio_evaluator_scores_gold_and_garbage_through_the_tokenizer(vocabularies):
+    """The whole seqio path: tokenized targets decoded, post-processed, executed, compared."""
+    vocabulary = vocabularies["DEMO_SENTENCEPIECE_T5"]
+    task = registry.seqio_task("demo_cypher", vocabulary)
+    evaluator = seqio.Evaluator(task.name, feature_converter_for(get_preset("t5-tiny"), vocabulary),
+                                eval_split="validation", use_memory_cache=False)
+    name = evaluator.eval_tasks[0].name
+
+    def padded(pairs, length=64):
+        return [(i, list(tokens)[:length] + [0] * (length - len(tokens[:length])))
+                for i, tokens in pairs]
+
+    def gold(dataset):
+        return padded((i, example["decoder_target_tokens"]) for i, example in dataset)
+
+    def garbage(dataset):
+        return padded((i, vocabulary.encode("MATCH (n) DETACH DELETE n")) for i, _ in dataset)
+
+    metrics, _ = evaluator.evaluate(compute_metrics=True, predict_fn=gold)
+    assert metrics.result()[name]["execution_accuracy"] == 100.0
+    metrics, _ = evaluator.evaluate(compute_metrics=True, predict_fn=garbage)
+    assert metrics.result()[name]["execution_accuracy"] == 0.0
