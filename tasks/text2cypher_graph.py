@@ -2,7 +2,8 @@
 
 Nodes: `Country(name, flag, animal, food, sport, population)` (the demo world's 64 countries with
 their four facts, plus a population in thousands, distinct per country so "the N largest" never
-ties) and `Bloc(name, founded)` (six trade blocs; kuzu's parser refuses `Union`, a Cypher keyword, as a table name).
+ties) and `Bloc(name, founded)` (six trade blocs; kuzu's parser refuses `Union`, a Cypher
+keyword, as a table name).
 Relationships: `BORDERS` (Country -> Country, stored in BOTH directions, so a query may always walk
 it forwards) and `JOINED {since}` (Country -> Bloc). Borders come from an 8 x 8 map: countries
 are dealt onto a grid and neighbouring cells border each other with a fixed probability, so the
