@@ -247,6 +247,9 @@ def test_two_hosts_killed_and_resumed_record_what_one_process_records(
               for run_id in bad_losses}
     assert not bad_losses and not bad_metrics, (losses, bad_metrics)
     assert len(different) <= MAX_DIFFERENT_SAMPLES
-    # No duplicated rows: one row per run, one per metric, samples_per_task per evaluation.
-    assert resumed[3] == {"runs": 3, "metrics": len(reference[1]), "samples": 3 * 8}
+    # No duplicated rows: one row per run, one per metric, samples_per_task per evaluation,
+    # every prediction once, one comparison (the imitation run against its base, on the one
+    # headline metric).
+    assert resumed[3] == {"runs": 3, "metrics": len(reference[1]), "samples": 3 * 8,
+                          "predictions": 3 * 8, "comparisons": 1}
     assert resumed[0]["imitation/gpt2-tiny/broad/8"].measured["processes"] == 2
