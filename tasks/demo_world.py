@@ -202,10 +202,13 @@ def pretraining_documents(world: World, copies: int = 6) -> list[tuple[str, str]
     """The base's pre-training text, about the known countries only, as (prompt, continuation)
     pairs, `copies` times over:
 
-    - an encyclopedia entry per country: "<country> is a country." continued by a sentence per
-      fact, every fact, in an order shuffled per copy;
+    - two encyclopedia entries per country: "<country> is a country." continued by a sentence
+      per fact, every fact, in an order shuffled per entry;
     - a chat exchange per fact the evaluation does *not* ask (`_split_known_facts`): the question
       as a user turn, answered by the encyclopedia's sentence (plain, not in the target's style).
+
+    Two entries to one exchange per fact: with one each, T5-tiny answered 8-33 and UL2-tiny 12
+    points fewer known facts (two data orders; GPT-2 and LLaMA scored alike either way).
 
     The exchanges teach what a question asks for; the evaluated facts the base reads only as
     encyclopedia sentences, so the evaluation tests whether it can retrieve stored knowledge in a
@@ -216,7 +219,7 @@ def pretraining_documents(world: World, copies: int = 6) -> list[tuple[str, str]
     rng = random.Random(SEED + 1)
     documents = []
     for copy in range(copies):
-        for country in world.group("known"):
+        for country in world.group("known") * 2:
             keys = list(ATTRIBUTES)
             rng.shuffle(keys)
             documents.append((f"{country.name} is a country.",
