@@ -6,7 +6,7 @@ evaluations and the report. It takes a few minutes on a laptop CPU and ends by p
 the report is. Running it again resumes (finished runs are skipped).
 
 `--gin.NAME=VALUE` (repeatable, a gin literal: strings in quotes) overrides a macro of
-gin_configs/experiments/demo_study.gin, as for `study`: e.g. `--gin.LOCAL_AMOUNTS=[16]`. A
+gin_configs/experiments/demo_study.gin, as for `study`: e.g. `--gin.CYPHER_AMOUNTS=[16]`. A
 misspelled or unused macro stops the demo before it makes anything.
 """
 

@@ -122,15 +122,15 @@ def test_errors_from_configurables_carry_no_gin_call_stack(capsys):
 
 def test_demo_takes_gin_dot_name_like_every_command_and_checks_it(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--gin.LOCAL_AMOUNT=[16]"]) == 2
+    assert main(["demo", "--out", str(out), "--gin.CYPHER_AMOUNT=[16]"]) == 2
     err = capsys.readouterr().err
-    assert ("arch-compare demo: error: --gin.LOCAL_AMOUNT is not used by any configurable; "
-            "did you mean LOCAL_AMOUNTS?") in err
+    assert ("arch-compare demo: error: --gin.CYPHER_AMOUNT is not used by any configurable; "
+            "did you mean CYPHER_AMOUNTS?") in err
     assert not out.exists()  # refused before the demo's vocabularies were trained
     # A right one is applied: the configuration the demo would run has it.
     config = study.study_config([str(DEMO)], [f"{name}={value}" for name, value in
-                                              DEMO_MACROS.items()] + ["LOCAL_AMOUNTS=[16]"])
-    assert [source.amounts for source in config.sources if source.name == "local"] == [(16,)]
+                                              DEMO_MACROS.items()] + ["CYPHER_AMOUNTS=[16]"])
+    assert [source.amounts for source in config.sources if source.name == "cypher"] == [(16,)]
 
 
 def _raised_through_gin(bindings, configurable):
