@@ -15,13 +15,17 @@ import sys
 
 from arch_compare.results import ResultsStore
 
-ROWS = [("base", "base"), ("broad/128", "broad 128"), ("broad/512", "broad 512"),
-        ("local/48", "local 48")]
+ROWS = [("base", "base"), ("broad/512", "broad 512"), ("cypher/512", "Cypher 512")]
 MODELS = ("gpt2-tiny", "llama-tiny", "t5-tiny", "ul2-tiny")
 COLUMNS = (("demo_facts_known", "fact_accuracy", "known facts"),
            ("demo_facts_unseen", "fact_accuracy", "unseen facts"),
            ("demo_style", "list_when_target_lists", "lists when target lists"),
-           ("demo_style", "length_pearson", "length corr."))
+           ("demo_style", "length_pearson", "length corr."),
+           ("demo_cypher", "execution_accuracy", "Cypher, new wordings"),
+           ("demo_cypher_entities", "execution_accuracy", "Cypher, new entities"),
+           ("demo_cypher", "executable", "Cypher runs"))
+# Paired differences printed under the table: (run suffix, baseline suffix).
+PAIRS = (("cypher/512", "base"), ("cypher/512", "broad/512"), ("broad/512", "base"))
 
 
 def cell(metric) -> str:
@@ -41,6 +45,9 @@ def cell(metric) -> str:
 def main(database: str, study: str = "demo") -> None:
     with ResultsStore(database, read_only=True) as store:
         metrics = {(m.run_id, m.task, m.metric): m for m in store.metrics(study)}
+        comparisons = {(c.run_id, c.baseline_run_id, c.task, c.metric): c
+                       for c in store.comparisons(study)}
+        targets = [run.run_id for run in store.runs(study) if run.role == "target"]
     base = {(task, metric): metrics.get((f"base/{MODELS[0]}", task, metric))
             for task, metric, _ in COLUMNS}
 
@@ -52,9 +59,43 @@ def main(database: str, study: str = "demo") -> None:
     print("| --- | --- |" + " ---: |" * len(COLUMNS))
     for model in MODELS:
         for suffix, label in ROWS:
-            run = f"base/{model}" if suffix == "base" else f"imitation/{model}/{suffix}"
+            run = run_id(model, suffix)
             print(f"| {model} | {label} | " + " | ".join(
                 cell(metrics.get((run, task, metric))) for task, metric, _ in COLUMNS) + " |")
+    for run in targets:
+        print(f"| {run.split('/', 1)[1]} | | " + " | ".join(
+            cell(metrics.get((run, task, metric))) for task, metric, _ in COLUMNS) + " |")
+    print()
+    print_differences(comparisons)
+
+
+def run_id(model: str, suffix: str) -> str:
+    return f"base/{model}" if suffix == "base" else f"imitation/{model}/{suffix}"
+
+
+def difference(comparison) -> str:
+    if comparison is None or comparison.difference is None:
+        return "—"
+    mark = " ✱" if comparison.significant else ""
+    return (f"{comparison.difference:+.1f} ({comparison.low:+.1f} to {comparison.high:+.1f})"
+            f"{mark}")
+
+
+def print_differences(comparisons) -> None:
+    """Paired differences in points (same questions, paired bootstrap), ✱ where the 95% interval
+    excludes 0, for the three metrics the findings rest on."""
+    metrics = (("demo_cypher", "execution_accuracy", "Cypher, new wordings"),
+               ("demo_cypher_entities", "execution_accuracy", "Cypher, new entities"),
+               ("demo_style", "list_when_target_lists", "lists when target lists"),
+               ("demo_facts_known", "fact_accuracy", "known facts"))
+    print("| model | difference | " + " | ".join(label for _, _, label in metrics) + " |")
+    print("| --- | --- |" + " ---: |" * len(metrics))
+    for model in MODELS:
+        for run, baseline in PAIRS:
+            print(f"| {model} | {run} − {baseline} | " + " | ".join(
+                difference(comparisons.get((run_id(model, run), run_id(model, baseline),
+                                            task, metric)))
+                for task, metric, _ in metrics) + " |")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,11 @@ HELD_OUT_COUNTRIES = 12
 HELD_OUT_BLOCS = 2
 TRAIN_SLOTS_PER_TEMPLATE = 150  # slot fillings per template for training, each in every wording
 VALIDATION_PER_TEMPLATE = 7
+# split -> its seed offset. `validation`: held-out wordings and entities (the issue's test set);
+# `entities`: held-out entities in the wordings training used (questions training asked, which
+# templates without entities can repeat, are dropped): it tells a model that cannot read a new
+# wording from one that cannot translate at all.
+SPLITS = {"train": 3, "validation": 2, "entities": 4}
 
 
 # --- questions ------------------------------------------------------------------------------------
@@ -114,22 +119,28 @@ def _question(template: Template, wording: str, filling: dict, index: int, split
 @functools.cache
 def questions(split: str) -> tuple[Question, ...]:
     """The `train` or `validation` questions (see the module docstring for the split rule)."""
-    if split not in ("train", "validation"):
-        raise KeyError(f"text2cypher has splits train and validation, not {split!r}")
-    held_out = split == "validation"
-    rng = random.Random(SEED + (2 if held_out else 3))
+    if split not in SPLITS:
+        raise KeyError(f"text2cypher has splits {', '.join(SPLITS)}, not {split!r}")
+    held_out = split != "train"
+    rng = random.Random(SEED + SPLITS[split])
+    asked = {q.question for q in questions("train")} if split == "entities" else set()
     drawn: list[list[tuple[Template, str, dict]]] = []
     for template in TEMPLATES:
         fillings = _fillings(template, held_out)
         rng.shuffle(fillings)
-        wordings = template.wordings[-1:] if held_out else template.wordings[:-1]
         limit = 4 * VALIDATION_PER_TEMPLATE if held_out else TRAIN_SLOTS_PER_TEMPLATE
+        if split == "entities":  # one training wording per filling, drawn
+            drawn.append([(template, rng.choice(template.wordings[:-1]), filling)
+                          for filling in fillings[:limit]])
+            continue
+        wordings = template.wordings[-1:] if held_out else template.wordings[:-1]
         drawn.append([(template, wording, filling) for filling in fillings[:limit]
                       for wording in wordings])
     results = _gold_results([t.gold(f) for group in drawn for t, _, f in group])
     kept = []
     for group in drawn:
-        group = [item for item in group if _informative(results[item[0].gold(item[2])])]
+        group = [item for item in group if _informative(results[item[0].gold(item[2])])
+                 and string.Template(item[1]).substitute(item[2]) not in asked]
         rng.shuffle(group)
         kept.append(group[:VALIDATION_PER_TEMPLATE] if held_out else group)
     ordered = []  # round-robin over templates, so every prefix mixes them
@@ -184,6 +195,8 @@ DEMO_TASKS = {
                            "imitation: the target translates them to Cypher)",
     "demo_cypher": "held-out English-to-Cypher questions (held-out wordings and entities), "
                    "scored by executing the query on the demo graph",
+    "demo_cypher_entities": "English-to-Cypher questions about held-out entities in wordings "
+                            "the imitation data used, scored by execution",
 }
 
 
@@ -196,9 +209,10 @@ def register(replace: bool = False) -> None:
             {key: value for key, value in _record(q, "").items() if key != "query"}
             for q in questions("train")]},
         extra_features=("id", "prompt")), replace=replace)
-    register_task(TaskSpec(
-        name="demo_cypher", kind="evaluation", description=DEMO_TASKS["demo_cypher"],
-        source=source, splits={"validation": lambda: [
-            _record(q, answer(q.query)) for q in questions("validation")]},
-        metric_fns=(cypher.cypher_metrics,), postprocess_fn=postprocess,
-        extra_features=("id", "prompt", "query")), replace=replace)
+    for name, split in (("demo_cypher", "validation"), ("demo_cypher_entities", "entities")):
+        register_task(TaskSpec(
+            name=name, kind="evaluation", description=DEMO_TASKS[name], source=source,
+            splits={"validation": (lambda split=split: [
+                _record(q, answer(q.query)) for q in questions(split)])},
+            metric_fns=(cypher.cypher_metrics,), postprocess_fn=postprocess,
+            extra_features=("id", "prompt", "query")), replace=replace)

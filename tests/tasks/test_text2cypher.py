@@ -68,6 +68,23 @@ def test_validation_uses_held_out_wordings_and_entities_only():
     assert validation_mentions & countries and validation_mentions & blocs
 
 
+def test_the_entities_split_asks_held_out_entities_in_training_wordings_only():
+    entities = t2c.questions("entities")
+    asked = {q.question for q in TRAIN}
+    graph = build_graph()
+    names = [c.name for c in graph.countries] + [name for name, _ in graph.blocs]
+    countries, blocs = t2c.held_out_entities()
+    assert len(entities) >= 80
+    for question in entities:
+        template, index = _wording_index(question.question)
+        assert index < len(t2c.TEMPLATES_BY_NAME[template].wordings) - 1  # a training wording
+        assert question.question not in asked
+        mentioned = {name for name in names
+                     if re.search(rf"\b{re.escape(name)}\b", question.question)}
+        assert mentioned and mentioned <= countries | blocs
+        assert t2c.translate(question.question) == question.query
+
+
 def test_the_translator_reads_every_wording_into_the_gold_query():
     for question in VALIDATION + TRAIN:
         assert t2c.translate(question.question) == question.query, question.question
