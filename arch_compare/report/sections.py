@@ -21,6 +21,11 @@ def _listed(names) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
+def _amounts(amounts: list[int]) -> str:
+    return (f"{amounts[0]:,}" if len(amounts) == 1
+            else f"{amounts[0]:,} to {amounts[-1]:,}")
+
+
 def _skipped_bad_records(data: StudyData) -> dict[str, int]:
     """Data source -> bad records its imitation runs skipped (recorded in each run's config)."""
     skipped: dict[str, int] = {}
@@ -45,7 +50,7 @@ def summary(data: StudyData, rows: list[GapRow]) -> str:
         f"({_counted(Counter({a.replace('_', '-'): n for a, n in architectures.items()}))}) "
         f"imitate {target.model if target else 'a target (not recorded)'} in "
         f"{len(imitation)} imitation runs on {_listed(analysis.data_sources(data)) or 'no'} "
-        f"data" + (f", {amounts[0]:,} to {amounts[-1]:,} examples." if amounts else ".")]
+        f"data" + (f", {_amounts(amounts)} examples." if amounts else ".")]
     skipped = _skipped_bad_records(data)
     if skipped:
         sentences.append("Bad data records skipped (skip_bad): " + "; ".join(
