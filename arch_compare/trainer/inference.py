@@ -124,7 +124,10 @@ def evaluate(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary,
                                     use_memory_cache=False)
         metrics, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn,
                                         score_fn=score_fn)
-        results[name] = {key: float(value) for key, value in metrics.result()[task.name].items()}
+        # A float subclass (a metric's Proportion, which keeps its counts for the interval)
+        # is kept as it is; anything else becomes a plain float.
+        results[name] = {key: value if isinstance(value, float) else float(value)
+                         for key, value in metrics.result()[task.name].items()}
     if jax.process_index() == 0:
         output = Path(config.output_path)
         output.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,9 @@ def test_seqio_evaluator_runs_rank_classification_on_mmlu(vocabulary):
     metrics, _ = mmlu.evaluate(compute_metrics=True, score_fn=prefers_a)
     answers_a = [row["is_correct"] for row in rows if row["choice_index"] == 0]
     assert metrics.result()[name]["accuracy_micro"] == pytest.approx(100 * np.mean(answers_a))
+    # The accuracy keeps its counts through seqio, so the study can give it Wilson's interval.
+    accuracy = metrics.result()[name]["accuracy_micro"]
+    assert (accuracy.hits, accuracy.n) == (sum(answers_a), len(answers_a))
 
 
 def test_mmlu_rows_are_four_per_question_with_one_correct():
