@@ -86,28 +86,33 @@ def summary(data: StudyData, rows: list[GapRow]) -> str:
     return " ".join(sentences)
 
 
-SUMMARY_LISTED = 8  # significant differences named in the summary; the rest in their section
-
-
 def _difference(value: float | None) -> str:
     return fmt.signed(value, 3 if value is not None and abs(value) <= 1 else 1)
 
 
 def _significance(data: StudyData) -> list[str]:
-    """Which imitation-vs-base differences the paired bootstrap finds significant."""
+    """Which imitation-vs-base differences the paired bootstrap finds significant, per metric:
+    how many runs, and the range of their differences."""
     roles = {run.run_id: run.role for run in data.runs}
     against_base = [c for c in data.comparisons if roles.get(c.baseline_run_id) == "base"]
     if not against_base:
         return ["No paired comparison against the base models is recorded, so no difference "
                 "is tested for significance."]
+    by_metric: dict[tuple[str, str], list] = {}
+    for comparison in against_base:
+        by_metric.setdefault((comparison.task, comparison.metric), []).append(comparison)
     significant = [c for c in against_base if c.significant]
     sentence = (f"Paired bootstrap on the same examples (95%): {len(significant)} of "
                 f"{len(against_base)} imitation-versus-base differences are significant")
-    if significant:
-        named = [f"{c.run_id} on {c.task}/{c.metric} ({_difference(c.difference)})"
-                 for c in significant[:SUMMARY_LISTED]]
-        more = len(significant) - len(named)
-        sentence += ": " + "; ".join(named) + (f"; and {more} more" if more else "")
+    parts = []
+    for (task, metric), group in by_metric.items():
+        changed = sorted(c.difference for c in group if c.significant)
+        if changed:
+            spread = (_difference(changed[0]) if changed[0] == changed[-1] else
+                      f"{_difference(changed[0])} to {_difference(changed[-1])}")
+            parts.append(f"{task}/{metric} in {len(changed)} of {len(group)} runs ({spread})")
+    if parts:
+        sentence += ": " + "; ".join(parts)
     return [sentence + " (every comparison: section “Paired comparisons”)."]
 
 
