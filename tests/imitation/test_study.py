@@ -136,6 +136,7 @@ def test_a_study_records_intervals_and_paired_comparisons(uninterrupted):
     assert "## Paired comparisons" in report
 
 
+@pytest.mark.scale  # a study SIGKILLed and restarted in subprocesses: about a minute
 def test_a_killed_study_resumes_to_the_same_results_without_duplicates(
         tmp_path, uninterrupted, demo_vocabulary, jax_cache):
     study_dir = tmp_path / "killed"
