@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import sys
 
+from arch_compare.report.fmt import signed
+from arch_compare.report.tables import SIGNIFICANT
 from arch_compare.results import ResultsStore
 
 ROWS = [("base", "base"), ("broad/512", "broad 512"), ("cypher/512", "Cypher 512")]
@@ -76,9 +78,9 @@ def run_id(model: str, suffix: str) -> str:
 def difference(comparison) -> str:
     if comparison is None or comparison.difference is None:
         return "—"
-    mark = " ✱" if comparison.significant else ""
-    return (f"{comparison.difference:+.1f} ({comparison.low:+.1f} to {comparison.high:+.1f})"
-            f"{mark}")
+    mark = f" {SIGNIFICANT}" if comparison.significant else ""
+    return (f"{signed(comparison.difference)} ({signed(comparison.low)} to "
+            f"{signed(comparison.high)}){mark}")
 
 
 def print_differences(comparisons) -> None:

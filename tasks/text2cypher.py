@@ -104,9 +104,8 @@ def _informative(result) -> bool:
 
 
 def _gold_results(queries: Sequence[str]) -> dict[str, object]:
-    from arch_compare.evaluation import graph_database
-    with graph_database.ReadOnlyGraph(demo_graph_path()) as graph:
-        return {query: graph.run(query) for query in dict.fromkeys(queries)}
+    graph = demo_graph()
+    return {query: graph.run(query) for query in dict.fromkeys(queries)}
 
 
 def _question(template: Template, wording: str, filling: dict, index: int, split: str) -> Question:

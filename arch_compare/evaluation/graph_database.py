@@ -96,15 +96,13 @@ class QueryResult:
 
     `columns` are the result's column names; `rows` hold one tuple per row. Values are converted by
     `plain_value`: lists become tuples, nodes and relationships a canonical tuple (see there).
-    `error` says why the query failed (refused, syntax, runtime, timeout, too many rows); rows are
-    then empty. `truncated` is reserved for callers that keep a partial result (`run` never does:
-    more than `max_rows` rows is an error).
+    `error` says why the query failed (refused, syntax, runtime, timeout, too many rows: a partial
+    result is never kept); rows are then empty.
     """
 
     columns: tuple[str, ...]
     rows: tuple[tuple, ...]
     error: str | None = None
-    truncated: bool = False
 
     @property
     def ok(self) -> bool:

@@ -170,10 +170,8 @@ def bootstrap(metric_fn: MetricFn, targets: Sequence, outputs: Sequence, *,
     `targets` and `outputs`. Deterministic for a given `seed`."""
     if len(targets) != len(outputs):
         raise ValueError(f"bootstrap: {len(targets)} targets but {len(outputs)} outputs")
-    whole = metric_fn(targets, outputs)
-    indices = _indices(len(targets), resamples, seed)
-    return {name: _percentiles(samples)
-            for name, samples in _resampled(metric_fn, targets, outputs, indices, whole).items()}
+    _, samples = resampled(metric_fn, targets, outputs, resamples=resamples, seed=seed)
+    return {name: _percentiles(values) for name, values in samples.items()}
 
 
 def metric_values(metric_fn: MetricFn, targets: Sequence, outputs: Sequence, *,
