@@ -29,7 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 from arch_compare.data.conversations import Turn
-from arch_compare.imitation.targets import GenerationSettings, ModelReply, ModelTarget, Prompt
+from arch_compare.imitation.model_target import ModelReply, ModelTarget
+from arch_compare.imitation.targets import GenerationSettings, Prompt
 
 MAX_BODY_BYTES = 4 * 2**20
 # OpenAI's names for roles; "developer" is the newer name of "system".

@@ -18,8 +18,9 @@ import jax
 import pytest
 
 from arch_compare.imitation.collection import collect, load_collected
-from arch_compare.imitation.targets import (GenerationSettings, ModelTarget, OpenAIChatTarget,
-                                            Prompt)
+from arch_compare.imitation.model_target import ModelTarget
+from arch_compare.imitation.openai_chat import OpenAIChatTarget
+from arch_compare.imitation.targets import GenerationSettings, Prompt
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "tiny-llama"
@@ -212,7 +213,8 @@ def test_parse_chat_request_reads_openai_fields():
 def test_requests_waiting_together_share_a_batch():
     import threading
 
-    from arch_compare.imitation.targets import ModelReply, Reply
+    from arch_compare.imitation.model_target import ModelReply
+    from arch_compare.imitation.targets import Reply
     from arch_compare.serving import Generator
 
     class SlowTarget:

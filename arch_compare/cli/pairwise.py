@@ -234,7 +234,7 @@ def _judge(args: argparse.Namespace) -> int:
     """Judge every item, write one record per item, print the statistics as JSON."""
     from arch_compare.evaluation import judge as judging, pairwise
     from arch_compare.imitation.collection import CachedTarget
-    from arch_compare.imitation.targets import make_target
+    from arch_compare.imitation.target_kinds import make_target
 
     try:
         spec = json.loads(args.judge)

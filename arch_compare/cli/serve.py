@@ -22,7 +22,7 @@ import argparse
 from pathlib import Path
 
 from arch_compare.execution import AUTO, ExecutionConfig
-from arch_compare.imitation.targets import ModelTarget
+from arch_compare.imitation.model_target import ModelTarget
 from arch_compare.models.config import DTYPES
 from arch_compare.partitioning import MESH_AXES
 from arch_compare.serving import serve

@@ -35,9 +35,11 @@ from typing import Iterator, Sequence
 from tqdm import tqdm
 
 from arch_compare.data.conversations import Turn
-from arch_compare.imitation.targets import GenerationSettings, Prompt, Reply, Target, cache_key
+from arch_compare.imitation.targets import (GenerationSettings, Prompt, Reply, Target, TokenUsage,
+                                           cache_key)
 
-# Every record has these; a success adds `response`, a failure `error`, `transient`, `attempts`.
+# Every record has these; a success adds `response` (and `usage` where the target counts tokens),
+# a failure `error`, `transient`; both add `attempts`.
 RECORD_FIELDS = ("key", "prompt_id", "messages", "settings", "target")
 
 
@@ -81,6 +83,7 @@ class CollectedAnswer:
     settings: GenerationSettings
     target: str
     response: str
+    usage: TokenUsage | None = None  # what the target billed, where the record has it
 
 
 # --- Reading the cache ----------------------------------------------------------------------------
@@ -140,7 +143,8 @@ def load_collected(cache_path: str | os.PathLike, *, target: str | None = None
             answers.append(CollectedAnswer(
                 key=record["key"], prompt=Prompt(record["prompt_id"], turns),
                 settings=GenerationSettings(**record["settings"]), target=record["target"],
-                response=record["response"]))
+                response=record["response"],
+                usage=TokenUsage.from_dict(record["usage"]) if "usage" in record else None))
     return answers
 
 
@@ -270,6 +274,8 @@ def collect(target: Target, prompts: Sequence[Prompt], settings: GenerationSetti
                               "settings": settings.to_dict(), "target": target.name}
                     if reply.ok:
                         record["response"] = reply.text
+                        if reply.usage is not None:
+                            record["usage"] = reply.usage.to_dict()
                         collected += 1
                     else:
                         record.update(error=reply.error or "the target answered with no text",

@@ -32,7 +32,8 @@ from typing import Callable, Mapping, Sequence
 from arch_compare.data.conversations import ImitationExample
 from arch_compare.imitation import collection
 from arch_compare.imitation.config import DataSource, StudyConfig
-from arch_compare.imitation.targets import cache_key, make_target
+from arch_compare.imitation.target_kinds import make_target
+from arch_compare.imitation.targets import cache_key
 from arch_compare.models.loading import CHECKPOINT_DIR, CHECKPOINT_KINDS, checkpoint_kind
 from arch_compare.models.native import PARAMS_DIR
 from arch_compare_tasks import catalogue, readers, registry

@@ -52,7 +52,7 @@ from arch_compare.imitation import plan as plan_lib
 from arch_compare.imitation.config import Evaluation, StudyConfig, StudyModel
 from arch_compare.imitation.hosts import Processes
 from arch_compare.imitation.plan import PlannedRun, StudyDeclined, budget_table, confirm, plan
-from arch_compare.imitation.targets import make_target
+from arch_compare.imitation.target_kinds import make_target
 from arch_compare.models import build_model
 from arch_compare.models.model import BaseModel
 from arch_compare.results import DATABASE_FILE, ResultsStore, Sample

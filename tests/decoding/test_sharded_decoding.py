@@ -26,7 +26,8 @@ tick = lambda what: print(f"{{time.time() - start:.1f}}s {{what}}", file=sys.std
 from arch_compare.decoding import placement
 from arch_compare.decoding.search import DecodeConfig, generate, score
 from arch_compare.execution import ExecutionConfig
-from arch_compare.imitation.targets import GenerationSettings, ModelTarget, Prompt
+from arch_compare.imitation.model_target import ModelTarget
+from arch_compare.imitation.targets import GenerationSettings, Prompt
 from arch_compare.models.native import save_model
 from arch_compare.partitioning import MeshConfig, make_mesh
 from tests.decoding.test_cached_decoding import PROMPTS, lively_model

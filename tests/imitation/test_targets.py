@@ -14,8 +14,10 @@ import pytest
 
 from arch_compare.data.conversations import Turn, format_history
 from arch_compare.imitation.collection import collect
-from arch_compare.imitation.targets import (GenerationSettings, ModelTarget, OpenAIChatTarget,
-                                            Prompt, Reply, TargetSpecError, make_target)
+from arch_compare.imitation.model_target import ModelTarget
+from arch_compare.imitation.openai_chat import OpenAIChatTarget
+from arch_compare.imitation.target_kinds import TargetSpecError, make_target
+from arch_compare.imitation.targets import GenerationSettings, Prompt, Reply
 
 SECRET = "sk-test-0123456789-secret"
 KEY_ENV = "ARCH_COMPARE_TEST_API_KEY"
