@@ -78,6 +78,51 @@ class StudyModel:
         return get_preset(self.preset, dict(self.overrides))
 
 
+# How a source chooses which prompts of its pool to pay the target for (`selection.py`).
+SELECTION_STRATEGIES = ("random", "uncertainty", "diversity", "student_first")
+UNCERTAINTY_MEASURES = ("entropy", "disagreement")
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """Active selection: each strategy picks, from the first `pool` prompts of the source's task
+    (None: all of them), the prompts whose answers are bought, `amount` of them for each of the
+    source's amounts (a larger amount keeps the smaller one's prompts). `random` is the order the
+    task gives (no selection: today's behaviour); `uncertainty` asks first about the prompts the
+    base model is least sure of (`measure`: mean token entropy of its greedy answer, or
+    disagreement between `samples` of its sampled answers); `diversity` is k-center greedy over
+    the base model's mean-pooled hidden states of the prompts; `student_first` lets the base model
+    answer first and buys only the prompts it fails (by the prompts task's checker)."""
+
+    strategies: tuple[str, ...] = ("random",)
+    pool: int | None = None
+    measure: str = "entropy"
+    samples: int = 4
+    seed: int = 0
+
+    def __post_init__(self):
+        strategies = tuple(self.strategies)
+        _freeze(self, "strategies", strategies)
+        unknown = [name for name in strategies if name not in SELECTION_STRATEGIES]
+        if not strategies or unknown or len(set(strategies)) != len(strategies):
+            raise ValueError(f"selection.strategies: expected distinct names from "
+                             f"{', '.join(SELECTION_STRATEGIES)}, got {list(self.strategies)}")
+        if self.pool is not None and (isinstance(self.pool, bool) or not isinstance(self.pool, int)
+                                      or self.pool <= 0):
+            raise ValueError(f"selection.pool must be a positive integer or None, got "
+                             f"{self.pool!r}")
+        if self.measure not in UNCERTAINTY_MEASURES:
+            raise ValueError(f"selection.measure must be one of {UNCERTAINTY_MEASURES}, got "
+                             f"{self.measure!r}")
+        if self.samples < 2:
+            raise ValueError(f"selection.samples must be at least 2, got {self.samples}")
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        """The strategies that need the base model (every one but `random`)."""
+        return tuple(name for name in self.strategies if name != "random")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSource:
     """Imitation data: the target's answers to a prompts task, or a pre-collected file, used in
@@ -94,8 +139,24 @@ class DataSource:
     # The most characters of text one example may hold (its history and answer), checked before
     # the first step; None: no limit.
     max_record_chars: int | None = DEFAULT_MAX_RECORD_CHARS
+    selection: Selection = Selection()
+    # The study models this source trains (by name); None: every model.
+    models: tuple[str, ...] | None = None
 
     def __post_init__(self):
+        _freeze(self, "selection", _coerce(self.selection, Selection,
+                                           f"data source {self.name!r}.selection"))
+        if self.models is not None:
+            _freeze(self, "models", tuple(self.models))
+        if self.file is not None and self.selection.active:
+            raise ValueError(f"data source {self.name!r}: selection strategies "
+                             f"{list(self.selection.active)} choose prompts to ask the target; "
+                             f"a pre-collected file has none to choose")
+        if (self.selection.pool is not None and self.amounts
+                and max(int(a) for a in self.amounts) > self.selection.pool):
+            raise ValueError(f"data source {self.name!r}: the largest amount "
+                             f"{max(self.amounts)} exceeds the selection pool "
+                             f"{self.selection.pool}")
         if not isinstance(self.skip_bad, bool):
             raise ValueError(f"data source {self.name!r}: skip_bad must be True or False, got "
                              f"{self.skip_bad!r}")
@@ -179,6 +240,43 @@ class BudgetSettings:
     confirm_above_usd: float = 100.0
 
 
+COLLECTION_MODES = ("online", "batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectionSettings:
+    """How the target's answers are bought. `online`: chat completions, `concurrency` requests in
+    flight under `requests_per_minute` and `tokens_per_minute` (None: no limit); `batch`: the
+    batch interface (about half the price, answers within its window), polled every
+    `batch_poll_seconds`. `price` names a row of budgets/targets.yaml that prices the answers
+    (None: not priced); `expected_answer_tokens` is the answer length the estimate assumes."""
+
+    mode: str = "online"
+    concurrency: int = 1
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    max_attempts: int = 5
+    batch_poll_seconds: float = 30.0
+    price: str | None = None
+    expected_answer_tokens: int = 256
+
+    def __post_init__(self):
+        if self.mode not in COLLECTION_MODES:
+            raise ValueError(f"collection.mode must be one of {COLLECTION_MODES}, got "
+                             f"{self.mode!r}")
+        for name in ("concurrency", "max_attempts", "expected_answer_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"collection.{name} must be a positive integer, got {value!r}")
+        for name in ("requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"collection.{name} must be positive or None, got {value!r}")
+        if not self.batch_poll_seconds > 0:
+            raise ValueError(f"collection.batch_poll_seconds must be positive, got "
+                             f"{self.batch_poll_seconds!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
     name: str
@@ -189,6 +287,7 @@ class StudyConfig:
     evaluations: tuple[Evaluation, ...]
     training: Training
     generation: GenerationSettings = GenerationSettings()  # how the target answers
+    collection: CollectionSettings = CollectionSettings()  # how its answers are bought
     decode_max_tokens: int = 64  # how many tokens the models may answer with
     eval_batch_size: int = 16
     eval_feature_lengths: Mapping[str, int] = dataclasses.field(
@@ -212,6 +311,7 @@ class StudyConfig:
                                            for i, e in enumerate(self.evaluations)))
         _freeze(self, "training", _coerce(self.training, Training, "training"))
         _freeze(self, "generation", _coerce(self.generation, GenerationSettings, "generation"))
+        _freeze(self, "collection", _coerce(self.collection, CollectionSettings, "collection"))
         _freeze(self, "budget", _coerce(self.budget, BudgetSettings, "budget"))
         _freeze(self, "execution", ExecutionConfig.coerce(self.execution, "execution"))
         for model in self.models:
@@ -225,8 +325,19 @@ class StudyConfig:
                              ("evaluation", [e.task for e in self.evaluations])):
             if len(set(names)) != len(names):
                 raise ValueError(f"study {self.name!r}: {label} names repeat: {names}")
+        model_names = {model.name for model in self.models}
+        for source in self.sources:
+            unknown = sorted(set(source.models or ()) - model_names)
+            if unknown:
+                raise ValueError(f"data source {source.name!r}: models {unknown} are not in the "
+                                 f"study (its models: {sorted(model_names)})")
         if "kind" not in self.target or "name" not in self.target:
             raise ValueError(f"study {self.name!r}: target needs 'kind' and 'name'")
+
+    def sources_for(self, model: StudyModel) -> tuple[DataSource, ...]:
+        """The sources that train `model`."""
+        return tuple(source for source in self.sources
+                     if source.models is None or model.name in source.models)
 
     def execution_for(self, model: StudyModel) -> ExecutionConfig:
         """The study's execution settings with `model`'s own changes applied."""
