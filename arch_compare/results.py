@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from arch_compare.evaluation.intervals import MetricValue, as_metric_value
-from arch_compare.results_schema import ADDED_METRIC_COLUMNS, SCHEMA, TABLES
+from arch_compare.results_schema import ADDED_COLUMNS, ADDED_METRIC_COLUMNS, SCHEMA, TABLES
 
 DATABASE_FILE = "results.sqlite"
 ROLES = ("base", "imitation", "target")
@@ -66,6 +66,7 @@ class Run:
     parameters: int | None = None
     data_source: str | None = None
     data_examples: int | None = None
+    selection: str | None = None  # imitation runs: how the answers were chosen (default random)
     data_tokens: int | None = None
     data_reference_tokens: int | None = None
     estimate: dict | None = None
@@ -83,6 +84,9 @@ class Run:
         if self.role == "imitation" and (self.data_source is None or self.data_examples is None):
             raise ValueError(f"run {self.run_id!r}: an imitation run needs data_source and "
                              f"data_examples")
+        if self.role == "imitation" and self.selection is None:
+            # Runs recorded before selection existed bought the first prompts in order.
+            object.__setattr__(self, "selection", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,9 +178,11 @@ class ResultsStore:
             try:
                 self._connection.execute("PRAGMA journal_mode=WAL")
                 self._connection.executescript(SCHEMA)
-                for column, kind in ADDED_METRIC_COLUMNS.items():
-                    if column not in self._columns("metrics"):
-                        self._connection.execute(f"ALTER TABLE metrics ADD COLUMN {column} {kind}")
+                for table, added in ADDED_COLUMNS.items():
+                    for column, kind in added.items():
+                        if column not in self._columns(table):
+                            self._connection.execute(
+                                f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             except sqlite3.DatabaseError as error:
                 raise self._damaged(error) from None
         self._connection.execute("PRAGMA foreign_keys=ON")

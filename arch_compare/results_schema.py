@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS runs (
     family TEXT NOT NULL,
     parameters INTEGER,             -- NULL for targets of unknown size
     data_source TEXT,               -- imitation runs only
-    data_examples INTEGER,
+    data_examples INTEGER,          -- the answers it trains on (bought from the target)
+    selection TEXT,                 -- how they were chosen: random | uncertainty | diversity | ...
     data_tokens INTEGER,            -- in the model's own tokens
     data_reference_tokens INTEGER,  -- in the study's reference tokenizer
     status TEXT NOT NULL,
@@ -79,7 +80,8 @@ CREATE TABLE IF NOT EXISTS comparisons (   -- paired bootstrap: run minus baseli
     PRIMARY KEY (study, run_id, baseline_run_id, task, metric)
 );
 """
-# Columns added to `metrics` after databases were first written; an older file gains them when
-# opened for writing, and a reader of one that did not reads them as NULL.
+# Columns added after databases were first written; an older file gains them when opened for
+# writing, and a reader of one that did not reads them as NULL.
 ADDED_METRIC_COLUMNS = {"low": "REAL", "high": "REAL", "n": "INTEGER", "method": "TEXT"}
+ADDED_COLUMNS = {"metrics": ADDED_METRIC_COLUMNS, "runs": {"selection": "TEXT"}}
 TABLES = ("runs", "metrics", "samples", "predictions", "comparisons")

@@ -181,6 +181,22 @@ def export_openai_chat(cache_path: str | os.PathLike, out_path: str | os.PathLik
 
 # --- Writing the cache ----------------------------------------------------------------------------
 
+def answer_record(key: str, prompt: Prompt, settings: GenerationSettings, target_name: str,
+                  reply: Reply, attempts: int, **extra) -> dict:
+    """The cache record of one settled prompt: its answer (with its usage) or its error.
+    `extra` adds fields such as how it was bought (`mode`)."""
+    record = {"key": key, "prompt_id": prompt.prompt_id, "messages": prompt.messages(),
+              "settings": settings.to_dict(), "target": target_name}
+    if reply.ok:
+        record["response"] = reply.text
+        if reply.usage is not None:
+            record["usage"] = reply.usage.to_dict()
+    else:
+        record.update(error=reply.error or "the target answered with no text",
+                      transient=bool(reply.error and reply.transient))
+    return record | {"attempts": attempts, **extra}
+
+
 class _CacheWriter:
     """Appends records durably to a cache file held under an exclusive lock."""
 
@@ -269,18 +285,9 @@ def collect(target: Target, prompts: Sequence[Prompt], settings: GenerationSetti
                 for key, reply, attempts in _ask(target, [(k, unique[k]) for k in batch],
                                                  settings, limit, max_attempts, backoff,
                                                  max_backoff):
-                    record = {"key": key, "prompt_id": unique[key].prompt_id,
-                              "messages": unique[key].messages(),
-                              "settings": settings.to_dict(), "target": target.name}
-                    if reply.ok:
-                        record["response"] = reply.text
-                        if reply.usage is not None:
-                            record["usage"] = reply.usage.to_dict()
-                        collected += 1
-                    else:
-                        record.update(error=reply.error or "the target answered with no text",
-                                      transient=bool(reply.error and reply.transient))
-                    record["attempts"] = attempts
+                    record = answer_record(key, unique[key], settings, target.name, reply,
+                                           attempts)
+                    collected += "response" in record
                     writer.write(record)
                     latest[key] = record
                     bar.update(1)
