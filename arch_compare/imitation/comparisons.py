@@ -4,7 +4,10 @@ which examples were asked?
 Every done imitation run is compared, on the same evaluation examples, with
 - its model's base run (imitation minus base), and
 - every done imitation run of the same model and the same amount from an earlier data source in
-  the study's list (later source minus earlier: in the demo, local minus broad),
+  the study's list (later source minus earlier: in the demo, local minus broad), both with their
+  answers bought at random, and
+- for a run whose answers a selection strategy chose (`uncertainty`, `diversity`,
+  `student_first`), the random run of the same model, source and amount (strategy minus random),
 by the paired bootstrap (`evaluation/intervals.py`: the same resampled examples for both runs).
 
 Everything is recomputed from the predictions the study stored (table `predictions`), after the
@@ -38,10 +41,19 @@ def pairs(config: StudyConfig, runs: list[Run]) -> list[tuple[Run, Run]]:
     imitation = [run for run in done if run.role == "imitation"]
     order = {source.name: i for i, source in enumerate(config.sources)}
     result = [(run, bases[run.model]) for run in imitation if run.model in bases]
-    for run in imitation:
-        result += [(run, other) for other in imitation
+    # Sources are compared on the answers they give when nothing chooses them (random against
+    # random): a strategy run is compared with its own random run below, not with other sources.
+    plain = [run for run in imitation if run.selection == "random"]
+    for run in plain:
+        result += [(run, other) for other in plain
                    if other.model == run.model and other.data_examples == run.data_examples
                    and order.get(other.data_source, -1) < order.get(run.data_source, -1)]
+    # Did the strategy beat buying the same number of answers at random?
+    random_runs = {(run.model, run.data_source, run.data_examples): run for run in plain}
+    for run in imitation:
+        same = random_runs.get((run.model, run.data_source, run.data_examples))
+        if run.selection != "random" and same is not None:
+            result.append((run, same))
     return result
 
 
