@@ -99,10 +99,15 @@ class Selection:
     measure: str = "entropy"
     samples: int = 4
     seed: int = 0
+    # The models (by name) that try the strategies other than random; None: every model of the
+    # source. Each (model, strategy, amount) is a run of its own, so this is where cost is cut.
+    models: tuple[str, ...] | None = None
 
     def __post_init__(self):
         strategies = tuple(self.strategies)
         _freeze(self, "strategies", strategies)
+        if self.models is not None:
+            _freeze(self, "models", tuple(self.models))
         unknown = [name for name in strategies if name not in SELECTION_STRATEGIES]
         if not strategies or unknown or len(set(strategies)) != len(strategies):
             raise ValueError(f"selection.strategies: expected distinct names from "
@@ -121,6 +126,10 @@ class Selection:
     def active(self) -> tuple[str, ...]:
         """The strategies that need the base model (every one but `random`)."""
         return tuple(name for name in self.strategies if name != "random")
+
+    def strategies_for(self, model_name: str) -> tuple[str, ...]:
+        return tuple(name for name in self.strategies if name == "random"
+                     or self.models is None or model_name in self.models)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,10 +336,12 @@ class StudyConfig:
                 raise ValueError(f"study {self.name!r}: {label} names repeat: {names}")
         model_names = {model.name for model in self.models}
         for source in self.sources:
-            unknown = sorted(set(source.models or ()) - model_names)
-            if unknown:
-                raise ValueError(f"data source {source.name!r}: models {unknown} are not in the "
-                                 f"study (its models: {sorted(model_names)})")
+            for where, names in (("models", source.models),
+                                 ("selection.models", source.selection.models)):
+                unknown = sorted(set(names or ()) - model_names)
+                if unknown:
+                    raise ValueError(f"data source {source.name!r}: {where} {unknown} are not in "
+                                     f"the study (its models: {sorted(model_names)})")
         if "kind" not in self.target or "name" not in self.target:
             raise ValueError(f"study {self.name!r}: target needs 'kind' and 'name'")
 

@@ -72,19 +72,10 @@ def plan(config: StudyConfig) -> list[PlannedRun]:
         runs.append(PlannedRun(Run(_run_id("base", model.name), "base", config=base | common,
                                    **_model_fields(model)), model, steps))
     for model in config.models:
-        for source in config.sources:
-            for amount in source.amounts:
-                steps = config.training.steps(amount)
-                training = dataclasses.asdict(config.training) | {
-                    "steps": steps, "optimizer": dataclasses.asdict(
-                        config.training.optimizer_for(steps))}
-                run_config = {"model": dataclasses.asdict(model), "source":
-                              dataclasses.asdict(source), "examples": amount,
-                              "training": training} | common
-                runs.append(PlannedRun(Run(
-                    _run_id("imitation", model.name, source.name, amount), "imitation",
-                    config=run_config, data_source=source.name, data_examples=amount,
-                    **_model_fields(model)), model, steps))
+        for source in config.sources_for(model):
+            for strategy in source.selection.strategies_for(model.name):
+                for amount in source.amounts:
+                    runs.append(_imitation_run(config, model, source, strategy, amount, common))
     target = config.target
     runs.append(PlannedRun(Run(_run_id("target", target["name"]), "target",
                                model=target["name"], architecture="target",
@@ -93,6 +84,20 @@ def plan(config: StudyConfig) -> list[PlannedRun]:
                                config={"target": dict(target), "generation":
                                        config.generation.to_dict()} | common), None))
     return runs
+
+
+def _imitation_run(config: StudyConfig, model: StudyModel, source, strategy: str, amount: int,
+                   common: dict) -> PlannedRun:
+    steps = config.training.steps(amount)
+    training = dataclasses.asdict(config.training) | {
+        "steps": steps, "optimizer": dataclasses.asdict(config.training.optimizer_for(steps))}
+    run_config = {"model": dataclasses.asdict(model), "source": dataclasses.asdict(source),
+                  "examples": amount, "selection": strategy, "training": training} | common
+    # Random data keeps the run ids it had before there were strategies.
+    where = (source.name, amount) if strategy == "random" else (source.name, strategy, amount)
+    return PlannedRun(Run(_run_id("imitation", model.name, *where), "imitation",
+                          config=run_config, data_source=source.name, data_examples=amount,
+                          selection=strategy, **_model_fields(model)), model, steps)
 
 
 def training_shape(config: StudyConfig, planned: PlannedRun) -> tuple[dict, int, str]:
