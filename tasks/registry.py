@@ -36,6 +36,9 @@ class TaskSpec:
     metric_fns: tuple[Callable, ...] = ()  # seqio convention: (targets, predictions | scores)
     postprocess_fn: Callable | None = None  # seqio convention: (text, example=, is_target=)
     extra_features: tuple[str, ...] = ()  # record fields beyond inputs / targets
+    # Prompts tasks: whether an answer to a record is correct, (record, answer text) -> bool;
+    # what active selection's `student_first` asks of the base model's answers.
+    check_fn: Callable[[Mapping, str], bool] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -101,6 +104,17 @@ def get_mixture(name: str) -> MixtureSpec:
     if name not in MIXTURES:
         raise _unknown(name)
     return MIXTURES[name]
+
+
+def checker(name: str) -> Callable[[Mapping, str], bool]:
+    """Task `name`'s answer checker, (record, answer text) -> True when the answer is correct."""
+    check_fn = get_task(name).check_fn
+    if check_fn is None:
+        having = [task for task, spec in TASKS.items() if spec.check_fn is not None]
+        raise ValueError(f"task {name!r} has no answer checker (TaskSpec.check_fn), which "
+                         f"deciding whether an answer fails needs; tasks with one: "
+                         f"{', '.join(having) or 'none'}")
+    return check_fn
 
 
 def records(name: str, split: str) -> tuple[Mapping, ...]:

@@ -184,6 +184,38 @@ def postprocess(output, example=None, is_target=False):
     return {"query": query, "result": demo_graph().run(query)}
 
 
+@functools.cache
+def _questions_by_id(split: str) -> dict[str, Question]:
+    return {question.id: question for question in questions(split)}
+
+
+@functools.lru_cache(maxsize=4096)
+def _gold_result(query: str):
+    return demo_graph().run(query)
+
+
+def check_answer(record, answer_text: str) -> bool:
+    """Whether an answer to a `demo_cypher*` record is correct: its query (`extract_query`)
+    executes on the demo graph to the gold query's result (`cypher.results_match`: rows as
+    multisets, column order free, row order only under ORDER BY). The gold query is the
+    record's `query`, else the question's, looked up by the record's id (the prompts task keeps
+    it out of its records, so it never reaches the target)."""
+    from arch_compare.evaluation import cypher
+    record_id = as_text(record["id"])
+    if "query" in record:
+        gold = as_text(record["query"])
+    else:
+        split = record_id.split("/")[1] if record_id.count("/") >= 3 else None
+        question = _questions_by_id(split).get(record_id) if split in SPLITS else None
+        if question is None:
+            raise KeyError(f"check_answer: {record_id!r} is not a text2cypher question id "
+                           f"(text2cypher/<split>/<template>/<index>) and the record has no "
+                           f"query")
+        gold = question.query
+    predicted = demo_graph().run(cypher.extract_query(as_text(answer_text)))
+    return cypher.results_match(_gold_result(gold), predicted, ordered=cypher.has_order_by(gold))
+
+
 def _record(question: Question, targets: str) -> dict:
     return {"id": question.id, "inputs": format_history([Turn("user", question.prompt)]),
             "targets": targets, "prompt": question.prompt, "query": question.query}
@@ -207,7 +239,7 @@ def register(replace: bool = False) -> None:
         source=source, splits={"train": lambda: [
             {key: value for key, value in _record(q, "").items() if key != "query"}
             for q in questions("train")]},
-        extra_features=("id", "prompt")), replace=replace)
+        extra_features=("id", "prompt"), check_fn=check_answer), replace=replace)
     for name, split in (("demo_cypher", "validation"), ("demo_cypher_entities", "entities")):
         register_task(TaskSpec(
             name=name, kind="evaluation", description=DEMO_TASKS[name], source=source,
