@@ -4,6 +4,11 @@ One run per --model from flags, or a whole experiment grid from a gin file (--st
 expensive first with totals per chip kind. Every default MFU names its source; pass --mfu, or
 calibrate a study with a measured run's tokens/second (--measured-tokens-per-second).
 
+With --target-price ROW (a row of budgets/targets.yaml) and --prompts/--prompt-tokens/
+--answer-tokens, the target's answers are priced too, in tokens and dollars, beside the compute
+(--batch: bought through the batch interface, at the row's batch discount); on its own it prices
+just the collection.
+
 Exits 1, as `study --plan` does, when a priced run does not fit its chips' memory, with a line
 naming each such run and what would fit (more chips, --remat, fsdp sharding, another chip); the
 table is still printed.
@@ -25,6 +30,7 @@ from arch_compare.budget import (Evaluation, RunSpec, Setup, StudyGrid, calibrat
                                  estimate_study, load_catalogue)
 from arch_compare.budget.cost import RunEstimate
 from arch_compare.budget.memory import OPTIMIZER_STATE, SHARDINGS
+from arch_compare.budget.targets import CollectionCost, collection_cost, get_price
 from arch_compare.cli.tables import format_table
 
 COLUMNS = ("model", "arch", "params", "tokens", "train_flops", "hardware", "chips", "fits",
@@ -56,6 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--chips x --hardware, then re-price the study")
     parser.add_argument("--hardware-file", type=Path, help="hardware catalogue (YAML)")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    target = parser.add_argument_group("the target's answers (budgets/targets.yaml)")
+    target.add_argument("--target-price", metavar="ROW", help="price row of the target")
+    target.add_argument("--prompts", type=int, help="answers bought (one per prompt)")
+    target.add_argument("--prompt-tokens", type=int, help="tokens of one prompt (mean)")
+    target.add_argument("--answer-tokens", type=int, help="tokens of one answer (expected)")
+    target.add_argument("--batch", action="store_true", help="bought through the batch "
+                        "interface (the row's batch discount)")
+    target.add_argument("--target-price-file", type=Path, help="target price sheet (YAML)")
 
 
 def _human(value: float | None, unit: str = "") -> str:
@@ -170,9 +184,51 @@ def what_would_fit(run: RunEstimate, catalogue) -> str:
             f"shorten the sequences or choose a chip with more memory")
 
 
+COLLECTION_FLAGS = ("prompts", "prompt_tokens", "answer_tokens")
+
+
+def _collection(args) -> CollectionCost | None:
+    """The target's answers priced from the flags (None: no --target-price)."""
+    given = [name for name in COLLECTION_FLAGS if getattr(args, name) is not None]
+    if args.target_price is None:
+        if given or args.batch:
+            raise ValueError("--prompts, --prompt-tokens, --answer-tokens and --batch price the "
+                             "target's answers: give --target-price ROW too")
+        return None
+    missing = [f"--{name.replace('_', '-')}" for name in COLLECTION_FLAGS if name not in given]
+    if missing:
+        raise ValueError(f"--target-price {args.target_price}: give {', '.join(missing)} too")
+    if args.prompts <= 0 or args.prompt_tokens < 0 or args.answer_tokens <= 0:
+        raise ValueError("--prompts and --answer-tokens must be positive, --prompt-tokens >= 0")
+    price = get_price(args.target_price, path=args.target_price_file)
+    return collection_cost(price, args.prompts * args.prompt_tokens,
+                           args.prompts * args.answer_tokens, batch=args.batch)
+
+
+def _collection_lines(cost: CollectionCost, runs: list[RunEstimate]) -> list[str]:
+    """The collection's cost, and per chip kind the runs' dollars plus the collection's."""
+    lines = [f"target's answers: {cost.describe()}"]
+    for hardware in dict.fromkeys(run.chip.name for run in runs):
+        costs = [run.cost_usd for run in runs if run.chip.name == hardware]
+        total = ("n/a (no verified chip price)" if None in costs
+                 else f"${sum(costs) + cost.usd:,.2f}")
+        lines.append(f"total on {hardware} with the target's answers: {total}")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     catalogue = load_catalogue(args.hardware_file)
+    collection = _collection(args)
+    if collection is not None and not args.study and not args.model:
+        print(f"target's answers: {collection.describe()}")
+        return 0
     runs, footer = (_run_study if args.study else _run_models)(args, catalogue)
+    if collection is not None:
+        extra = _collection_lines(collection, runs)
+        if args.format == "table":
+            footer = [*footer, *extra]
+        else:  # keeps stdout machine-readable
+            print("\n".join(extra), file=sys.stderr)
     print(_render([run.to_dict() for run in runs], args.format, footer))
     misfits = [what_would_fit(run, catalogue) for run in runs if not run.fits]
     if misfits:
