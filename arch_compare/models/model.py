@@ -35,7 +35,7 @@ from flax import nnx
 
 from arch_compare.models.config import ModelConfig
 from arch_compare.models.layers import KVCache
-from arch_compare.models.transformer import (BlockCache, DecoderOnlyNetwork,
+from arch_compare.models.transformer import (AttentionInputs, BlockCache, DecoderOnlyNetwork,
                                              EncoderDecoderNetwork)
 
 Params = dict[str, Any]
@@ -102,6 +102,21 @@ class DecodeCache:
             self, layers=dataclasses.replace(self.layers, self_attention=self_kv))
 
 
+def _masked_mean(states: jax.Array, real: jax.Array) -> jax.Array:
+    """states [b, l, d], real [b, l] bool -> the mean over each row's real positions [b, d]
+    (float32; a row with none gives zeros)."""
+    weights = real.astype(jnp.float32)[..., None]  # [b, l, 1]
+    total = jnp.sum(states.astype(jnp.float32) * weights, axis=1)  # [b, d]
+    return total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+
+
+def _require_unpacked(batch: Batch, model_name: str) -> None:
+    packed = [name for name in batch if name.endswith("_segment_ids")]
+    if packed:
+        raise ValueError(f"{model_name}.pooled_states reads unpacked batches (one example per "
+                         f"row); got packed features {', '.join(sorted(packed))}")
+
+
 def _require(batch: Batch, names: tuple[str, ...], model_name: str) -> None:
     missing = [name for name in names if name not in batch]
     if missing:
@@ -153,6 +168,13 @@ class BaseModel:
         return nnx.merge(self._graphdef, params)
 
     def logits(self, params: Params, batch: Batch) -> jax.Array:
+        raise NotImplementedError
+
+    def pooled_states(self, params: Params, batch: Batch) -> jax.Array:
+        """One vector per prompt [b, d_model]: the network's final-norm hidden states of the
+        prompt's tokens (what `prompts_of` calls the prompt), averaged over its real tokens, in
+        float32. What prompts are compared by (active selection's k-center greedy). Unpacked
+        batches from `feature_converter`."""
         raise NotImplementedError
 
     # What code above `models/` asks instead of branching on the architecture.
@@ -248,6 +270,22 @@ class DecoderOnlyModel(BaseModel):
             mask = mask & _segment_mask(segments, segments)
         return self.network(params)(tokens, _positions(batch, "decoder", tokens), mask)
 
+    def pooled_states(self, params: Params, batch: Batch) -> jax.Array:
+        # The decoder's final-norm output over start token, inputs and their EOS; causal
+        # attention keeps the targets after them from changing these positions.
+        _require(batch, ("decoder_input_tokens", "decoder_causal_attention"), type(self).__name__)
+        _require_unpacked(batch, type(self).__name__)
+        tokens, lengths = self.prompts_of(batch)  # [b, l], [b]
+        positions = _positions(batch, "decoder", tokens)
+        network = self.network(params)
+        x = network.token_embed(tokens)  # [b, l, d]
+        if hasattr(network, "position_embed"):
+            x = x + network.position_embed(positions)
+        inputs = AttentionInputs(self_mask=_causal_mask(tokens.shape[1]), positions=positions)
+        states, _ = network.decoder(x, inputs)  # [b, l, d]
+        real = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]  # [b, l]
+        return _masked_mean(states, real)
+
     def prefill(self, params: Params, prompts: jax.Array, lengths: jax.Array,
                 num_steps: int) -> tuple[jax.Array, DecodeCache]:
         batch_size, width = prompts.shape
@@ -298,6 +336,16 @@ class EncoderDecoderModel(BaseModel):
         encoded = network.encode(inputs, _positions(batch, "encoder", inputs), encoder_mask)
         return network.decode(encoded, cross_mask, targets,
                               _positions(batch, "decoder", targets), decoder_mask)
+
+    def pooled_states(self, params: Params, batch: Batch) -> jax.Array:
+        # The encoder's output (after its final norm) over the real input tokens.
+        _require(batch, ("encoder_input_tokens",), type(self).__name__)
+        _require_unpacked(batch, type(self).__name__)
+        inputs = batch["encoder_input_tokens"]  # [b, k]
+        real = inputs != self.config.pad_id  # [b, k]
+        encoded = self.network(params).encode(inputs, _positions(batch, "encoder", inputs),
+                                              real[:, None, None, :])  # [b, k, d]
+        return _masked_mean(encoded, real)
 
     def encode(self, params: Params, inputs: jax.Array, lengths: jax.Array) -> jax.Array:
         """inputs: [b, k] left-padded, lengths: [b] -> encoder output [b, k, d]."""
