@@ -19,6 +19,7 @@ from arch_compare.report.load import StudyData
 from arch_compare.results import METRIC_KINDS, Run
 
 ARCHITECTURES = ("decoder_only", "encoder_decoder", "target")
+RANDOM = "random"  # the selection of runs that bought their answers without choosing them
 # A gap smaller than this (relative to the metric's size) is no gap: its share would be noise.
 GAP_TOLERANCE = 1e-9
 # Configuration keys whose last part names one of these are expected to differ between runs:
@@ -28,11 +29,12 @@ MODEL_AND_DATA_KEYS = frozenset({
     "checkpoint", "initial_checkpoint", "initial_checkpoint_path", "vocabulary",
     "vocabulary_path", "tokenizer", "tokenizer_path", "model_dir", "output_dir", "run_id",
     "data_source", "source", "data_examples", "examples", "num_examples", "data_tokens",
-    "data_reference_tokens", "mixture", "mixture_or_task_name", "task",
+    "data_reference_tokens", "mixture", "mixture_or_task_name", "task", "selection", "strategy",
 })
 # A whole section under one of these names describes the model (layers, widths) or the data
-# source (its name, prompts, file) of the run.
-MODEL_AND_DATA_SECTIONS = frozenset({"model", "model_config", "source", "data_source"})
+# source (its name, prompts, file, how its answers were selected) of the run.
+MODEL_AND_DATA_SECTIONS = frozenset({"model", "model_config", "source", "data_source",
+                                     "selection"})
 # Execution settings (mesh, dtypes, remat, microbatches) say how a run was laid out on its
 # devices, not what it computed: listed as execution, never flagged as a fairness difference.
 EXECUTION_SECTION = "execution"
@@ -75,22 +77,39 @@ def intervals_by_run(data: StudyData) -> dict[str, dict[str, tuple[float, float]
     return intervals
 
 
-def _run_sort_key(run: Run, sources: dict[str, int]) -> tuple:
+def _run_sort_key(run: Run, sources: dict[str, int], selections: dict[str, int]) -> tuple:
     arch = ARCHITECTURES.index(run.architecture) if run.architecture in ARCHITECTURES else 2
     role = {"base": 0, "imitation": 1}.get(run.role, 2)
     return (run.role == "target", arch,
             math.inf if run.parameters is None else run.parameters, run.model, role,
-            sources.get(run.data_source, 0), run.data_examples or 0, run.run_id)
+            sources.get(run.data_source, 0), selections.get(run.selection, 0),
+            run.data_examples or 0, run.run_id)
 
 
 def sorted_runs(data: StudyData, runs: Iterable[Run] | None = None) -> list[Run]:
-    """Runs in report order; data sources keep the order the study first used them in."""
+    """Runs in report order; data sources keep the order the study first used them in, and
+    within a source the random runs come first, then each selection strategy's."""
     sources = {source: i for i, source in enumerate(data_sources(data))}
-    return sorted(data.runs if runs is None else runs, key=lambda r: _run_sort_key(r, sources))
+    strategies = {name: i for i, name in enumerate(selections(data))}
+    return sorted(data.runs if runs is None else runs,
+                  key=lambda r: _run_sort_key(r, sources, strategies))
 
 
 def data_sources(data: StudyData) -> tuple[str, ...]:
     return tuple(dict.fromkeys(r.data_source for r in data.runs if r.data_source is not None))
+
+
+def selections(data: StudyData, source: str | None = None) -> tuple[str, ...]:
+    """How the imitation runs (of `source`, or all) chose their answers: random first (where any
+    run bought at random), then the strategies in the order the study first used them."""
+    found = dict.fromkeys(r.selection for r in data.runs if r.role == "imitation"
+                          and (source is None or r.data_source == source))
+    return tuple(sorted(found, key=lambda name: name != RANDOM))
+
+
+def has_strategies(data: StudyData) -> bool:
+    """Whether any run chose its answers by a strategy other than random."""
+    return any(name != RANDOM for name in selections(data))
 
 
 def models(data: StudyData) -> tuple[str, ...]:
@@ -99,9 +118,17 @@ def models(data: StudyData) -> tuple[str, ...]:
     return tuple(dict.fromkeys(r.model for r in runs))
 
 
+def data_label(run: Run) -> str:
+    """An imitation run's data: its source, and the strategy that chose its answers unless it
+    bought them at random ("local", "local · uncertainty")."""
+    if run.selection in (None, RANDOM):
+        return str(run.data_source)
+    return f"{run.data_source} · {run.selection}"
+
+
 def run_label(run: Run) -> str:
     if run.role == "imitation":
-        return f"{run.model} · {run.data_source} · {run.data_examples:,}"
+        return f"{run.model} · {data_label(run)} · {run.data_examples:,}"
     return f"{run.model} · {run.role}"
 
 
@@ -217,7 +244,7 @@ def config_differences(data: StudyData) -> list[ConfigDifference]:
     """Every key whose value differs across imitation runs (any status).
 
     The fairness rule asks for the same recipe for every model, so a key is flagged when models
-    trained on the same data (source and amount) got different values, unless the key names the
+    trained on the same data (source, selection and amount) got different values, unless the key names the
     model or the data or the study lists it under `allowed_differences`. A key that follows the
     amount alone (steps of a one-epoch recipe, say) is the same for every model: listed, not
     flagged. Execution settings (any key under an `execution` section) are listed as execution.
@@ -234,10 +261,10 @@ def config_differences(data: StudyData) -> list[ConfigDifference]:
             by_value.setdefault(flat[run.run_id].get(key, absent), []).append(run.run_id)
         if len(by_value) < 2:
             continue
-        # Within one data point (source, amount) every model should see the same value.
+        # Within one data point (source, selection, amount) every model should see the same value.
         per_point: dict[tuple, set[str]] = {}
         for run in runs:
-            point = (run.data_source, run.data_examples)
+            point = (run.data_source, run.selection, run.data_examples)
             per_point.setdefault(point, set()).add(flat[run.run_id].get(key, absent))
         varies_with = "models" if any(len(v) > 1 for v in per_point.values()) else "data only"
         if _is_execution(key):  # how it ran, not what it computed (before "model": a

@@ -2,8 +2,9 @@
 pyplot global state, so drawing here never changes another caller's backend).
 
 - one figure per metric: its value against the amount of imitation data (log x axis), one line per
-  model and data source, the base model as the leftmost point, the target as a dashed line; 95%
-  intervals as error bars (the target's as a grey band);
+  model, data source and selection strategy (where the study has strategies, markers tell them
+  apart), the base model as the leftmost point, the target as a dashed line; 95% intervals as
+  error bars (the target's as a grey band);
 - the mean share of the gap closed against the amount, capability and style side by side;
 - style against capability, one point per imitation run (the paper's central contrast).
 """
@@ -42,7 +43,8 @@ def _slug(text: str) -> str:
 
 
 class _Styles:
-    """Colours per model and line styles per data source, the same in every figure."""
+    """Colours per model and line styles per data source, the same in every figure; markers per
+    data source too, or per selection strategy where the study has strategies."""
 
     def __init__(self, data: StudyData):
         palette = [f"C{i}" for i in range(10)]
@@ -50,14 +52,23 @@ class _Styles:
         sources = analysis.data_sources(data)
         self.lines = {s: LINE_STYLES[i % len(LINE_STYLES)] for i, s in enumerate(sources)}
         self.markers = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(sources)}
+        self.selections = {source: analysis.selections(data, source) for source in sources}
+        strategies = analysis.selections(data) if analysis.has_strategies(data) else ()
+        self.strategy_markers = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(strategies)}
+
+    def marker(self, source: str, selection: str) -> str:
+        return self.strategy_markers.get(selection) or self.markers[source]
 
     def legend(self, with_base: bool, with_target: bool,
                drawn: set[str] | None = None) -> list[Line2D]:
         """Models not in `drawn` (no values in this figure) are listed as such, not dropped."""
         handles = [Line2D([], [], color=c, lw=2, label=m if drawn is None or m in drawn
                           else f"{m} (no values)") for m, c in self.colours.items()]
-        handles += [Line2D([], [], color="grey", ls=self.lines[s], marker=self.markers[s],
+        handles += [Line2D([], [], color="grey", ls=self.lines[s],
+                           marker=None if self.strategy_markers else self.markers[s],
                            label=f"data: {s}") for s in self.lines]
+        handles += [Line2D([], [], color="grey", ls="", marker=m, label=f"selection: {s}")
+                    for s, m in self.strategy_markers.items()]
         if with_base:
             handles.append(Line2D([], [], color="grey", ls="", marker="D", markersize=7,
                                   label="base model"))
@@ -131,18 +142,20 @@ def metric_figures(data: StudyData) -> list[Figure]:
                             colour)
                 drawn.add(model)
             for source, line in styles.lines.items():
-                points = [(r.data_examples, values.get(r.run_id, {}).get(key.name),
-                           intervals.get(r.run_id, {}).get(key.name))
-                          for r in done if r.model == model and r.data_source == source]
-                points = [p for p in points if p[1] is not None]
-                if points:
-                    _error_bars(axes, points, colour)
-                points = ([(base_x, base, None)] if base is not None else []) + points
-                if len(points) > (base is not None):
-                    xs, ys, _ = zip(*points)
-                    axes.plot(xs, ys, ls=line, marker=styles.markers[source], color=colour,
-                              markersize=5)
-                    drawn.add(model)
+                for selection in styles.selections[source]:  # one line per strategy
+                    points = [(r.data_examples, values.get(r.run_id, {}).get(key.name),
+                               intervals.get(r.run_id, {}).get(key.name))
+                              for r in done if r.model == model and r.data_source == source
+                              and r.selection == selection]
+                    points = [p for p in points if p[1] is not None]
+                    if points:
+                        _error_bars(axes, points, colour)
+                    points = ([(base_x, base, None)] if base is not None else []) + points
+                    if len(points) > (base is not None):
+                        xs, ys, _ = zip(*points)
+                        axes.plot(xs, ys, ls=line, marker=styles.marker(source, selection),
+                                  color=colour, markersize=5)
+                        drawn.add(model)
         if not drawn:
             continue  # no model has a value: a plot with the target alone would say nothing
         if target_value is not None:
@@ -178,12 +191,15 @@ def gap_figure(data: StudyData, rows: list[GapRow]) -> Figure | None:
         axes.axhline(100, color="black", ls="--", lw=1.2)
         for model, colour in styles.colours.items():
             for source, line in styles.lines.items():
-                points = [(r.run.data_examples, r.mean_by_kind[kind] * 100) for r in rows
-                          if r.run.model == model and r.run.data_source == source
-                          and r.mean_by_kind[kind] is not None]
-                if points:
-                    xs, ys = zip(*points)
-                    axes.plot(xs, ys, ls=line, marker=styles.markers[source], color=colour)
+                for selection in styles.selections[source]:  # one line per strategy
+                    points = [(r.run.data_examples, r.mean_by_kind[kind] * 100) for r in rows
+                              if r.run.model == model and r.run.data_source == source
+                              and r.run.selection == selection
+                              and r.mean_by_kind[kind] is not None]
+                    if points:
+                        xs, ys = zip(*points)
+                        axes.plot(xs, ys, ls=line, marker=styles.marker(source, selection),
+                                  color=colour)
         axes.set_title(f"{kind} metrics (mean)", fontsize=11)
         if i == 0:
             axes.set_ylabel("share of gap closed (%)")
@@ -236,3 +252,68 @@ def style_capability_figure(data: StudyData, rows: list[GapRow]) -> Figure | Non
     return Figure("style_vs_capability", "Share of the gap closed on style against capability, "
                   "per imitation run (larger markers: more data); above the dotted diagonal, "
                   "style moved further toward the target than capability", _png(figure))
+
+
+def selection_figure(data: StudyData, source: str, key: analysis.MetricKey) -> Figure | None:
+    """One metric against the answers bought from `source`: one line per model (colour) and
+    selection strategy (line style and marker), 95% intervals as error bars, each model's base
+    run at the left as amount 0 and the target as a dashed line; None when nothing has a value."""
+    values = analysis.values_by_run(data)
+    intervals = analysis.intervals_by_run(data)
+    colours = _Styles(data).colours
+    strategies = analysis.selections(data, source)
+    lines = {s: LINE_STYLES[i % len(LINE_STYLES)] for i, s in enumerate(strategies)}
+    markers = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(strategies)}
+    bases = analysis.base_runs(data)
+    target = analysis.target_run(data)
+    runs = [r for r in analysis.sorted_runs(data) if r.role == "imitation"
+            and r.status == "done" and r.data_source == source]
+    amounts = sorted({r.data_examples for r in runs})
+    figure = MplFigure(figsize=(6.4, 3.6))
+    axes = figure.add_subplot()
+    trained = [m for m in colours if any(r.model == m for r in runs)]  # models the source trains
+    with_base = any(values.get(bases[m].run_id, {}).get(key.name) is not None
+                    for m in trained if m in bases)
+    base_x = _amount_axis(axes, amounts, with_base=with_base)
+    axes.set_xlabel(f"answers bought from {source} (log scale)")
+    drawn = False
+    for model in trained:
+        colour = colours[model]
+        base_id = bases[model].run_id if model in bases else None
+        base = values.get(base_id, {}).get(key.name)
+        if base is not None:
+            axes.plot([base_x], [base], ls="", marker="D", markersize=7, color=colour)
+            _error_bars(axes, [(base_x, base, intervals.get(base_id, {}).get(key.name))], colour)
+        for strategy in strategies:
+            points = [(r.data_examples, values.get(r.run_id, {}).get(key.name),
+                       intervals.get(r.run_id, {}).get(key.name))
+                      for r in runs if r.model == model and r.selection == strategy]
+            points = [p for p in points if p[1] is not None]
+            if not points:
+                continue
+            _error_bars(axes, points, colour)
+            points = ([(base_x, base, None)] if base is not None else []) + points
+            xs, ys, _ = zip(*points)
+            axes.plot(xs, ys, ls=lines[strategy], marker=markers[strategy], color=colour,
+                      markersize=5)
+            drawn = True
+    if not drawn:
+        return None
+    target_value = values.get(target.run_id, {}).get(key.name) if target else None
+    if target_value is not None:
+        axes.axhline(target_value, color="black", ls="--", lw=1.2)
+    axes.set_title(f"{key.name} on {source}: selection strategies", fontsize=11)
+    axes.set_ylabel(key.metric)
+    handles = [Line2D([], [], color=colours[m], lw=2, label=m) for m in trained]
+    handles += [Line2D([], [], color="grey", ls=lines[s], marker=markers[s],
+                       label=f"selection: {s}") for s in strategies]
+    if with_base:
+        handles.append(Line2D([], [], color="grey", ls="", marker="D", markersize=7,
+                              label="base model (0 bought)"))
+    if target_value is not None:
+        handles.append(Line2D([], [], color="black", ls="--", label="target"))
+    _legend(axes, handles)
+    return Figure(f"selection_{_slug(source)}_{_slug(key.name)}",
+                  f"{key.name} ({key.kind}) against the answers bought from {source}, one line "
+                  f"per model and selection strategy; bars are 95% intervals over the "
+                  f"evaluation examples", _png(figure))

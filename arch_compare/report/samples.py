@@ -24,13 +24,16 @@ def readable(text: str, limit: int = MAX_CHARACTERS) -> str:
 
 
 def _shown_runs(data: StudyData, model: str, have: dict[str, Sample]) -> list[Run]:
-    """The model's base run and, per data source, its largest imitation run with this sample."""
+    """The model's base run and, per data source (and selection strategy, where the study has
+    several), its largest imitation run with this sample."""
     runs = [r for r in analysis.sorted_runs(data) if r.model == model and r.run_id in have]
     shown = [r for r in runs if r.role == "base"]
     for source in analysis.data_sources(data):
-        imitation = [r for r in runs if r.role == "imitation" and r.data_source == source]
-        if imitation:
-            shown.append(max(imitation, key=lambda r: r.data_examples))
+        for selection in analysis.selections(data, source):
+            imitation = [r for r in runs if r.role == "imitation" and r.data_source == source
+                         and r.selection == selection]
+            if imitation:
+                shown.append(max(imitation, key=lambda r: r.data_examples))
     return shown
 
 

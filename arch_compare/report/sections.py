@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from arch_compare.report import analysis, fmt, plots, samples, tables
+from arch_compare.report import analysis, fmt, plots, samples, selection, tables
 from arch_compare.report.analysis import GapRow
 from arch_compare.report.document import (Bullets, Collapsed, Document, Figures, Paragraph,
                                           SampleGroup, Section, Subheading)
@@ -214,6 +214,7 @@ def build_document(data: StudyData) -> Document:
                       "target's grey band) are 95% intervals over the evaluation examples."),
             Figures(tuple(metric_figures)) if metric_figures else Paragraph("Nothing to plot."))),
         _comparisons(data),
+        *selection.sections(data),  # only where a strategy chose answers
         Section("Share of the gap closed", "gap", (
             tables.gap_table(keys, rows) if rows else Paragraph("No finished imitation run."),
             *((Figures((gap_figure,)),) if gap_figure else ()))),

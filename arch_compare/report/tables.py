@@ -6,7 +6,7 @@ from arch_compare.report import analysis, fmt
 from arch_compare.report.analysis import ConfigDifference, GapRow, MetricKey
 from arch_compare.report.document import Table
 from arch_compare.report.load import StudyData
-from arch_compare.results import Run
+from arch_compare.results import Comparison, Run
 
 NO_RESULT = "—"   # the run has no results (failed or not finished); "n/a" is an undefined value
 KIND_MARK = {"capability": "C", "style": "S", "other": "O"}
@@ -49,7 +49,8 @@ def _grid_cells(run: Run) -> tuple[str, ...]:
     elif run.role == "target":
         data, examples = "target", ""
     else:
-        data, examples = run.data_source, fmt.count(run.data_examples)
+        # The strategy beside the source where one chose the answers: one row per run.
+        data, examples = analysis.data_label(run), fmt.count(run.data_examples)
     tokens = ("", "") if run.role != "imitation" else (
         fmt.compact(run.data_tokens), fmt.compact(run.data_reference_tokens))
     return (run.architecture, run.model, fmt.compact(run.parameters), data, examples, *tokens)
@@ -94,6 +95,16 @@ def benchmark_tables(data: StudyData) -> dict[str, Table]:
     return tables
 
 
+def difference_cells(comparison: Comparison) -> tuple[str, str]:
+    """A paired difference and its 95% interval, signed: 3 decimals on a 0-1 scale, else 1."""
+    c = comparison
+    decimals = 3 if all(abs(v) <= 1 for v in (c.difference, c.low, c.high)
+                        if v is not None) else 1
+    return (fmt.signed(c.difference, decimals),
+            fmt.NA if c.low is None or c.high is None else
+            f"{fmt.signed(c.low, decimals)} to {fmt.signed(c.high, decimals)}")
+
+
 def comparison_table(data: StudyData) -> Table | None:
     """Every paired comparison the study recorded: run minus baseline on the same examples."""
     if not data.comparisons:
@@ -102,14 +113,9 @@ def comparison_table(data: StudyData) -> Table | None:
     comparisons = sorted(data.comparisons, key=lambda c: (
         order.get(c.run_id, len(order)), order.get(c.baseline_run_id, len(order)), c.task,
         c.metric))
-    decimals = lambda c: 3 if all(abs(v) <= 1 for v in (c.difference, c.low, c.high)
-                                  if v is not None) else 1
     return Table(
         columns=("Run", "Against", "Metric", "Difference", "95% interval", "Significant"),
-        rows=tuple((c.run_id, c.baseline_run_id, f"{c.task}/{c.metric}",
-                    fmt.signed(c.difference, decimals(c)),
-                    fmt.NA if c.low is None or c.high is None else
-                    f"{fmt.signed(c.low, decimals(c))} to {fmt.signed(c.high, decimals(c))}",
+        rows=tuple((c.run_id, c.baseline_run_id, f"{c.task}/{c.metric}", *difference_cells(c),
                     SIGNIFICANT if c.significant else "") for c in comparisons),
         numeric=(False, False, False, True, True, False),
         caption="Run minus the run it is compared against, on the same evaluation examples, "
@@ -122,7 +128,7 @@ def comparison_table(data: StudyData) -> Table | None:
 def gap_table(keys: tuple[MetricKey, ...], rows: list[GapRow]) -> Table:
     columns = ("Architecture", "Model", "Data", "Examples", *(k.name for k in keys),
                "Mean capability", "Mean style")
-    cells = tuple((row.run.architecture, row.run.model, row.run.data_source,
+    cells = tuple((row.run.architecture, row.run.model, analysis.data_label(row.run),
                    fmt.count(row.run.data_examples),
                    *(fmt.percent(row.closed[k.name]) for k in keys),
                    fmt.percent(row.mean_by_kind["capability"]),
