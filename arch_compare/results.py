@@ -25,11 +25,15 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from arch_compare.evaluation.intervals import MetricValue, as_metric_value
 from arch_compare.results_schema import ADDED_COLUMNS, ADDED_METRIC_COLUMNS, SCHEMA, TABLES
+from arch_compare.results_types import (METRIC_KINDS, ROLES, STATUSES, Collection, Comparison,
+                                        Metric, Prediction, Run, Sample, Study)
+
+__all__ = ["DATABASE_FILE", "METRIC_KINDS", "ROLES", "STATUSES", "Collection", "Comparison",
+           "Metric",
+           "Prediction", "ResultsDatabaseError", "ResultsStore", "Run", "Sample", "Study",
+           "StudyConflict", "config_hash"]
 
 DATABASE_FILE = "results.sqlite"
-ROLES = ("base", "imitation", "target")
-STATUSES = ("pending", "running", "done", "failed")
-METRIC_KINDS = ("capability", "style", "other")
 
 
 class ResultsDatabaseError(ValueError):
@@ -42,100 +46,6 @@ class StudyConflict(ValueError):
 
 def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-
-
-@dataclasses.dataclass(frozen=True)
-class Study:
-    name: str
-    config: dict
-    directory: str
-    created: float
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """One row of `runs`: a base model, an imitation model or the target, and how it went."""
-
-    run_id: str
-    role: str
-    model: str
-    architecture: str
-    family: str
-    config: dict
-    status: str = "pending"
-    parameters: int | None = None
-    data_source: str | None = None
-    data_examples: int | None = None
-    selection: str | None = None  # imitation runs: how the answers were chosen (default random)
-    data_tokens: int | None = None
-    data_reference_tokens: int | None = None
-    estimate: dict | None = None
-    measured: dict | None = None
-    error: str | None = None
-    started: float | None = None
-    finished: float | None = None
-
-    def __post_init__(self):
-        if self.role not in ROLES:
-            raise ValueError(f"run {self.run_id!r}: role must be one of {ROLES}, got {self.role!r}")
-        if self.status not in STATUSES:
-            raise ValueError(f"run {self.run_id!r}: status must be one of {STATUSES}, "
-                             f"got {self.status!r}")
-        if self.role == "imitation" and (self.data_source is None or self.data_examples is None):
-            raise ValueError(f"run {self.run_id!r}: an imitation run needs data_source and "
-                             f"data_examples")
-        if self.role == "imitation" and self.selection is None:
-            # Runs recorded before selection existed bought the first prompts in order.
-            object.__setattr__(self, "selection", "random")
-
-
-@dataclasses.dataclass(frozen=True)
-class Metric:
-    """One metric of one run on one task; `low`-`high` its 95% interval (None where unknown)."""
-
-    run_id: str
-    task: str
-    metric: str
-    kind: str
-    value: float | None
-    low: float | None = None
-    high: float | None = None
-    n: int | None = None
-    method: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-    run_id: str
-    task: str
-    example_index: int
-    example_id: str
-    output: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Comparison:
-    """metric(run) - metric(baseline) on the same examples, with its paired-bootstrap 95%
-    interval; `significant` when that interval excludes 0."""
-
-    run_id: str
-    baseline_run_id: str
-    task: str
-    metric: str
-    difference: float | None
-    low: float | None
-    high: float | None
-    significant: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class Sample:
-    run_id: str
-    task: str
-    example_id: str
-    prompt: str
-    output: str
-    reference: str
 
 
 _RUN_JSON = ("config", "estimate", "measured")
@@ -345,6 +255,22 @@ class ResultsStore:
                 "excluded.difference, low = excluded.low, high = excluded.high, significant = "
                 "excluded.significant", rows)
 
+    def put_collection(self, study: str, collection: Collection) -> None:
+        """Insert or replace what one collection was estimated to cost and cost (keyed by
+        study, source, selection and model: a resumed study rewrites its row)."""
+        fields = dataclasses.asdict(collection)
+        fields.update(tokens_estimated=int(collection.tokens_estimated),
+                      fictional_price=int(collection.fictional_price),
+                      spent_usd=_real(collection.spent_usd),
+                      estimated_usd=_real(collection.estimated_usd))
+        columns = ["study", *fields, "recorded"]
+        keys = ("study", "source", "selection", "model")
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
+        with self._transaction() as db:
+            db.execute(f"INSERT INTO collections ({', '.join(columns)}) VALUES "
+                       f"({', '.join('?' * len(columns))}) ON CONFLICT ({', '.join(keys)}) DO "
+                       f"UPDATE SET {updates}", (study, *fields.values(), time.time()))
+
     # -- reading -----------------------------------------------------------------------------------
 
     def studies(self) -> list[Study]:
@@ -407,6 +333,18 @@ class ResultsStore:
         rows = self._read(query + " ORDER BY rowid", args)
         return [Sample(*(row[name] for name in ("run_id", "task", "example_id", "prompt",
                                                 "output", "reference"))) for row in rows]
+
+    def collections(self, study: str) -> list[Collection]:
+        """Every collection of the target's answers recorded for the study, in the order first
+        recorded (none from a database older than the table)."""
+        if not self._columns("collections"):
+            return []
+        names = [field.name for field in dataclasses.fields(Collection)]
+        rows = self._read(f"SELECT {', '.join(names)} FROM collections WHERE study = ? "
+                          f"ORDER BY rowid", (study,))
+        return [Collection(**{**dict(zip(names, row)),
+                              "tokens_estimated": bool(row["tokens_estimated"]),
+                              "fictional_price": bool(row["fictional_price"])}) for row in rows]
 
     def row_counts(self, study: str) -> dict[str, int]:
         """Rows per table for one study (the resume tests compare these)."""

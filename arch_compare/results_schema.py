@@ -79,9 +79,29 @@ CREATE TABLE IF NOT EXISTS comparisons (   -- paired bootstrap: run minus baseli
     significant INTEGER NOT NULL,   -- 1 when the 95% interval excludes 0
     PRIMARY KEY (study, run_id, baseline_run_id, task, metric)
 );
+CREATE TABLE IF NOT EXISTS collections (   -- the target's answers bought: estimated and spent
+    study TEXT NOT NULL REFERENCES studies(name),
+    source TEXT NOT NULL,           -- the data source
+    selection TEXT NOT NULL,        -- random | uncertainty | diversity | student_first
+    model TEXT NOT NULL,            -- the model that chose the prompts; '' where shared
+    mode TEXT NOT NULL,             -- online | batch
+    price TEXT,                     -- the row of budgets/targets.yaml; NULL: not priced
+    fictional_price INTEGER NOT NULL,  -- 1 when that row's prices are made up (the demo's)
+    answers INTEGER NOT NULL,       -- answers bought
+    prompt_tokens INTEGER NOT NULL, -- billed: as the target counted them ...
+    completion_tokens INTEGER NOT NULL,
+    tokens_estimated INTEGER NOT NULL,  -- ... or 1: some estimated at 4 characters per token
+    spent_usd REAL,
+    estimated_answers INTEGER NOT NULL,  -- the estimate made before collecting
+    estimated_prompt_tokens INTEGER NOT NULL,
+    estimated_completion_tokens INTEGER NOT NULL,
+    estimated_usd REAL,
+    recorded REAL NOT NULL,
+    PRIMARY KEY (study, source, selection, model)
+);
 """
 # Columns added after databases were first written; an older file gains them when opened for
 # writing, and a reader of one that did not reads them as NULL.
 ADDED_METRIC_COLUMNS = {"low": "REAL", "high": "REAL", "n": "INTEGER", "method": "TEXT"}
 ADDED_COLUMNS = {"metrics": ADDED_METRIC_COLUMNS, "runs": {"selection": "TEXT"}}
-TABLES = ("runs", "metrics", "samples", "predictions", "comparisons")
+TABLES = ("runs", "metrics", "samples", "predictions", "comparisons", "collections")

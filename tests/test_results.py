@@ -1,13 +1,14 @@
 """The results database: upserts never duplicate, studies share a file, bad files are refused."""
 
+import dataclasses
 import math
 import sqlite3
 
 import pytest
 
 from arch_compare.evaluation.intervals import MetricValue
-from arch_compare.results import (Comparison, Metric, Prediction, ResultsStore, Run, Sample,
-                                  StudyConflict)
+from arch_compare.results import (Collection, Comparison, Metric, Prediction, ResultsStore, Run,
+                                  Sample, StudyConflict)
 
 
 def _run(run_id="imitation/gpt2-tiny/broad/64", **fields):
@@ -25,7 +26,8 @@ def test_upserts_replace_rows_instead_of_adding(tmp_path):
                               {"exact_match": "capability"})
             store.put_samples("s", [Sample(_run().run_id, "qa", "1", "Q?", "A", "A")])
         assert store.row_counts("s") == {"runs": 1, "metrics": 1, "samples": 1,
-                                         "predictions": 0, "comparisons": 0}
+                                         "predictions": 0, "comparisons": 0,
+                                         "collections": 0}
         assert store.runs("s")[0].status == "done"
         assert store.runs("s")[0].config == {"steps": 8}
         assert store.metrics("s") == [Metric(_run().run_id, "qa", "exact_match", "capability",
@@ -99,7 +101,8 @@ def test_intervals_predictions_and_comparisons_round_trip(tmp_path):
         store.put_comparisons("s", [comparison, comparison])
         assert store.comparisons("s") == [comparison]
         assert store.row_counts("s") == {"runs": 1, "metrics": 3, "samples": 0,
-                                         "predictions": 2, "comparisons": 1}
+                                         "predictions": 2, "comparisons": 1,
+                                         "collections": 0}
 
 
 OLD_SCHEMA = """
@@ -131,6 +134,7 @@ def test_a_database_written_before_intervals_opens_reads_and_takes_writes(tmp_pa
                                                 30.0)]
         assert reader.comparisons("old") == [] and reader.predictions("old") == []
         assert reader.row_counts("old")["comparisons"] == 0
+        assert reader.collections("old") == [] and reader.row_counts("old")["collections"] == 0
     with sqlite3.connect(path) as db:
         assert "low" not in {row[1] for row in db.execute("PRAGMA table_info(metrics)")}
     with ResultsStore(path) as store:  # a writer adds the columns and tables
@@ -140,3 +144,38 @@ def test_a_database_written_before_intervals_opens_reads_and_takes_writes(tmp_pa
         assert store.metrics("old") == [Metric("base/m", "qa", "exact_match", "capability", 40.0,
                                                20.0, 60.0, 10, "wilson")]
         assert store.row_counts("old")["predictions"] == 1
+        store.put_collection("old", COLLECTION)  # the writer created the table
+        assert store.collections("old") == [COLLECTION]
+
+
+COLLECTION = Collection("broad", "random", "", "batch", "gpt-4o-mini", answers=16,
+                        prompt_tokens=200, completion_tokens=900, tokens_estimated=False,
+                        spent_usd=0.00029, estimated_answers=16, estimated_prompt_tokens=180,
+                        estimated_completion_tokens=4096, estimated_usd=0.00124)
+
+
+def test_collections_round_trip_and_upsert(tmp_path):
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        store.register_study("s", {"a": 1}, tmp_path)
+        shared = COLLECTION
+        chosen = dataclasses.replace(COLLECTION, selection="uncertainty", model="gpt2-tiny",
+                                     mode="online", price=None, spent_usd=None,
+                                     estimated_usd=None, tokens_estimated=True)
+        store.put_collection("s", shared)
+        store.put_collection("s", chosen)
+        again = dataclasses.replace(shared, answers=17, spent_usd=0.0003)
+        store.put_collection("s", again)  # a resumed study rewrites its row
+        assert store.collections("s") == [again, chosen]
+        assert store.row_counts("s")["collections"] == 2
+        assert store.collections("other") == []
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"mode": "later"}, "mode must be one of"),
+    ({"answers": -1}, "answers must be an integer >= 0"),
+    ({"price": None}, "dollars need a price row"),
+    ({"spent_usd": None}, "dollars need a price row"),
+])
+def test_a_collection_row_is_validated(change, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(COLLECTION, **change)

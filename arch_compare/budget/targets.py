@@ -97,7 +97,12 @@ class CollectionCost:
                else "online")
         fictional = "; FICTIONAL price row" if self.fictional else ""
         return (f"{self.prompt_tokens:,} prompt + {self.answer_tokens:,} answer tokens, "
-                f"${self.usd:,.2f} at {self.price!r} ({how}{fictional})")
+                f"{dollars(self.usd)} at {self.price!r} ({how}{fictional})")
+
+
+def dollars(usd: float) -> str:
+    """Cents for sums of a cent or more; two significant digits below (a few tokens' worth)."""
+    return f"${usd:,.2f}" if usd >= 0.01 or usd == 0 else f"${usd:.2g}"
 
 
 def collection_cost(price: TargetPrice, prompt_tokens: int, answer_tokens: int, *,
