@@ -53,6 +53,10 @@ TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 # failed); any other code is the request's own fault.
 TRANSIENT_CODES = frozenset({"batch_expired", "batch_cancelled", "request_timeout",
                              "server_error", "rate_limit_exceeded", "internal_error"})
+# What one batch may hold (the OpenAI interface's limits are 50,000 requests and 200 MB); more
+# prompts go in successive batches.
+MAX_BATCH_REQUESTS = 50_000
+MAX_BATCH_BYTES = 190_000_000
 # Batches created this long before the state file are not searched when adopting one (server
 # clocks differ from ours; the list is newest first, so this bounds how far it is read).
 CLOCK_SLACK_SECONDS = 3600.0
@@ -74,6 +78,10 @@ def collect_batch(target: OpenAIChatTarget, prompts: Sequence[Prompt],
                   sleep: Callable[[float], None] = time.sleep) -> CollectionResult:
     """Ask `target` for every prompt not yet settled in `cache_path` through the batch interface
     (see the module doc), polling every `poll_seconds`; `sleep` waits (tests pass a no-op)."""
+    if not isinstance(target, OpenAIChatTarget):
+        raise TypeError(f"collect_batch: the batch interface is OpenAI's: the target must be an "
+                        f"OpenAIChatTarget (kind 'openai'), got {type(target).__name__} "
+                        f"{getattr(target, 'name', '')!r}")
     if max_attempts < 1 or poll_seconds < 0:
         raise ValueError(f"collect_batch: max_attempts must be >= 1 and poll_seconds >= 0, got "
                          f"{max_attempts} and {poll_seconds}")
@@ -100,7 +108,7 @@ def collect_batch(target: OpenAIChatTarget, prompts: Sequence[Prompt],
                             bar, progress, poll_seconds, sleep)
             while True:
                 if state is None:
-                    keys = pending()
+                    keys = _first_batch(pending(), unique, target.model, settings)
                     if not keys:
                         break
                     state = _new_state(target, settings, {key: unique[key] for key in keys},
@@ -269,13 +277,28 @@ def _new_state(target: OpenAIChatTarget, settings: GenerationSettings,
     return state
 
 
+def _first_batch(keys: list[str], prompts: dict[str, Prompt], model: str,
+                 settings: GenerationSettings) -> list[str]:
+    """The longest prefix of `keys` whose request file fits one batch (at least one key)."""
+    size = 0
+    for count, key in enumerate(keys[:MAX_BATCH_REQUESTS]):
+        size += len(_request_line(key, model, prompts[key].messages(), settings.to_dict()))
+        if size > MAX_BATCH_BYTES and count:
+            return keys[:count]
+    return keys[:MAX_BATCH_REQUESTS]
+
+
+def _request_line(key: str, model: str, messages: list[dict], settings: dict) -> bytes:
+    """One request of a batch: the chat-completions body `collect` sends online."""
+    return (json.dumps({"custom_id": key, "method": "POST", "url": CHAT_ENDPOINT,
+                        "body": {"model": model, "messages": messages, **settings}},
+                       ensure_ascii=False) + "\n").encode()
+
+
 def _request_file(state: dict) -> bytes:
-    """The JSONL the batch runs: one chat-completions request per prompt, as `collect` asks."""
-    lines = (json.dumps({"custom_id": key, "method": "POST", "url": CHAT_ENDPOINT,
-                         "body": {"model": state["model"], "messages": request["messages"],
-                                  **state["settings"]}}, ensure_ascii=False)
-             for key, request in state["requests"].items())
-    return "".join(line + "\n" for line in lines).encode()
+    """The JSONL the batch runs, one line per prompt."""
+    return b"".join(_request_line(key, state["model"], request["messages"], state["settings"])
+                    for key, request in state["requests"].items())
 
 
 def _save_state(path: Path, state: dict) -> None:

@@ -16,6 +16,7 @@ Behaviour, set by the constructor's arguments (changeable between calls, under `
 - `expire_after`: the next batch to end runs only that many requests and ends `expired`, the
   rest `batch_expired` lines in the error file (then the setting clears itself);
 - `fail_validation`: batches end `failed` with a validation error;
+- `lose_create_answers`: how many batch creations succeed but answer HTTP 502 (the answer lost);
 - `hold_list`: an Event that the batch list waits for before answering (to kill a client at a
   chosen step).
 """
@@ -56,6 +57,7 @@ class FakeBatchServer:
         self.fail_validation = fail_validation
         self.never_finish = never_finish
         self.hold_list: threading.Event | None = None
+        self.lose_create_answers = 0  # creates that make the batch, then answer HTTP 502
         self.lock = threading.RLock()
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}  # in creation order
@@ -117,6 +119,9 @@ class FakeBatchServer:
             self.created.append({"id": batch_id, "custom_ids": [l["custom_id"] for l in lines],
                                  "metadata": request.get("metadata"),
                                  "input_file_id": request["input_file_id"]})
+            if self.lose_create_answers > 0:
+                self.lose_create_answers -= 1
+                return 502, _error("bad gateway", "server_error")
             return 200, dict(batch)
 
     def get(self, batch_id: str) -> tuple[int, dict]:

@@ -180,6 +180,15 @@ def test_killed_between_create_and_record_adopts_the_batch(server, target, tmp_p
     assert server.answered == {key: 1 for key in keys}
 
 
+def test_a_create_whose_answer_was_lost_is_not_sent_twice(server, target, tmp_path):
+    server.lose_create_answers = 1
+    keys = keys_of(target, prompts(4))
+    result = collect_batch(target, prompts(4), SETTINGS, tmp_path / "cache.jsonl",
+                           sleep=no_sleep, progress=False)
+    assert result.collected == 4
+    assert len(server.created) == 1 and server.paid() == {key: 1 for key in keys}
+
+
 def test_partial_failures_retry_in_smaller_batches(server, target, tmp_path):
     cache = tmp_path / "cache.jsonl"
     items = prompts(10)
@@ -215,6 +224,17 @@ def test_expired_batch_keeps_its_answers_and_retries_the_rest(server, target, tm
     assert [batch["custom_ids"] for batch in server.created] == [keys, keys[4:]]
     assert server.answered == {key: 1 for key in keys}
     assert server.batches["batch_1"]["status"] == "expired"
+
+
+def test_more_prompts_than_one_batch_holds_go_in_successive_batches(server, target, tmp_path,
+                                                                    monkeypatch):
+    monkeypatch.setattr(batch_collection, "MAX_BATCH_REQUESTS", 4)
+    keys = keys_of(target, prompts(10))
+    result = collect_batch(target, prompts(10), SETTINGS, tmp_path / "cache.jsonl",
+                           sleep=no_sleep, progress=False)
+    assert result.collected == 10
+    assert [batch["custom_ids"] for batch in server.created] == [keys[:4], keys[4:8], keys[8:]]
+    assert server.answered == {key: 1 for key in keys}
 
 
 def test_failed_batch_names_itself_and_its_errors(server, target, tmp_path):
