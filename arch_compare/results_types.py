@@ -143,7 +143,7 @@ class Collection:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{where}: {name} must be an integer >= 0, got {value!r}")
-        priced = (self.spent_usd is not None, self.estimated_usd is not None)
-        if priced != ((self.price is not None),) * 2:
-            raise ValueError(f"{where}: dollars need a price row, and a price row prices both "
-                             f"the estimate and the spend")
+        if self.price is None and (self.spent_usd, self.estimated_usd) != (None, None):
+            raise ValueError(f"{where}: dollars need a price row")
+        if self.price is not None and self.spent_usd is None:
+            raise ValueError(f"{where}: a price row prices what was spent")

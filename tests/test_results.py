@@ -174,7 +174,7 @@ def test_collections_round_trip_and_upsert(tmp_path):
     ({"mode": "later"}, "mode must be one of"),
     ({"answers": -1}, "answers must be an integer >= 0"),
     ({"price": None}, "dollars need a price row"),
-    ({"spent_usd": None}, "dollars need a price row"),
+    ({"spent_usd": None}, "a price row prices what was spent"),
 ])
 def test_a_collection_row_is_validated(change, message):
     with pytest.raises(ValueError, match=message):

@@ -12,6 +12,7 @@ import math
 from typing import Any, Mapping
 
 from arch_compare import optim
+from arch_compare.budget.targets import get_price as get_target_price
 from arch_compare.configs import from_fields as _coerce
 from arch_compare.execution import ExecutionConfig
 from arch_compare.imitation.targets import GenerationSettings
@@ -284,6 +285,11 @@ class CollectionSettings:
         if not self.batch_poll_seconds > 0:
             raise ValueError(f"collection.batch_poll_seconds must be positive, got "
                              f"{self.batch_poll_seconds!r}")
+        if self.price is not None:  # an unknown row fails here, naming the sheet and its rows
+            try:
+                get_target_price(self.price)
+            except ValueError as error:
+                raise ValueError(f"collection.price: {error}") from None
 
 
 @dataclasses.dataclass(frozen=True)

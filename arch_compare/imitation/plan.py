@@ -25,7 +25,7 @@ from arch_compare.budget.flops import forward_flops
 from arch_compare.budget.hardware import get_chip
 from arch_compare.budget.parameters import count_parameters
 from arch_compare.execution import ExecutionConfig, NoMeshFits, mesh_description, resolve_mesh
-from arch_compare.imitation import evaluation
+from arch_compare.imitation import collection_cost, evaluation
 from arch_compare.imitation.config import StudyConfig, StudyModel
 from arch_compare.partitioning import MeshConfig
 from arch_compare.results import Run
@@ -167,10 +167,12 @@ def estimates(config: StudyConfig, planned: list[PlannedRun]) -> dict[str, dict 
     return {item.run.run_id: estimate(config, item, examples) for item in planned}
 
 
-def budget_table(config: StudyConfig, estimates: dict[str, dict | None]
+def budget_table(config: StudyConfig, estimates: dict[str, dict | None],
+                 collections: list[collection_cost.PlannedCollection] | None = None
                  ) -> tuple[str, float | None]:
-    """The grid's estimates (run id -> `estimate`) as text, and their total in dollars (None: a
-    price is unknown)."""
+    """The grid's estimates (run id -> `estimate`) and the target's answers it buys
+    (`collection_cost.planned_collections`, computed when not given) as text, and their total in
+    dollars (None: a price is unknown; the answers count when `collection.price` prices them)."""
     lines = [f"Budget of study {config.name!r} on {config.budget.hardware} "
              f"(budget module estimate, before anything runs):",
              f"  {'run':<48} {'FLOPs':>10} {'of which eval':>13} {'chip-hours':>11} "
@@ -191,8 +193,21 @@ def budget_table(config: StudyConfig, estimates: dict[str, dict | None]
         lines.append(f"  {run_id:<48} {priced['flops']:>10.2e} {evaluated:>13} "
                      f"{priced['chip_hours']:>11.4f} {usd:>9}")
     usd = "n/a (no price for this hardware)" if total_usd is None else f"${total_usd:,.2f}"
+    collections = (collection_cost.planned_collections(config) if collections is None
+                   else collections)
+    answer_lines, answers_usd = collection_cost.collection_lines(config, collections)
+    if not collections:
+        answers = "no answers bought"
+    elif config.collection.price is None:
+        answers = "plus the target's answers (not priced: set collection.price)"
+    else:
+        answers = ("plus the target's answers: n/a" if answers_usd is None
+                   else f"plus the target's answers ${answers_usd:,.2f}")
+        total_usd = None if total_usd is None or answers_usd is None else total_usd + answers_usd
+        answers += (f"; in all {'n/a' if total_usd is None else f'${total_usd:,.2f}'}")
+    lines.extend(answer_lines)
     lines.append(f"  total: {total_flops:.3e} FLOPs, {total_hours:,.4f} chip-hours, {usd}; "
-                 f"plus the target's answers (not priced here)")
+                 f"{answers}")
     if unpriced_evaluations:
         lines.append("  evaluations: n/a (an evaluation task's files are not there to count; "
                      "its forward passes are not priced)")
