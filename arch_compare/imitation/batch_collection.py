@@ -148,7 +148,8 @@ class _BatchRun:
             tqdm.write(line)
 
     def run(self, state: dict) -> tuple[str, dict[str, dict]]:
-        """(the batch's final status, key -> the record written for it)."""
+        """(the batch's final status, key -> the record written now for it; none for a key
+        recorded before a restart)."""
         if "input_file_id" not in state:
             data = _request_file(state)
             state["input_file_id"] = self.api.upload(f"{state['nonce']}.jsonl", data)
@@ -206,7 +207,8 @@ class _BatchRun:
             self.sleep(self.poll_seconds)
 
     def _record(self, state: dict, batch: dict) -> dict[str, dict]:
-        """Writes a record for every request of the batch not yet recorded from it."""
+        """Writes a record for every request of the batch not yet recorded from it (a kill
+        between these writes and the state file's removal leaves some recorded)."""
         replies: dict[str, Reply] = {}
         for field in ("output_file_id", "error_file_id"):
             if batch.get(field):
@@ -224,8 +226,7 @@ class _BatchRun:
                 transient=True)
             known = self.latest.get(key, {})
             if "response" in known or known.get("batch_id") == batch["id"]:
-                written[key] = known  # recorded before a restart
-                continue
+                continue  # recorded before a restart
             prompt = Prompt(request["prompt_id"],
                             tuple(Turn(m["role"], m["content"]) for m in request["messages"]))
             record = answer_record(key, prompt, settings, state["target"], reply,

@@ -156,6 +156,27 @@ def test_killed_while_polling_resumes_the_same_batch(server, target, tmp_path):
     assert server.answered == {key: 1 for key in keys}
 
 
+def test_killed_after_recording_before_the_state_is_removed(server, target, tmp_path,
+                                                           monkeypatch):
+    cache = tmp_path / "cache.jsonl"
+    record = batch_collection._BatchRun._record
+
+    def record_then_die(self, state, batch):
+        record(self, state, batch)
+        raise Killed
+
+    monkeypatch.setattr(batch_collection._BatchRun, "_record", record_then_die)
+    with pytest.raises(Killed):
+        collect_batch(target, prompts(5), SETTINGS, cache, sleep=no_sleep, progress=False)
+    assert len(records(cache)) == 5 and state_path_of(cache).exists()
+    monkeypatch.setattr(batch_collection._BatchRun, "_record", record)
+
+    result = collect_batch(target, prompts(5), SETTINGS, cache, sleep=no_sleep, progress=False)
+    assert (result.cached, result.collected) == (5, 0)
+    assert len(records(cache)) == 5 and not state_path_of(cache).exists()
+    assert len(server.created) == 1 and len(server.uploads) == 1
+
+
 def test_killed_between_create_and_record_adopts_the_batch(server, target, tmp_path,
                                                            monkeypatch, capsys):
     cache = tmp_path / "cache.jsonl"
