@@ -114,6 +114,9 @@ def collect_batch(target: OpenAIChatTarget, prompts: Sequence[Prompt],
                     state = _new_state(target, settings, {key: unique[key] for key in keys},
                                        {key: rounds.get(key, 0) + 1 for key in keys})
                     _save_state(state_path_of(path), state)
+                    again = sum(key in rounds for key in keys)
+                    if again:
+                        run.say(f"{again} prompts that failed transiently go in a new batch")
                 status, written = run.run(state)
                 for key, record in written.items():
                     rounds[key] = state["requests"][key]["attempt"]
@@ -265,7 +268,7 @@ def _errors_text(batch: dict) -> str:
                      for error in errors) or "the server gave no reason"
 
 
-# --- The state file --------------------------------------------------------------------------------
+# --- The state file ----------------------------------------------------------------------------
 
 def _new_state(target: OpenAIChatTarget, settings: GenerationSettings,
                prompts: dict[str, Prompt], attempts: dict[str, int]) -> dict:

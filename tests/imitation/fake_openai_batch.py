@@ -14,7 +14,8 @@ Behaviour, set by the constructor's arguments (changeable between calls, under `
 - `transient`: custom_id -> how many times it fails with an HTTP 500 line in the error file;
 - `permanent`: custom_ids answered with an HTTP 400 line in the output file;
 - `expire_after`: the next batch to end runs only that many requests and ends `expired`, the
-  rest `batch_expired` lines in the error file (then the setting clears itself);
+  rest `batch_expired` lines in the error file (then the setting clears itself); with
+  `expire_status="cancelled"` it ends `cancelled` instead, the rest `batch_cancelled`;
 - `fail_validation`: batches end `failed` with a validation error;
 - `lose_create_answers`: how many batch creations succeed but answer HTTP 502 (the answer lost);
 - `hold_list`: an Event that the batch list waits for before answering (to kill a client at a
@@ -49,11 +50,13 @@ def completion(model: str, messages: list[dict]) -> dict:
 class FakeBatchServer:
     def __init__(self, *, polls_to_complete: int = 1, transient: dict[str, int] | None = None,
                  permanent: set[str] | None = None, expire_after: int | None = None,
-                 fail_validation: bool = False, never_finish: bool = False):
+                 expire_status: str = "expired", fail_validation: bool = False,
+                 never_finish: bool = False):
         self.polls_to_complete = polls_to_complete
         self.transient = dict(transient or {})
         self.permanent = set(permanent or ())
         self.expire_after = expire_after
+        self.expire_status = expire_status
         self.fail_validation = fail_validation
         self.never_finish = never_finish
         self.hold_list: threading.Event | None = None
@@ -167,7 +170,8 @@ class FakeBatchServer:
                                               "custom_id": line["custom_id"], "error": None}
             if number >= runs:
                 errors.append(result | {"response": None, "error": {
-                    "code": "batch_expired", "message": "not run before the window ended"}})
+                    "code": self.expire_status.replace("expired", "batch_expired").replace(
+                        "cancelled", "batch_cancelled"), "message": "not run"}})
             elif self.transient.get(key, 0) > 0:
                 self.transient[key] -= 1
                 errors.append(result | {"response": {"status_code": 500, "body": _error(
@@ -186,7 +190,7 @@ class FakeBatchServer:
                 file_id = f"file-{len(self.files) + 1}"
                 self.files[file_id] = "".join(json.dumps(r) + "\n" for r in results).encode()
                 batch[field] = file_id
-        batch["status"] = "expired" if expired else "completed"
+        batch["status"] = self.expire_status if expired else "completed"
         batch["request_counts"] = {"total": len(lines), "completed": sum(
             r["response"]["status_code"] == 200 for r in output),
             "failed": len(lines) - sum(r["response"]["status_code"] == 200 for r in output)}

@@ -75,6 +75,7 @@ def test_clean_run_equals_the_online_export(server, target, tmp_path, capsys):
         assert record["usage"] == {"prompt_tokens": 3, "completion_tokens": 5,
                                    "estimated": False}
     shown = "".join(capsys.readouterr())
+    assert "uploaded 12 requests as file file-1" in shown and "created batch batch_1" in shown
     assert "uploaded 12 requests as file file-1" in shown and "batch batch_1: completed" in shown
     assert "{" not in shown and "Reply(" not in shown
 
@@ -255,6 +256,20 @@ def test_more_prompts_than_one_batch_holds_go_in_successive_batches(server, targ
                            sleep=no_sleep, progress=False)
     assert result.collected == 10
     assert [batch["custom_ids"] for batch in server.created] == [keys[:4], keys[4:8], keys[8:]]
+    assert server.answered == {key: 1 for key in keys}
+
+
+def test_cancelled_batch_keeps_its_answers_and_leaves_the_rest_for_the_next_run(
+        server, target, tmp_path):
+    cache = tmp_path / "cache.jsonl"
+    keys = keys_of(target, prompts(6))
+    server.expire_after, server.expire_status = 2, "cancelled"
+    result = collect_batch(target, prompts(6), SETTINGS, cache, sleep=no_sleep,
+                           progress=False)
+    assert (result.collected, result.retry_later) == (2, 4) and len(server.created) == 1
+    again = collect_batch(target, prompts(6), SETTINGS, cache, sleep=no_sleep, progress=False)
+    assert (again.cached, again.collected) == (2, 4)
+    assert server.created[-1]["custom_ids"] == keys[2:]
     assert server.answered == {key: 1 for key in keys}
 
 
