@@ -29,6 +29,8 @@ MARKERS = ("o", "s", "^", "v", "P")
 ARCH_COLOURS = {"decoder_only": "#1f77b4", "encoder_decoder": "#d62728"}
 # How far left of the smallest amount the base model sits on the log axis (a factor).
 BASE_OFFSET = 4.0
+# Factor between neighbouring lines of a selection figure at the same amount (log axis).
+SELECTION_DODGE = 1.04
 
 
 def _png(figure: MplFigure) -> bytes:
@@ -277,6 +279,10 @@ def selection_figure(data: StudyData, source: str, key: analysis.MetricKey) -> F
     base_x = _amount_axis(axes, amounts, with_base=with_base)
     axes.set_xlabel(f"answers bought from {source} (log scale)")
     drawn = False
+    # Each (model, strategy) line sits a little apart on the log axis, so intervals at the same
+    # amount do not hide one another.
+    series = [(m, s) for m in trained for s in strategies]
+    dodge = {one: SELECTION_DODGE ** (i - (len(series) - 1) / 2) for i, one in enumerate(series)}
     for model in trained:
         colour = colours[model]
         base_id = bases[model].run_id if model in bases else None
@@ -285,7 +291,8 @@ def selection_figure(data: StudyData, source: str, key: analysis.MetricKey) -> F
             axes.plot([base_x], [base], ls="", marker="D", markersize=7, color=colour)
             _error_bars(axes, [(base_x, base, intervals.get(base_id, {}).get(key.name))], colour)
         for strategy in strategies:
-            points = [(r.data_examples, values.get(r.run_id, {}).get(key.name),
+            points = [(r.data_examples * dodge[(model, strategy)],
+                       values.get(r.run_id, {}).get(key.name),
                        intervals.get(r.run_id, {}).get(key.name))
                       for r in runs if r.model == model and r.selection == strategy]
             points = [p for p in points if p[1] is not None]
