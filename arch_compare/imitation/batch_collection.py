@@ -243,20 +243,21 @@ def _line_reply(line: str, where: str) -> tuple[str, Reply]:
     """(custom_id, reply) of one line of a batch's output or error file."""
     try:
         result = json.loads(line)
-        key = result["custom_id"]
-        response, error = result.get("response"), result.get("error")
+        key, response, error = result["custom_id"], result.get("response"), result.get("error")
+        status = int(response["status_code"]) if isinstance(response, dict) else None
     except (ValueError, KeyError, TypeError, AttributeError) as failure:
         raise BatchAPIError(f"{where}: not a batch result ({type(failure).__name__}: "
                             f"{failure}): {line[:ERROR_BODY_CHARS]}") from None
-    if isinstance(response, dict) and "status_code" in response:
-        status, body = int(response["status_code"]), response.get("body")
+    if status is not None:
+        body = response.get("body")
         if status == 200 and not error:
             return key, _completion_reply(where, json.dumps(body).encode(), None)
-        message = ((body or {}).get("error") or {}).get("message") if isinstance(
-            body, dict) else body
+        detail = body.get("error") if isinstance(body, dict) else None
+        message = (detail.get("message") if isinstance(detail, dict) else None) or json.dumps(
+            body)[:ERROR_BODY_CHARS]
         return key, Reply(error=f"{where}: HTTP {status}: {message}",
                           transient=status in TRANSIENT_STATUSES or status >= 500)
-    error = error if isinstance(error, dict) else {"message": str(error)}
+    error = error if isinstance(error, dict) else {"message": json.dumps(error)}
     return key, Reply(error=f"{where}: {error.get('code')}: {error.get('message')}",
                       transient=error.get("code") in TRANSIENT_CODES)
 

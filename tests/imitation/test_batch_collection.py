@@ -287,3 +287,26 @@ def _state(cache):
         return json.loads(state_path_of(cache).read_text())
     except (FileNotFoundError, ValueError):
         return {}
+
+
+@pytest.mark.parametrize("line, transient, words", [
+    ({"response": {"status_code": 429, "body": {"error": {"message": "slow down"}}}}, True,
+     "HTTP 429: slow down"),
+    ({"response": {"status_code": 503, "body": "unavailable"}}, True, "HTTP 503"),
+    ({"response": {"status_code": 400, "body": {"error": {"message": "bad"}}}}, False,
+     "HTTP 400: bad"),
+    ({"response": None, "error": {"code": "request_timeout", "message": "slow"}}, True,
+     "request_timeout: slow"),
+    ({"response": None, "error": {"code": "invalid_prompt", "message": "no"}}, False,
+     "invalid_prompt: no"),
+    ({"response": {"status_code": 200, "body": {"choices": []}}}, False, "malformed completion"),
+])
+def test_result_lines_are_classified(line, transient, words):
+    key, reply = batch_collection._line_reply(json.dumps({"custom_id": "k", **line}), "out 3")
+    assert key == "k" and reply.error.startswith("out 3") and words in reply.error
+    assert reply.transient is transient
+
+
+def test_a_damaged_result_line_is_named():
+    with pytest.raises(batch_collection.BatchAPIError, match="out 3: not a batch result"):
+        batch_collection._line_reply('{"response": {}}', "out 3")
