@@ -244,10 +244,11 @@ def config_differences(data: StudyData) -> list[ConfigDifference]:
     """Every key whose value differs across imitation runs (any status).
 
     The fairness rule asks for the same recipe for every model, so a key is flagged when models
-    trained on the same data (source, selection and amount) got different values, unless the key names the
-    model or the data or the study lists it under `allowed_differences`. A key that follows the
-    amount alone (steps of a one-epoch recipe, say) is the same for every model: listed, not
-    flagged. Execution settings (any key under an `execution` section) are listed as execution.
+    trained on the same data (source, selection and amount) got different values, unless the
+    key names the model or the data or the study lists it under `allowed_differences`. A key
+    that follows the amount alone (steps of a one-epoch recipe, say) is the same for every
+    model: listed, not flagged. Execution settings (any key under an `execution` section) are
+    listed as execution.
     """
     runs = [r for r in sorted_runs(data) if r.role == "imitation"]
     allowed = set(data.study.config.get("allowed_differences", ()))

@@ -22,7 +22,8 @@ EXEC = "cypher/execution_accuracy"
 KINDS = {EXEC: "capability", "mmlu/accuracy": "capability", "style/length_pearson": "style"}
 # (model, strategy, amount) -> (execution accuracy, mmlu accuracy, length pearson)
 VALUES = {
-    ("gpt2-tiny", "random", 16): (0.20, 0.30, 0.10), ("gpt2-tiny", "random", 64): (0.30, 0.30, 0.20),
+    ("gpt2-tiny", "random", 16): (0.20, 0.30, 0.10),
+    ("gpt2-tiny", "random", 64): (0.30, 0.30, 0.20),
     ("gpt2-tiny", "uncertainty", 16): (0.22, 0.31, 0.12),
     ("gpt2-tiny", "uncertainty", 64): (0.33, 0.32, 0.25),
     ("gpt2-tiny", "student_first", 16): (0.25, 0.29, 0.11),
