@@ -18,6 +18,7 @@ Behaviour, set by the constructor's arguments (changeable between calls, under `
   `expire_status="cancelled"` it ends `cancelled` instead, the rest `batch_cancelled`;
 - `fail_validation`: batches end `failed` with a validation error;
 - `lose_create_answers`: how many batch creations succeed but answer HTTP 502 (the answer lost);
+- `unavailable_polls`: how many batch GETs answer HTTP 503 (with `Retry-After: 3`);
 - `hold_list`: an Event that the batch list waits for before answering (to kill a client at a
   chosen step).
 """
@@ -61,6 +62,7 @@ class FakeBatchServer:
         self.never_finish = never_finish
         self.hold_list: threading.Event | None = None
         self.lose_create_answers = 0  # creates that make the batch, then answer HTTP 502
+        self.unavailable_polls = 0  # batch GETs answered HTTP 503 with Retry-After: 3
         self.lock = threading.RLock()
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}  # in creation order
@@ -211,6 +213,12 @@ def _handler(fake: FakeBatchServer):
             if path == "/v1/batches":
                 return self._json(*fake.list(urllib.parse.parse_qs(parts.query)))
             if path.startswith("/v1/batches/"):
+                with fake.lock:
+                    unavailable, fake.unavailable_polls = (fake.unavailable_polls > 0,
+                                                           max(0, fake.unavailable_polls - 1))
+                if unavailable:
+                    return self._json(503, _error("overloaded", "server_error"),
+                                      {"Retry-After": "3"})
                 return self._json(*fake.get(path.rsplit("/", 1)[1]))
             if path.startswith("/v1/files/") and path.endswith("/content"):
                 data = fake.files.get(path.split("/")[3])
@@ -236,9 +244,11 @@ def _handler(fake: FakeBatchServer):
                 return self._json(200, completion(request["model"], request["messages"]))
             self._json(404, _error(f"no route {self.path}"))
 
-        def _json(self, status, payload):
+        def _json(self, status, payload, headers=None):
             data = json.dumps(payload).encode()
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

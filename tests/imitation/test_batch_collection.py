@@ -211,6 +211,16 @@ def test_a_create_whose_answer_was_lost_is_not_sent_twice(server, target, tmp_pa
     assert len(server.created) == 1 and server.paid() == {key: 1 for key in keys}
 
 
+def test_an_unavailable_server_is_polled_again_after_its_retry_after(server, target, tmp_path):
+    server.unavailable_polls = 2
+    waits = []
+    result = collect_batch(target, prompts(3), SETTINGS, tmp_path / "cache.jsonl",
+                           poll_seconds=0.5, sleep=waits.append, progress=False)
+    assert result.collected == 3 and len(server.created) == 1
+    # Backoff 2 s then 4 s, never sooner than Retry-After (3 s); then the polls, 0.5 s apart.
+    assert waits == [3.0, 4.0, 0.5, 0.5]
+
+
 def test_partial_failures_retry_in_smaller_batches(server, target, tmp_path):
     cache = tmp_path / "cache.jsonl"
     items = prompts(10)
