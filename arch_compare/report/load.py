@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from arch_compare.results import (DATABASE_FILE, Comparison, Metric, ResultsStore, Run, Sample,
-                                  Study)
+from arch_compare.results import (DATABASE_FILE, Collection, Comparison, Metric, ResultsStore,
+                                  Run, Sample, Study)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +21,7 @@ class StudyData:
     metrics: tuple[Metric, ...]
     samples: tuple[Sample, ...]
     comparisons: tuple[Comparison, ...] = ()  # paired bootstrap between runs (imitation vs base)
+    collections: tuple[Collection, ...] = ()  # the target's answers bought: estimated and spent
 
 
 def database_path(source: str | Path) -> Path:
@@ -56,4 +57,5 @@ def load_study(source: str | Path, study: str | None = None) -> StudyData:
         return StudyData(database=path, study=chosen, runs=tuple(store.runs(chosen.name)),
                          metrics=tuple(store.metrics(chosen.name)),
                          samples=tuple(store.samples(chosen.name)),
-                         comparisons=tuple(store.comparisons(chosen.name)))
+                         comparisons=tuple(store.comparisons(chosen.name)),
+                         collections=tuple(store.collections(chosen.name)))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from arch_compare.report import analysis, fmt, plots, samples, selection, tables
+from arch_compare.report import (analysis, collection_costs, fmt, plots, samples, selection,
+                                 tables)
 from arch_compare.report.analysis import GapRow
 from arch_compare.report.document import (Bullets, Collapsed, Document, Figures, Paragraph,
                                           SampleGroup, Section, Subheading)
@@ -220,6 +221,7 @@ def build_document(data: StudyData) -> Document:
             *((Figures((gap_figure,)),) if gap_figure else ()))),
         _style_vs_capability(data, rows),
         _compute(data),
+        *collection_costs.collection_sections(data),
         _config_differences(data),
         _samples(data),
         _notes(data),

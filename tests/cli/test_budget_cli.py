@@ -87,3 +87,39 @@ def test_study_with_unknown_binding_names_the_file(capsys, tmp_path):
     study.write_text("StudyGrid.modles = ['gpt2-small']\n")
     code, _, err = run_cli(capsys, "--study", str(study))
     assert code == 2 and "bad.gin" in err and "modles" in err
+
+
+def test_the_target_answers_are_priced_beside_the_compute(capsys):
+    # 1,000 prompts x (50 + 200) tokens at gpt-4o-mini ($0.15 / $0.60 per million), batch half:
+    # (50,000 x 0.15 + 200,000 x 0.60) / 1e6 / 2 = $0.06375.
+    code, out, _ = run_cli(capsys, "--target-price", "gpt-4o-mini", "--prompts", "1000",
+                           "--prompt-tokens", "50", "--answer-tokens", "200", "--batch")
+    assert code == 0
+    assert out.strip() == ("target's answers: 50,000 prompt + 200,000 answer tokens, $0.06 at "
+                           "'gpt-4o-mini' (batch, 50% off)")
+    flags = ("--model", "gpt2-small", "--tokens", "1e8", "--target-price", "demo-target",
+             "--prompts", "10", "--prompt-tokens", "100", "--answer-tokens", "1000")
+    code, out, _ = run_cli(capsys, *flags)
+    assert code == 0 and out.splitlines()[0].split()[:2] == ["model", "arch"]
+    # (1,000 x $1 + 10,000 x $4) / 1e6 = $0.041 (the demo row's made-up prices)
+    assert "target's answers: 1,000 prompt + 10,000 answer tokens, $0.04 at 'demo-target' " \
+           "(online; FICTIONAL price row)" in out
+    table_total = out.split("total on a100-80gb with the target's answers: $")[1].split()[0]
+    code, out, err = run_cli(capsys, *flags, "--format", "json")
+    assert code == 0 and json.loads(out)[0]["model"] == "gpt2-small"  # stdout stays JSON
+    compute = json.loads(out)[0]["cost_usd"]
+    assert compute > 0.1
+    json_total = err.split("total on a100-80gb with the target's answers: $")[1].split()[0]
+    assert table_total == json_total
+    assert float(json_total.replace(",", "")) == pytest.approx(compute + 0.041, abs=0.005)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--target-price", "gpt-4o-mini", "--prompts", "10"], "give --prompt-tokens, --answer-tokens"),
+    (["--prompts", "10"], "give --target-price ROW too"),
+    (["--target-price", "gpt4o", "--prompts", "1", "--prompt-tokens", "1", "--answer-tokens",
+      "1"], "did you mean 'gpt-4o'"),
+])
+def test_target_price_errors_are_clear(capsys, argv, message):
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and message in err
