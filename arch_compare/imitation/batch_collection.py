@@ -57,6 +57,8 @@ TRANSIENT_CODES = frozenset({"batch_expired", "batch_cancelled", "request_timeou
 # prompts go in successive batches.
 MAX_BATCH_REQUESTS = 50_000
 MAX_BATCH_BYTES = 190_000_000
+# How long polling rides out an unreachable batch interface before giving up (a rerun resumes).
+MAX_POLL_OUTAGE_SECONDS = 3600.0
 # Batches created this long before the state file are not searched when adopting one (server
 # clocks differ from ours; the list is newest first, so this bounds how far it is read).
 CLOCK_SLACK_SECONDS = 3600.0
@@ -195,9 +197,21 @@ class _BatchRun:
         raise AssertionError("unreachable")
 
     def _poll(self, batch_id: str, size: int) -> dict:
-        status, start = None, self.bar.n
+        status, start, failed_polls = None, self.bar.n, 0
         while True:
-            batch = self.api.get(batch_id)
+            try:
+                batch = self.api.get(batch_id)
+            except BatchAPIError as error:
+                # Polling is free and a batch runs for hours: ride out an outage of the interface
+                # (each failed poll already retried with backoff) up to about an hour.
+                failed_polls += 1
+                if not error.transient or failed_polls * max(self.poll_seconds, 60.0) > \
+                        MAX_POLL_OUTAGE_SECONDS:
+                    raise
+                self.say(f"batch {batch_id}: polling failed ({error}); trying again")
+                self.sleep(self.poll_seconds)
+                continue
+            failed_polls = 0
             if batch.get("status") != status:
                 status = batch.get("status")
                 self.say(f"batch {batch_id}: {status}")

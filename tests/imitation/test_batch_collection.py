@@ -220,6 +220,18 @@ def test_an_unavailable_server_is_polled_again_after_its_retry_after(server, tar
     # Backoff 2 s then 4 s, never sooner than Retry-After (3 s); then the polls, 0.5 s apart.
     assert waits == [3.0, 4.0, 0.5, 0.5]
 
+    # An outage longer than one call's retries: polling goes on, then gives up after an hour.
+    server.unavailable_polls = 7  # five tries of one poll, then two of the next
+    waits.clear()
+    result = collect_batch(target, prompts(4), SETTINGS, tmp_path / "cache.jsonl",
+                           poll_seconds=600.0, sleep=waits.append, progress=False)
+    assert result.collected == 1 and waits[:5] == [3.0, 4.0, 8.0, 16.0, 600.0]
+    server.unavailable_polls = 10 ** 6
+    with pytest.raises(batch_collection.BatchAPIError, match="HTTP 503"):
+        collect_batch(target, prompts(5), SETTINGS, tmp_path / "cache.jsonl",
+                      poll_seconds=600.0, sleep=no_sleep, progress=False)
+    assert state_path_of(tmp_path / "cache.jsonl").exists()  # a rerun polls the same batch
+
 
 def test_partial_failures_retry_in_smaller_batches(server, target, tmp_path):
     cache = tmp_path / "cache.jsonl"
