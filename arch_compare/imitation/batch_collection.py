@@ -180,7 +180,8 @@ class _BatchRun:
             # A create whose answer was lost (a kill, a dropped connection) may have made it.
             found = self.api.find(metadata, state["started_at"] - CLOCK_SLACK_SECONDS)
             if found is not None:
-                self.say(f"adopting batch {found['id']}, created before a restart")
+                self.say(f"adopting batch {found['id']}, created for these requests before "
+                         f"(a restart or a lost answer)")
                 return found["id"]
             try:
                 batch = self.api.create(state["input_file_id"], metadata)
@@ -239,7 +240,8 @@ class _BatchRun:
         written = {}
         for key, request in state["requests"].items():
             reply = replies.get(key) or Reply(
-                error=f"batch {batch['id']} ended {batch['status']} before this request ran",
+                error=f"batch {batch['id']} ended {batch['status']} with no result for this "
+                      f"request",
                 transient=True)
             known = self.latest.get(key, {})
             if "response" in known or known.get("batch_id") == batch["id"]:
