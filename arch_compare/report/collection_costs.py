@@ -11,11 +11,11 @@ from arch_compare.results import Collection
 
 
 def _usd(value: float | None) -> str:
-    """Cents, or two significant digits below a cent: a small study's answers cost fractions of
-    one, and estimated against spent must stay comparable there."""
+    """Cents from a dollar up, two significant digits below: a small study's answers cost
+    fractions of a cent, and estimated against spent must stay comparable there."""
     if value is None:
         return fmt.NA
-    return f"${value:,.2f}" if value >= 0.01 or value == 0 else f"${value:.2g}"
+    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.2g}"
 
 
 def _ratio(spent: float | None, estimated: float | None) -> str:
