@@ -2,7 +2,10 @@
 
 A study is models x data amounts x hardware set-ups, each fine-tuning run followed by its
 evaluations (forward passes only). Runs are listed most expensive first, so the researcher sees
-what to cut.
+what to cut. With `target_price` (a row of budgets/targets.yaml) the grid also prices the
+target's answers it trains on: the largest amount, bought once and shared by every model and
+smaller amount (the first N examples), as max(data_tokens) / (input_length + target_length)
+conversations of input_length prompt and target_length answer tokens.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import itertools
 from arch_compare.budget.cost import RunEstimate, RunSpec, estimate_run, realised_mfu
 from arch_compare.budget.flops import forward_flops
 from arch_compare.budget.hardware import Chip, get_chip
+from arch_compare.budget.targets import CollectionCost, collection_cost, get_price
 from arch_compare.models.zoo import get_preset
 
 
@@ -61,6 +65,8 @@ class StudyGrid:
     epochs: float = 1.0
     remat: bool = False
     mfu: dict[str, float] = dataclasses.field(default_factory=dict)  # hardware -> MFU override
+    target_price: str | None = None  # a row of budgets/targets.yaml; None: answers not priced
+    collection_mode: str = "online"  # or "batch": the row's batch discount
 
     def __post_init__(self):
         # Config files write setups as "chip" or ("chip", count) and evaluations as dicts.
@@ -75,6 +81,22 @@ class StudyGrid:
             raise ValueError("a study needs at least one model, one data amount and one setup")
         for model in self.models:
             get_preset(model)  # unknown names fail here, with suggestions
+        if self.collection_mode not in ("online", "batch"):
+            raise ValueError(f"collection_mode must be 'online' or 'batch', got "
+                             f"{self.collection_mode!r}")
+        if self.target_price is not None:
+            get_price(self.target_price)  # an unknown row fails here, listing the known ones
+
+    def collection(self) -> tuple[int, CollectionCost] | None:
+        """(answers, their cost) of the largest data amount, or None without `target_price`."""
+        if self.target_price is None:
+            return None
+        per_answer = self.input_length + self.target_length
+        answers = -(-int(max(self.data_tokens)) // per_answer)  # ceil
+        return answers, collection_cost(get_price(self.target_price),
+                                        answers * self.input_length,
+                                        answers * self.target_length,
+                                        batch=self.collection_mode == "batch")
 
     def runs(self) -> list[RunSpec]:
         return [RunSpec(model, tokens=tokens, input_length=self.input_length,
@@ -90,6 +112,8 @@ class StudyGrid:
 class StudyEstimate:
     runs: tuple[RunEstimate, ...]  # most expensive (chip-hours) first
     evaluation_flops: dict[str, float]  # model -> FLOPs of one pass over all evaluations
+    answers: int = 0  # the target's answers bought (priced only with StudyGrid.target_price)
+    collection: CollectionCost | None = None
 
     def total_cost_usd(self, hardware: str) -> float | None:
         costs = [run.cost_usd for run in self.runs if run.chip.name == hardware]
@@ -112,7 +136,8 @@ def estimate_study(grid: StudyGrid, catalogue: dict[str, Chip] | None = None) ->
         runs.append(dataclasses.replace(estimate_run(spec, catalogue),
                                         evaluation_flops=evaluation_flops[spec.model]))
     runs.sort(key=lambda run: run.chip_hours, reverse=True)
-    return StudyEstimate(tuple(runs), evaluation_flops)
+    answers, cost = grid.collection() or (0, None)
+    return StudyEstimate(tuple(runs), evaluation_flops, answers, cost)
 
 
 def calibrate(grid: StudyGrid, model: str, hardware: str, chips: int, tokens_per_second: float,

@@ -123,7 +123,7 @@ def _load_study(path: Path) -> StudyGrid:
         gin.clear_config()
 
 
-def _run_study(args, catalogue) -> tuple[list[RunEstimate], list[str]]:
+def _run_study(args, catalogue) -> tuple[list[RunEstimate], list[str], CollectionCost | None]:
     grid = _load_study(args.study)
     footer = []
     if args.measured_tokens_per_second is not None:
@@ -141,10 +141,15 @@ def _run_study(args, catalogue) -> tuple[list[RunEstimate], list[str]]:
         cost = study.total_cost_usd(hardware)
         footer.append(f"total on {hardware}: {study.total_chip_hours(hardware):,.0f} chip-hours, "
                       + ("no verified price" if cost is None else f"${cost:,.0f}"))
-    return list(study.runs), footer
+    if study.collection is not None and args.target_price is None:
+        footer.append(f"the target's answers: {study.answers:,} conversations of "
+                      f"{grid.input_length} + {grid.target_length} tokens (the largest amount, "
+                      f"shared by every run)")
+    return list(study.runs), footer, study.collection
 
 
-def _run_models(args, catalogue) -> tuple[list[RunEstimate], list[str]]:
+def _run_models(args, catalogue) -> tuple[list[RunEstimate], list[str], None]:
+
     if not args.model:
         raise ValueError("give --model PRESET (repeatable) or --study FILE")
     if args.tokens is None and args.examples is None:
@@ -157,7 +162,7 @@ def _run_models(args, catalogue) -> tuple[list[RunEstimate], list[str]]:
                        optimizer=args.optimizer, batch_size=args.batch_size, remat=args.remat,
                        sharding=args.sharding, epochs=args.epochs)
         rows.append(estimate_run(spec, catalogue))
-    return rows, []
+    return rows, [], None
 
 
 # Changes to a run's set-up that lower its memory, tried in order when no chip count fits.
@@ -222,7 +227,8 @@ def run(args: argparse.Namespace) -> int:
     if collection is not None and not args.study and not args.model:
         print(f"target's answers: {collection.describe()}")
         return 0
-    runs, footer = (_run_study if args.study else _run_models)(args, catalogue)
+    runs, footer, grid_collection = (_run_study if args.study else _run_models)(args, catalogue)
+    collection = collection or grid_collection  # the flags price over the study file's row
     if collection is not None:
         extra = _collection_lines(collection, runs)
         if args.format == "table":

@@ -76,3 +76,16 @@ def test_spent_counts_usage_and_estimates_what_has_none():
     assert both == Spent(2, 30 + 11, 7 + 3, 1) and both.tokens_estimated
     assert targets.CHARS_PER_TOKEN == 4.0
     assert spent([]) == targets.NOTHING_SPENT
+
+
+def test_a_study_grid_checks_its_price_row_and_mode():
+    from arch_compare.budget import StudyGrid
+    grid = dict(models=("gpt2-small",), data_tokens=(4096,), setups=("a100-80gb",),
+                input_length=512, target_length=512)
+    answers, cost = StudyGrid(**grid, target_price="gpt-4o", collection_mode="batch").collection()
+    assert answers == 4 and cost.usd == pytest.approx((2048 * 2.5 + 2048 * 10.0) / 1e6 / 2)
+    assert StudyGrid(**grid).collection() is None
+    with pytest.raises(TargetPriceError, match="unknown target price 'gpt-5o'"):
+        StudyGrid(**grid, target_price="gpt-5o")
+    with pytest.raises(ValueError, match="collection_mode must be 'online' or 'batch'"):
+        StudyGrid(**grid, target_price="gpt-4o", collection_mode="later")

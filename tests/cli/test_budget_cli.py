@@ -123,3 +123,21 @@ def test_the_target_answers_are_priced_beside_the_compute(capsys):
 def test_target_price_errors_are_clear(capsys, argv, message):
     code, _, err = run_cli(capsys, *argv)
     assert code == 2 and message in err
+
+
+def test_a_study_grid_prices_the_answers_of_its_largest_amount(capsys):
+    code, out, _ = run_cli(capsys, "--study", str(ROOT / "budgets" / "paper_study.gin"))
+    assert code == 0
+    # 150M tokens / (1024 + 1024) per conversation = 73,243 conversations (rounded up), each
+    # 1,024 prompt and 1,024 answer tokens at gpt-3.5-turbo's $0.50 / $1.50 per million.
+    answers = -(-150_000_000 // 2048)
+    usd = answers * 1024 * (0.50 + 1.50) / 1e6
+    assert f"the target's answers: {answers:,} conversations of 1024 + 1024 tokens" in out
+    assert (f"target's answers: {answers * 1024:,} prompt + {answers * 1024:,} answer tokens, "
+            f"${usd:,.2f} at 'gpt-3.5-turbo' (online)") in out
+    code, rows, _ = run_cli(capsys, "--study", str(ROOT / "budgets" / "paper_study.gin"),
+                            "--format", "json")
+    compute = sum(row["cost_usd"] for row in json.loads(rows) if row["hardware"] == "tpu-v4")
+    total = float(out.split("total on tpu-v4 with the target's answers: $")[1].split()[0]
+                  .replace(",", ""))
+    assert total == pytest.approx(compute + usd, abs=0.01)
