@@ -1,268 +1,86 @@
-"""Collecting a target's answers: cached, resumable, retried and rate-limited.
+"""Collecting a target's answers: many requests in flight, under rate limits, cached, resumable
+and retried.
 
-    result = collect(target, prompts, GenerationSettings(max_tokens=512), "answers.jsonl")
+    result = collect(target, prompts, GenerationSettings(max_tokens=512), "answers.jsonl",
+                     concurrency=32, requests_per_minute=500, tokens_per_minute=200_000)
     export_openai_chat("answers.jsonl", "imitation.jsonl")  # successes only, as training data
 
-The cache is one append-only JSON-lines file. Every record carries the answer's `key`
-(`cache_key(target.name, prompt, settings)`), the prompt id, the messages, the settings, the
-target's name and either `response` (the answer) or `error` (with `transient` and the number of
-`attempts`). Each record is flushed and fsynced as it is written, so a collector killed at any
-moment loses at most the answers in flight; running it again skips every key already answered.
+`concurrency` workers (threads) each send one call of `batch_size` prompts at a time, so at most
+`concurrency` calls are in flight. Every call first waits for the workers' shared `RateLimiter`
+(`rate_limits.py`): at most `requests_per_minute` requests and `tokens_per_minute` tokens (the
+prompt at 4 characters per token plus `max_tokens`, as OpenAI counts them) reach the server in any
+window of `window_seconds`. When the server pushes back (a transient error with `Retry-After`, or
+an HTTP 429 without it) every worker waits, not only the one refused: the others would otherwise
+keep it refusing. A transient error is retried with exponential backoff and jitter, up to
+`max_attempts` in all.
 
-What a rerun does with a key, by its records so far:
-- any `response`: done, never asked again (one success per key, so nothing is duplicated);
-- last record a transient error (retries ran out: a server down, rate limits): asked again;
-- last record a permanent error (HTTP 400, an empty answer): kept as it is unless
-  `retry_failed=True`.
-
-A kill can leave the last line cut short (no final newline); it is dropped and overwritten. Any
-other line that does not parse is an error naming `file:line`: the file was edited or damaged,
-and guessing would risk answers silently lost or duplicated. Two collectors cannot append to one
-file at once (an exclusive lock says so). Errors are recorded to be seen, never exported.
+The cache (`collection_cache.py`: its format and what a rerun does) has one writer, the calling
+thread, which stores each settled prompt as it arrives, fsynced, in the order answers settle: a
+collector killed at any moment loses only the answers in flight, and a rerun asks nothing it has.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import json
+import importlib
 import os
+import queue
 import random
-import time
+import threading
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from arch_compare.data.conversations import Turn
-from arch_compare.imitation.targets import (GenerationSettings, Prompt, Reply, Target, TokenUsage,
+from arch_compare.imitation.collection_cache import (  # noqa: F401 (the cache's names, here too)
+    RECORD_FIELDS, CacheError, CollectedAnswer, CollectionResult, _CacheWriter, _latest,
+    answer_record, export_openai_chat, load_collected)
+from arch_compare.imitation.rate_limits import (LimiterStopped, RateLimiter, batch_tokens,
+                                                is_rate_limited)
+from arch_compare.imitation.targets import (GenerationSettings, Prompt, Reply, Target,
                                            cache_key)
 
-# Every record has these; a success adds `response` (and `usage` where the target counts tokens),
-# a failure `error`, `transient`; both add `attempts`.
-RECORD_FIELDS = ("key", "prompt_id", "messages", "settings", "target")
-
-
-class CacheError(ValueError):
-    """A cache file that cannot be read safely (the message names file:line)."""
+if TYPE_CHECKING:
+    from arch_compare.imitation.config import CollectionSettings
 
 
 @dataclasses.dataclass(frozen=True)
-class CollectionResult:
-    """What a `collect` call found and did; every count is in distinct prompts (cache keys)."""
+class _Retries:
+    max_attempts: int
+    backoff: float
+    max_backoff: float
 
-    path: Path
-    total: int  # distinct prompts asked for
-    cached: int  # answered before this call
-    collected: int  # answered by this call
-    failed: int  # permanent errors: not retried unless retry_failed=True
-    retry_later: int  # transient errors that ran out of attempts: asked again next time
-
-    def __post_init__(self):
-        counts = (self.cached, self.collected, self.failed, self.retry_later)
-        if min(counts) < 0 or sum(counts) != self.total:
-            raise ValueError(f"CollectionResult: counts {counts} must be >= 0 and add up to "
-                             f"total={self.total}")
-
-    def __str__(self) -> str:
-        return (f"{self.total} prompts: {self.cached} already answered, {self.collected} "
-                f"answered now, {self.failed} failed, {self.retry_later} to retry next time "
-                f"(cache {self.path})")
-
-    @property
-    def answered(self) -> int:
-        return self.cached + self.collected
-
-
-@dataclasses.dataclass(frozen=True)
-class CollectedAnswer:
-    """A successful record of the cache."""
-
-    key: str
-    prompt: Prompt
-    settings: GenerationSettings
-    target: str
-    response: str
-    usage: TokenUsage | None = None  # what the target billed, where the record has it
-
-
-# --- Reading the cache ----------------------------------------------------------------------------
-
-def _records(path: Path) -> Iterator[tuple[int, int, dict]]:
-    """(line number, offset after the line, record) for every complete line; a last line
-    without its newline (a write cut short by a kill) is not complete."""
-    offset = 0
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.endswith(b"\n"):
-                return
-            offset += len(line)
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                _check_record(record)
-            except (ValueError, TypeError) as error:
-                raise CacheError(f"{path}:{number}: not a cache record ({error}); the file was "
-                                 f"edited or damaged — fix or remove that line") from None
-            yield number, offset, record
-
-
-def _check_record(record) -> None:
-    if not isinstance(record, dict):
-        raise TypeError(f"expected a JSON object, got {type(record).__name__}")
-    missing = [name for name in RECORD_FIELDS if name not in record]
-    if missing:
-        raise ValueError(f"missing {', '.join(missing)}")
-    if ("response" in record) == ("error" in record):
-        raise ValueError("needs exactly one of 'response' and 'error'")
-    if "response" in record and not (isinstance(record["response"], str)
-                                     and record["response"].strip()):
-        raise ValueError("'response' must be a non-empty string")
-
-
-def _latest(path: Path) -> tuple[dict[str, dict], int]:
-    """key -> the record that decides it (its success, else its last error), and the size of the
-    file's complete lines."""
-    latest, size = {}, 0
-    if path.exists():
-        for _, size, record in _records(path):
-            if "response" not in latest.get(record["key"], {}):
-                latest[record["key"]] = record
-    return latest, size
-
-
-def load_collected(cache_path: str | os.PathLike, *, target: str | None = None
-                   ) -> list[CollectedAnswer]:
-    """Every answered prompt in the cache (one per key, in the order first answered), optionally
-    only those of one target name."""
-    answers = []
-    for record in _latest(Path(cache_path))[0].values():
-        if "response" in record and target in (None, record["target"]):
-            turns = tuple(Turn(m["role"], m["content"]) for m in record["messages"])
-            answers.append(CollectedAnswer(
-                key=record["key"], prompt=Prompt(record["prompt_id"], turns),
-                settings=GenerationSettings(**record["settings"]), target=record["target"],
-                response=record["response"],
-                usage=TokenUsage.from_dict(record["usage"]) if "usage" in record else None))
-    return answers
-
-
-def export_openai_chat(cache_path: str | os.PathLike, out_path: str | os.PathLike, *,
-                       target: str | None = None) -> tuple[Path, int]:
-    """Write the answered prompts as OpenAI chat JSONL (`{"id", "messages"}`, the answer as the
-    last, assistant, message), the "openai_chat" format of `arch_compare_tasks.readers`.
-
-    Note that the reader makes an example of every assistant turn; earlier assistant turns of a
-    multi-turn history are exported as they were given. Ids must be unique: collect different
-    targets or settings into different files, or pass `target`.
-    """
-    answers = load_collected(cache_path, target=target)
-    seen: dict[str, str] = {}
-    for answer in answers:
-        if answer.prompt.prompt_id in seen:
-            raise ValueError(f"{cache_path}: prompt id {answer.prompt.prompt_id!r} is answered "
-                             f"twice (keys {seen[answer.prompt.prompt_id][:12]}…, "
-                             f"{answer.key[:12]}…: other settings or targets); export one "
-                             f"target or settings at a time")
-        seen[answer.prompt.prompt_id] = answer.key
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    with partial.open("w", encoding="utf-8") as handle:
-        for answer in answers:
-            messages = answer.prompt.messages() + [{"role": "assistant",
-                                                    "content": answer.response}]
-            handle.write(json.dumps({"id": answer.prompt.prompt_id, "messages": messages},
-                                    ensure_ascii=False) + "\n")
-    partial.replace(out)  # readers never see half a file
-    return out, len(answers)
-
-
-# --- Writing the cache ----------------------------------------------------------------------------
-
-def answer_record(key: str, prompt: Prompt, settings: GenerationSettings, target_name: str,
-                  reply: Reply, attempts: int, **extra) -> dict:
-    """The cache record of one settled prompt: its answer (with its usage) or its error.
-    `extra` adds fields such as how it was bought (`mode`)."""
-    record = {"key": key, "prompt_id": prompt.prompt_id, "messages": prompt.messages(),
-              "settings": settings.to_dict(), "target": target_name}
-    if reply.ok:
-        record["response"] = reply.text
-        if reply.usage is not None:
-            record["usage"] = reply.usage.to_dict()
-    else:
-        record.update(error=reply.error or "the target answered with no text",
-                      transient=bool(reply.error and reply.transient))
-    return record | {"attempts": attempts, **extra}
-
-
-class _CacheWriter:
-    """Appends records durably to a cache file held under an exclusive lock."""
-
-    def __init__(self, path: Path, complete_size: int):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = path.open("ab")
-        try:
-            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._handle.close()
-            raise CacheError(f"{path}: another collector is writing this cache") from None
-        # Drop a line cut short by a kill; the locked file cannot have grown since it was read.
-        self._handle.truncate(complete_size)
-
-    def write(self, record: dict) -> None:
-        self._handle.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-
-    def close(self) -> None:
-        self._handle.close()  # also releases the lock
-
-
-class _RateLimit:
-    """At most `per_second` requests per second on average; None: no limit."""
-
-    def __init__(self, per_second: float | None):
-        if per_second is not None and not per_second > 0:
-            raise ValueError(f"requests_per_second must be positive, got {per_second}")
-        self._interval = 1.0 / per_second if per_second else 0.0
-        self._next = time.monotonic()
-
-    def wait(self, requests: int) -> None:
-        """Sleep until `requests` more may start (targets send one request per prompt)."""
-        delay = self._next - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        self._next = max(self._next, time.monotonic()) + requests * self._interval
-
-
-def _backoff_delay(attempt: int, backoff: float, max_backoff: float, reply: Reply) -> float:
-    """Exponential (backoff * 2**(attempt-1)), capped, with up to 50% jitter so that clients
-    failing together do not retry together; never sooner than the server's Retry-After (which
-    `max_backoff` does not cap: the server knows how long it needs)."""
-    delay = min(max_backoff, backoff * 2 ** (attempt - 1))
-    delay *= 1 + 0.5 * random.random()
-    return max(delay, reply.retry_after or 0.0)
+    def delay(self, attempt: int, reply: Reply) -> float:
+        """Exponential (backoff * 2**(attempt-1)), capped, with up to 50% jitter so that clients
+        failing together do not retry together; never sooner than the server's Retry-After
+        (which `max_backoff` does not cap: the server knows how long it needs)."""
+        delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+        delay *= 1 + 0.5 * random.random()
+        return max(delay, reply.retry_after or 0.0)
 
 
 def collect(target: Target, prompts: Sequence[Prompt], settings: GenerationSettings,
-            cache_path: str | os.PathLike, *, max_attempts: int = 5, backoff: float = 1.0,
-            max_backoff: float = 60.0, requests_per_second: float | None = None,
-            batch_size: int | None = None, retry_failed: bool = False,
-            progress: bool = True) -> CollectionResult:
+            cache_path: str | os.PathLike, *, concurrency: int = 1,
+            requests_per_minute: float | None = None, tokens_per_minute: float | None = None,
+            window_seconds: float = 60.0, max_attempts: int = 5, backoff: float = 1.0,
+            max_backoff: float = 60.0, batch_size: int | None = None,
+            retry_failed: bool = False, progress: bool = True) -> CollectionResult:
     """Ask `target` for every prompt not yet answered in `cache_path` (see the module doc).
 
     `batch_size` prompts go to the target per call (default: the target's own `batch_size`, else
-    1); a transient error is retried up to `max_attempts` times in all, `backoff` seconds after
-    the first failure, doubling up to `max_backoff`. `requests_per_second` counts one request
-    per prompt.
+    1), each counted as one request; a transient error is retried up to `max_attempts` times in
+    all, `backoff` seconds after the first failure, doubling up to `max_backoff`. The limits count
+    per `window_seconds` (60 unless a test shortens it). A call that alone is over a limit is a
+    `rate_limits.RateLimitError` before anything is sent.
     """
     if max_attempts < 1 or backoff < 0 or max_backoff < 0:
         raise ValueError("collect: max_attempts must be >= 1 and backoff, max_backoff >= 0")
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"collect: concurrency must be a positive integer, got {concurrency!r}")
     batch_size = batch_size or getattr(target, "batch_size", 1)
     if batch_size < 1:
         raise ValueError(f"collect: batch_size must be positive, got {batch_size}")
+    limiter = RateLimiter(requests_per_minute, tokens_per_minute, window_seconds=window_seconds)
     path = Path(cache_path)
     unique = {cache_key(target.name, prompt, settings): prompt for prompt in prompts}
     latest, complete_size = _latest(path)
@@ -274,23 +92,26 @@ def collect(target: Target, prompts: Sequence[Prompt], settings: GenerationSetti
 
     cached = sum("response" in latest.get(key, {}) for key in unique)
     pending = [key for key in unique if not settled(key)]
-    limit = _RateLimit(requests_per_second)
+    batches = [[(key, unique[key]) for key in pending[start:start + batch_size]]
+               for start in range(0, len(pending), batch_size)]
+    for batch in batches:  # a call that could never start is refused before any is sent
+        limiter.check(len(batch), batch_tokens([prompt for _, prompt in batch], settings),
+                      f"collect: prompts {', '.join(repr(p.prompt_id) for _, p in batch)}")
+    retries = _Retries(max_attempts, backoff, max_backoff)
     writer = _CacheWriter(path, complete_size)
     collected = 0
     try:
-        with tqdm(total=len(pending), desc=f"collect {target.name}", unit="prompt",
-                  disable=not progress) as bar:
-            for start in range(0, len(pending), batch_size):
-                batch = pending[start:start + batch_size]
-                for key, reply, attempts in _ask(target, [(k, unique[k]) for k in batch],
-                                                 settings, limit, max_attempts, backoff,
-                                                 max_backoff):
-                    record = answer_record(key, unique[key], settings, target.name, reply,
-                                           attempts)
+        with _Workers(target, batches, settings, limiter, retries, concurrency) as workers, \
+                tqdm(total=len(pending), desc=f"collect {target.name}", unit="prompt",
+                     disable=not progress) as bar:
+            for settled in workers.settled(len(pending)):
+                records = [answer_record(key, unique[key], settings, target.name, reply, attempts)
+                           for key, reply, attempts in settled]
+                writer.write_many(records)
+                for record in records:
                     collected += "response" in record
-                    writer.write(record)
-                    latest[key] = record
-                    bar.update(1)
+                    latest[record["key"]] = record
+                bar.update(len(records))
     finally:
         writer.close()
     final = [latest.get(key) for key in unique]
@@ -301,28 +122,141 @@ def collect(target: Target, prompts: Sequence[Prompt], settings: GenerationSetti
         retry_later=sum(bool(record.get("transient")) for record in failures))
 
 
+class _Workers:
+    """Threads that ask the target for `batches`, at most `concurrency` calls at once, and hand
+    each settled prompt to the one writer. A worker starts no call while an answer it received is
+    unwritten, so a kill loses at most one call's answers per worker. Leaving the `with` block
+    (done, an error, Ctrl-C) stops them: no call starts after it, and the answers of calls in
+    flight are not written."""
+
+    def __init__(self, target: Target, batches: list[list[tuple[str, Prompt]]],
+                 settings: GenerationSettings, limiter: RateLimiter, retries: _Retries,
+                 concurrency: int):
+        self._target, self._settings, self._limiter, self._retries = (target, settings, limiter,
+                                                                      retries)
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        for batch in batches:
+            self._work.put(batch)
+        self._settled: queue.Queue = queue.Queue()
+        self._stopping = threading.Event()
+        # Daemons: a worker waiting on a slow server must not keep a stopped collector alive.
+        self._threads = [threading.Thread(target=self._run, name=f"collect-{index}", daemon=True)
+                         for index in range(min(concurrency, len(batches)))]
+
+    def __enter__(self) -> "_Workers":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stopping.set()
+        self._limiter.stop()
+
+    def settled(self, count: int) -> Iterator[list[tuple[str, Reply, int]]]:
+        """(key, final reply, attempts) of `count` prompts, in lists of those settled since the
+        last (to be stored with one fsync); their workers wait until the caller asks for the next
+        list (it has stored these). A worker's exception is raised here."""
+        while count > 0:
+            items = [self._settled.get()]
+            while True:
+                try:
+                    items.append(self._settled.get_nowait())
+                except queue.Empty:
+                    break
+            answers = [item for item in items if not isinstance(item, BaseException)]
+            if answers:  # stored even when another worker failed
+                yield [item[:3] for item in answers]
+                for item in answers:
+                    item[3].set()
+            for item in items:
+                if isinstance(item, BaseException):
+                    raise item
+            count -= len(items)
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    batch = self._work.get_nowait()
+                except queue.Empty:
+                    return
+                for item in _ask(self._target, batch, self._settings, self._limiter,
+                                 self._retries, self._stopping):
+                    written = threading.Event()
+                    self._settled.put((*item, written))
+                    while not written.wait(0.5):
+                        if self._stopping.is_set():
+                            return
+        except LimiterStopped:
+            return
+        except BaseException as error:  # noqa: BLE001 (raised again by the writer's thread)
+            self._settled.put(error)
+
+
 def _ask(target: Target, batch: list[tuple[str, Prompt]], settings: GenerationSettings,
-         limit: _RateLimit, max_attempts: int, backoff: float, max_backoff: float
+         limiter: RateLimiter, retries: _Retries, stopping: threading.Event
          ) -> Iterator[tuple[str, Reply, int]]:
     """(key, final reply, attempts) for each prompt of `batch`, as each is settled: retries go
     to the target together, after the longest delay any of them needs."""
-    for attempt in range(1, max_attempts + 1):
-        limit.wait(len(batch))
-        replies = target.complete([prompt for _, prompt in batch], settings)
+    for attempt in range(1, retries.max_attempts + 1):
+        ticket = limiter.acquire(len(batch),
+                                 batch_tokens([prompt for _, prompt in batch], settings))
+        try:
+            replies = target.complete([prompt for _, prompt in batch], settings)
+        finally:
+            limiter.release(ticket)
         if len(replies) != len(batch):
             raise RuntimeError(f"target {target.name!r} returned {len(replies)} replies for "
                                f"{len(batch)} prompts")
-        retry = []
-        for (key, prompt), reply in zip(batch, replies):
-            if reply.error and reply.transient and attempt < max_attempts:
-                retry.append(((key, prompt), reply))
-            else:
+        transient = [index for index, reply in enumerate(replies)
+                     if reply.error and reply.transient]
+        delays = {index: retries.delay(attempt, replies[index]) for index in transient}
+        pushed_back = [replies[index].retry_after if replies[index].retry_after is not None
+                       else delays[index] for index in transient
+                       if is_rate_limited(replies[index])]
+        if pushed_back:  # every worker waits, or the others would keep the server refusing
+            limiter.back_off(max(pushed_back))
+        retry = transient if attempt < retries.max_attempts else []
+        for index, ((key, _), reply) in enumerate(zip(batch, replies)):
+            if index not in retry:
                 yield key, reply, attempt
-        if not retry:
+        if not retry or stopping.wait(max(delays[index] for index in retry)):
             return
-        time.sleep(max(_backoff_delay(attempt, backoff, max_backoff, reply)
-                       for _, reply in retry))
-        batch = [item for item, _ in retry]
+        batch = [batch[index] for index in retry]
+
+
+# --- How a study buys its answers -----------------------------------------------------------------
+
+def _collect_online(settings: CollectionSettings, target: Target, prompts: Sequence[Prompt],
+                    generation: GenerationSettings, cache_path: str | os.PathLike,
+                    progress: bool) -> CollectionResult:
+    return collect(target, prompts, generation, cache_path, concurrency=settings.concurrency,
+                   requests_per_minute=settings.requests_per_minute,
+                   tokens_per_minute=settings.tokens_per_minute,
+                   max_attempts=settings.max_attempts, progress=progress)
+
+
+def _collect_batch(settings: CollectionSettings, target: Target, prompts: Sequence[Prompt],
+                   generation: GenerationSettings, cache_path: str | os.PathLike,
+                   progress: bool) -> CollectionResult:
+    # Imported here: the batch interface is only needed by studies that use it.
+    batch_collection = importlib.import_module("arch_compare.imitation.batch_collection")
+    return batch_collection.collect_batch(target, prompts, generation, cache_path,
+                                          poll_seconds=settings.batch_poll_seconds,
+                                          max_attempts=settings.max_attempts, progress=progress)
+
+
+COLLECTION_MODES: dict[str, Callable[..., CollectionResult]] = {
+    "online": _collect_online, "batch": _collect_batch}
+
+
+def collect_with(settings: CollectionSettings, target: Target, prompts: Sequence[Prompt],
+                 generation: GenerationSettings, cache_path: str | os.PathLike, *,
+                 progress: bool = True) -> CollectionResult:
+    """Collect as a study's `collection` settings say: online (`collect`, with their
+    concurrency, limits and attempts) or through the batch interface."""
+    return COLLECTION_MODES[settings.mode](settings, target, prompts, generation, cache_path,
+                                           progress)
 
 
 @dataclasses.dataclass(frozen=True)

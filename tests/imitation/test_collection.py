@@ -170,12 +170,12 @@ def test_one_collector_per_cache(tmp_path):
 def test_rate_limit(tmp_path):
     target = ScriptedTarget()
     started = time.monotonic()
-    collect(target, prompts(6), SETTINGS, tmp_path / "c.jsonl", requests_per_second=20,
-            progress=False)
+    collect(target, prompts(6), SETTINGS, tmp_path / "c.jsonl", requests_per_minute=2,
+            window_seconds=0.2, progress=False)
     elapsed = time.monotonic() - started
-    gaps = [b - a for a, b in zip(target.times, target.times[1:])]
-    assert min(gaps) >= 0.045  # 1/20 s, less a little timer slack
-    assert 0.24 <= elapsed < 5
+    # At most 2 requests in any 0.2 s window: each starts a window after the one two before.
+    assert all(b - a >= 0.2 for a, b in zip(target.times, target.times[2:]))
+    assert 0.4 <= elapsed < 5
 
 
 def test_batches_go_to_the_target_together(tmp_path):
