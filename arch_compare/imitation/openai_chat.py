@@ -103,7 +103,7 @@ class OpenAIChatTarget:
     def _opener(self) -> urllib.request.OpenerDirector:
         # A proxy from the environment must not see requests meant for this machine.
         if urllib.parse.urlsplit(self.base_url).hostname in LOOPBACK_HOSTS:
-            return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            return _LOOPBACK_OPENER
         return urllib.request.build_opener()
 
 
