@@ -27,7 +27,7 @@ from arch_compare.budget.targets import (CollectionCost, TargetPrice, collection
                                          get_price, spent)
 from arch_compare.imitation import collection, evaluation
 from arch_compare.imitation.config import DataSource, StudyConfig
-from arch_compare.imitation.targets import estimate_tokens
+from arch_compare.imitation.targets import CHARS_PER_TOKEN, estimate_tokens
 from arch_compare.results import Collection, ResultsStore
 
 log = logging.getLogger(__name__)
@@ -98,14 +98,12 @@ def planned_collections(config: StudyConfig, sources: Sequence[DataSource] | Non
                    if source in config.sources_for(model)
                    for strategy in source.selection.strategies_for(model.name)
                    if strategy != RANDOM]
+        # Any `count` prompts of the pool may be chosen: the longest are the most they can cost.
+        longest = (None if pool is None or buyers[-1:] in ([], [(RANDOM, "")]) else
+                   sum(sorted((_characters([record]) for record in pool), reverse=True)[:count]))
         for strategy, model in buyers:
-            if pool is None:
-                characters = None
-            elif strategy == RANDOM:
-                characters = _characters(pool[:count])
-            else:  # any `count` of the pool: the longest are the most it can cost
-                lengths = sorted((_characters([record]) for record in pool), reverse=True)
-                characters = sum(lengths[:count])
+            characters = (None if pool is None else _characters(pool[:count])
+                          if strategy == RANDOM else longest)
             answers = count if pool is None else min(count, len(pool))
             answer_tokens = answers * per_answer
             cost = (None if price is None or characters is None else
@@ -126,7 +124,7 @@ def collection_lines(config: StudyConfig, planned: Sequence[PlannedCollection]
     where = ("not priced (collection.price is None)" if price is None else
              f"at {price.name!r} of budgets/targets.yaml")
     lines = [f"  the target's answers, {settings.mode} {where} (prompts: characters / "
-             f"{_chars_per_token()}; answers: {settings.expected_answer_tokens} tokens each):"]
+             f"{CHARS_PER_TOKEN:g}; answers: {settings.expected_answer_tokens} tokens each):"]
     if price is not None:
         lines.append(f"    price {price.name!r}: {price.source}, {price.date}"
                      + ("; FICTIONAL: made-up prices, not a real cost" if price.fictional
@@ -146,11 +144,6 @@ def collection_lines(config: StudyConfig, planned: Sequence[PlannedCollection]
                      "they run; priced as the pool's longest prompts, each bought anew (a "
                      "prompt two strategies choose is paid for once)")
     return lines, total
-
-
-def _chars_per_token() -> str:
-    from arch_compare.imitation.targets import CHARS_PER_TOKEN
-    return f"{CHARS_PER_TOKEN:g}"
 
 
 # --- what was spent -------------------------------------------------------------------------------
