@@ -62,6 +62,7 @@ class PoolModel:
         self.inputs = [row["inputs"] for row in seqio.preprocessors.tokenize(
             texts, {"inputs": self.features["inputs"]}, copy_pretokenized=False
         ).as_numpy_iterator()]
+        self._prompt_batches: list | None = None  # the prompts alone, converted once
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -122,7 +123,20 @@ class PoolModel:
     def _batches(self, targets: Sequence[Sequence[int]] | None, description: str
                  ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """(real rows, converted batch of `batch_size` rows) over the pool, in order; `targets`
-        are answer ids (None: empty answers, for passes that read only the prompt)."""
+        are answer ids (None: empty answers, for passes that read only the prompt: converted
+        once and kept, since every decoding pass reads them)."""
+        if targets is None and self._prompt_batches is not None:
+            yield from tqdm(self._prompt_batches, desc=description, disable=not self.progress,
+                            leave=False)
+            return
+        if targets is None:
+            self._prompt_batches = list(self._converted(None, description))
+            yield from self._prompt_batches
+            return
+        yield from self._converted(targets, description)
+
+    def _converted(self, targets: Sequence[Sequence[int]] | None, description: str
+                   ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         empty = np.zeros((0,), np.int32)
 
         def examples():
