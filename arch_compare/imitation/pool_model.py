@@ -63,6 +63,7 @@ class PoolModel:
             texts, {"inputs": self.features["inputs"]}, copy_pretokenized=False
         ).as_numpy_iterator()]
         self._prompt_batches: list | None = None  # the prompts alone, converted once
+        self._greedy: Answers | None = None
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -87,7 +88,10 @@ class PoolModel:
         return Answers(tuple(tokens), np.array(ended, bool), tuple(texts))
 
     def greedy(self) -> Answers:
-        return self.answers(lambda _: self.decode_config(), "greedy answers")
+        """The greedy answers (decoded once per pool: several strategies read them)."""
+        if self._greedy is None:
+            self._greedy = self.answers(lambda _: self.decode_config(), "greedy answers")
+        return self._greedy
 
     def decode_config(self, **settings) -> DecodeConfig:
         eos = self.vocabulary.eos_id

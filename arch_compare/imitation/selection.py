@@ -80,12 +80,14 @@ class _Context:
 def rank_pool(strategy: str, records: Sequence[Mapping], *, count: int, model, params,
               vocabulary, selection: Selection, prompts_task: str,
               feature_lengths: Mapping[str, int], batch_size: int, max_new_tokens: int,
-              mesh=None, progress: bool = True) -> SelectionResult:
+              mesh=None, progress: bool = True, reuse: dict | None = None) -> SelectionResult:
     """The `count` prompts of `records` (the pool: prompt-task records with `id` and `inputs`)
     that `strategy` buys first, in buying order, with its per-prompt scores (see the module
     doc). `model`/`params`/`vocabulary`: the base model (unused by `random`); `feature_lengths`,
     `batch_size`, `max_new_tokens`, `mesh`: how it reads and answers the prompts, as in
-    `evaluation.model_predictions`."""
+    `evaluation.model_predictions`. `reuse`: one dict passed to several calls (strategies)
+    over the same pool, model and parameters, so they share the model's work on it (its
+    tokenised prompts and greedy answers, which `uncertainty` and `student_first` both read)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown selection strategy {strategy!r}; known: "
                          f"{', '.join(STRATEGIES)}")
@@ -96,9 +98,16 @@ def rank_pool(strategy: str, records: Sequence[Mapping], *, count: int, model, p
         registry.checker(prompts_task)  # a task without one fails before any model work
 
     def make_pool() -> PoolModel:
-        return PoolModel(model, params, vocabulary, [str(record["inputs"]) for record in records],
+        key = (id(model), id(params), tuple(str(record["id"]) for record in records),
+               tuple(sorted(feature_lengths.items())), batch_size, max_new_tokens, mesh)
+        if reuse is not None and key in reuse:
+            return reuse[key][-1]
+        pool = PoolModel(model, params, vocabulary, [str(record["inputs"]) for record in records],
                          feature_lengths=feature_lengths, batch_size=batch_size,
                          max_new_tokens=max_new_tokens, mesh=mesh, progress=progress)
+        if reuse is not None:  # kept with the model and parameters, so their ids stay theirs
+            reuse[key] = (model, params, pool)
+        return pool
 
     context = _Context(strategy, records, count, selection, prompts_task, make_pool)
     order, scores, score_name, description = STRATEGIES[strategy](context)
@@ -131,8 +140,8 @@ def _entropy(context: _Context):
     return (order, entropies, "mean token entropy of the greedy answer (nats)",
             f"mean token entropy of the base model's greedy answers; bought the "
             f"{context.count:,} highest of {len(entropies):,} "
-            f"({chosen.min():.3f}-{chosen.max():.3f} nats; pool median "
-            f"{np.median(entropies):.3f})")
+            f"({chosen.min():.4f}-{chosen.max():.4f} nats; pool median "
+            f"{np.median(entropies):.4f})")
 
 
 def _disagreement(context: _Context):

@@ -18,7 +18,7 @@ from flax import traverse_util
 from arch_compare.data.converters import prompt_tokens
 from arch_compare.data.vocabularies import load_vocabulary
 from arch_compare.decoding.search import DecodeConfig, generate
-from arch_compare.imitation import selection
+from arch_compare.imitation import pool_model, selection
 from arch_compare.imitation.config import Selection
 from arch_compare.models import PRESETS, build_model
 from arch_compare_tasks import catalogue, registry  # catalogue: registers the demo tasks
@@ -54,12 +54,12 @@ def lively_model(name: str):
 
 
 def rank(strategy, name, vocabulary, count=len(RECORDS), records=RECORDS, task=FAKE_TASK,
-         **settings):
+         reuse=None, **settings):
     model, params = lively_model(name) if name else (None, None)
     return selection.rank_pool(
         strategy, records, count=count, model=model, params=params, vocabulary=vocabulary,
         selection=Selection(**settings), prompts_task=task, feature_lengths=LENGTHS,
-        batch_size=BATCH, max_new_tokens=MAX_NEW_TOKENS, progress=False)
+        batch_size=BATCH, max_new_tokens=MAX_NEW_TOKENS, progress=False, reuse=reuse)
 
 
 def hand_batch(config, prompts, answers=None) -> tuple[dict, np.ndarray]:
@@ -206,6 +206,21 @@ def test_student_first_buys_the_failures_first(vocabulary, fake_task):
     assert fake_task == [(record["id"], text) for record, text in zip(RECORDS, texts)]
 
 
+def test_strategies_given_one_reuse_dict_decode_the_pool_once(vocabulary, fake_task,
+                                                              monkeypatch):
+    calls = []
+    answers = pool_model.PoolModel.answers
+    monkeypatch.setattr(pool_model.PoolModel, "answers",
+                        lambda self, *args: calls.append(args[1]) or answers(self, *args))
+    reuse = {}
+    entropy = rank("uncertainty", "gpt2-tiny", vocabulary, count=3, reuse=reuse)
+    failures = rank("student_first", "gpt2-tiny", vocabulary, count=3, reuse=reuse)
+    assert calls == ["greedy answers"]
+    assert len(entropy.scores) == len(failures.scores) == len(RECORDS)
+    rank("student_first", "gpt2-tiny", vocabulary, count=3)  # no reuse: decodes again
+    assert calls == ["greedy answers"] * 2
+
+
 def test_a_task_without_a_checker_is_named():
     with pytest.raises(ValueError, match="task 'demo_cypher' has no answer checker"):
         rank("student_first", None, None, task="demo_cypher")  # before any model work
@@ -216,13 +231,13 @@ def test_disagreement_ranks_by_sampled_answers(vocabulary, fake_task):
     assert selection.disagreement(["a", "b", "c"]) == 1.0
     assert selection.disagreement(["a", "a", "b", "b"]) == pytest.approx(1 - 2 / 6)
     assert selection.normalised("  MATCH (n)\n RETURN  n ") == "MATCH (n) RETURN n"
-    first = rank("uncertainty", "gpt2-tiny", vocabulary, count=10, measure="disagreement",
-                 samples=2, seed=5)
+    first = rank("uncertainty", "gpt2-tiny", vocabulary, count=BATCH, records=RECORDS[:BATCH],
+                 measure="disagreement", samples=2, seed=5)
     scores = np.array(first.scores)
     assert set(scores) <= {0.0, 1.0}
     assert np.all(np.diff(scores[list(first.order)]) <= 0)  # highest disagreement first
-    again = rank("uncertainty", "gpt2-tiny", vocabulary, count=10, measure="disagreement",
-                 samples=2, seed=5)
+    again = rank("uncertainty", "gpt2-tiny", vocabulary, count=BATCH, records=RECORDS[:BATCH],
+                 measure="disagreement", samples=2, seed=5)
     assert again.order == first.order and again.scores == first.scores  # seeded
 
 
