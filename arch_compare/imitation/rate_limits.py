@@ -26,6 +26,7 @@ them all).
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import re
@@ -72,7 +73,7 @@ class _Ticket:
 class RateLimiter:
     """At most `requests_per_minute` requests and `tokens_per_minute` tokens per window of
     `window_seconds` (None: no such limit), and a pause that holds every caller of `acquire`
-    (`back_off`). Thread-safe; callers that wait are not served in any promised order."""
+    (`back_off`). Thread-safe; callers are served in the order they called `acquire`."""
 
     def __init__(self, requests_per_minute: float | None = None,
                  tokens_per_minute: float | None = None, *, window_seconds: float = 60.0,
@@ -95,6 +96,7 @@ class RateLimiter:
         self._order = itertools.count()
         self._paused_until = float("-inf")
         self._stopped = False
+        self._waiting: collections.deque[_Ticket] = collections.deque()  # callers of acquire
 
     @property
     def limited(self) -> bool:
@@ -114,24 +116,32 @@ class RateLimiter:
         """Wait until a call of `requests` requests and `tokens` tokens may start and count it;
         `release` the ticket when its reply is in."""
         self.check(requests, tokens, "a call")
+        ticket = _Ticket(requests, tokens)
         with self._condition:
-            while True:
-                if self._stopped:
-                    raise LimiterStopped()
-                now = self._clock()
-                wait = self._paused_until - now
-                if wait <= 0:
-                    self._forget(now)
-                    if self._fits(requests, tokens):
-                        ticket = _Ticket(requests, tokens)
-                        if self.limited:
-                            self._requests += requests
-                            self._tokens += tokens
-                        return ticket
-                    # Room comes when an ended call leaves the window, or when a running call
-                    # ends (release notifies).
-                    wait = self._expiring[0][0] - now if self._expiring else None
-                self._condition.wait(wait)
+            # First come, first served: a large call is not starved by small ones that fit first.
+            self._waiting.append(ticket)
+            try:
+                while True:
+                    if self._stopped:
+                        raise LimiterStopped()
+                    now = self._clock()
+                    wait = self._paused_until - now
+                    if wait <= 0 and self._waiting[0] is ticket:
+                        self._forget(now)
+                        if self._fits(requests, tokens):
+                            if self.limited:
+                                self._requests += requests
+                                self._tokens += tokens
+                            return ticket
+                        # Room comes when an ended call leaves the window, or when a running
+                        # call ends (release notifies).
+                        wait = self._expiring[0][0] - now if self._expiring else None
+                    elif wait <= 0:
+                        wait = None  # behind another caller: woken when it is served
+                    self._condition.wait(wait)
+            finally:
+                self._waiting.remove(ticket)
+                self._condition.notify_all()  # the next in line may go
 
     def release(self, ticket: _Ticket) -> None:
         """The call's reply is in: it leaves the window `window_seconds` from now."""

@@ -91,7 +91,8 @@ class FakeOpenAIChat:
 
     def start(self) -> None:
         self._server = _Server(("127.0.0.1", 0), _handler(self))
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        # A short poll: `stop` waits for the serving loop to notice (0.5 s by default).
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
 
     def stop(self) -> None:
         self._server.shutdown()

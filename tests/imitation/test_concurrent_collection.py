@@ -2,6 +2,7 @@
 SIGKILLed collector, the rate limits and backing off together, all measured from the SERVER's
 log (what a provider would count), not from the client's own account."""
 
+import inspect
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 from arch_compare.imitation.collection import collect, collect_with, export_openai_chat
 from arch_compare.imitation.config import CollectionSettings
 from arch_compare.imitation.openai_chat import OpenAIChatTarget
-from arch_compare.imitation.rate_limits import RateLimitError
+from arch_compare.imitation.rate_limits import RateLimiter, RateLimitError
 from arch_compare.imitation.targets import GenerationSettings, Prompt, Reply
 from tests.imitation.fake_openai_chat import (FakeOpenAIChat, FakeOpenAIChatProcess,
                                               fake_answer, prompt_hash, request_tokens)
@@ -122,7 +123,7 @@ COLLECTOR = textwrap.dedent("""
 
 def test_sigkilled_concurrent_collector_loses_only_answers_in_flight(tmp_path):
     cache = tmp_path / "killed.jsonl"
-    asked = questions(300)
+    asked = questions(300)  # as the collector asks
     with FakeOpenAIChat(latency=0.05, rate_limit_every=20, retry_after="0.05") as server:
         command = [sys.executable, "-c", COLLECTOR, server.base_url, str(cache)]
         environment = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -137,13 +138,15 @@ def test_sigkilled_concurrent_collector_loses_only_answers_in_flight(tmp_path):
         killed_at = cache.read_bytes().count(b"\n")
         assert 80 <= killed_at < 300, "the collector was not killed mid-way"
 
-        subprocess.run(command, env=environment, cwd=REPO, check=True, timeout=120)
+        resumed = collect(endpoint(server), asked, SETTINGS, cache, concurrency=16,
+                          backoff=0.01, progress=False)
         answered_by_server = server.answers()
         reference = tmp_path / "uninterrupted.jsonl"
         collect(endpoint(server), asked, SETTINGS, reference, concurrency=16, backoff=0.01,
                 progress=False)
 
     # Every prompt has exactly one answer in the cache, and the cache holds nothing else.
+    assert resumed.cached + resumed.collected == 300 and resumed.cached >= 80
     cached = records(cache)
     assert sorted(record["prompt_id"] for record in cached) == [p.prompt_id for p in asked]
     assert all(record["response"] == fake_answer(record["messages"]) for record in cached)
@@ -249,6 +252,8 @@ def test_collect_with_online_uses_the_settings(tmp_path):
 
 
 def test_collect_with_batch_hands_over_to_the_batch_collector(tmp_path, monkeypatch):
+    from arch_compare.imitation.batch_collection import collect_batch
+
     calls = []
     fake = types.ModuleType("arch_compare.imitation.batch_collection")
     fake.collect_batch = lambda *args, **kwargs: calls.append((args, kwargs)) or "result"
@@ -259,3 +264,28 @@ def test_collect_with_batch_hands_over_to_the_batch_collector(tmp_path, monkeypa
                         progress=False) == "result"
     assert calls == [((target, asked, SETTINGS, tmp_path / "c.jsonl"),
                       {"poll_seconds": 7.0, "max_attempts": 3, "progress": False})]
+    inspect.signature(collect_batch).bind(*calls[0][0], **calls[0][1])  # the real one takes it
+
+
+def test_the_limiter_serves_callers_in_order_and_counts_a_call_until_a_window_after_it_ends():
+    limiter = RateLimiter(tokens_per_minute=10, window_seconds=0.3)
+    first = limiter.acquire(tokens=8)
+    served = []
+
+    def ask(name, tokens):
+        limiter.release(limiter.acquire(tokens=tokens))
+        served.append((name, time.monotonic()))
+
+    large = threading.Thread(target=ask, args=("large", 5))
+    large.start()
+    time.sleep(0.05)
+    small = threading.Thread(target=ask, args=("small", 1))  # would fit now, but comes second
+    small.start()
+    time.sleep(0.1)
+    assert served == []
+    ended = time.monotonic()
+    limiter.release(first)
+    large.join(5)
+    small.join(5)
+    assert [name for name, _ in served] == ["large", "small"]
+    assert served[0][1] - ended >= 0.3  # the first call still counted for a window after it ended
