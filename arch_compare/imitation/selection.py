@@ -77,6 +77,20 @@ class _Context:
         return self._pool
 
 
+def check_strategies(strategies: Sequence[str], prompts_task: str) -> None:
+    """Raise ValueError, naming the strategy or the task, if one of `strategies` is unknown or
+    needs what `prompts_task` lacks (an answer checker): for a study's plan, before it runs."""
+    for strategy in strategies:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown selection strategy {strategy!r}; known: "
+                             f"{', '.join(STRATEGIES)}")
+        if strategy in NEEDS_CHECKER:
+            try:
+                registry.checker(prompts_task)
+            except ValueError as error:
+                raise ValueError(f"selection strategy {strategy!r}: {error}") from None
+
+
 def rank_pool(strategy: str, records: Sequence[Mapping], *, count: int, model, params,
               vocabulary, selection: Selection, prompts_task: str,
               feature_lengths: Mapping[str, int], batch_size: int, max_new_tokens: int,
@@ -88,14 +102,10 @@ def rank_pool(strategy: str, records: Sequence[Mapping], *, count: int, model, p
     `evaluation.model_predictions`. `reuse`: one dict passed to several calls (strategies)
     over the same pool, model and parameters, so they share the model's work on it (its
     tokenised prompts and greedy answers, which `uncertainty` and `student_first` both read)."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown selection strategy {strategy!r}; known: "
-                         f"{', '.join(STRATEGIES)}")
+    check_strategies((strategy,), prompts_task)  # before any model work
     if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= len(records):
         raise ValueError(f"selection {strategy!r}: count must be between 1 and the pool's "
                          f"{len(records)} prompts, got {count!r}")
-    if strategy in NEEDS_CHECKER:
-        registry.checker(prompts_task)  # a task without one fails before any model work
 
     def make_pool() -> PoolModel:
         key = (id(model), id(params), tuple(str(record["id"]) for record in records),

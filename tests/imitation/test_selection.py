@@ -21,7 +21,7 @@ from arch_compare.decoding.search import DecodeConfig, generate
 from arch_compare.imitation import pool_model, selection
 from arch_compare.imitation.config import Selection
 from arch_compare.models import PRESETS, build_model
-from arch_compare_tasks import catalogue, registry  # catalogue: registers the demo tasks
+from arch_compare_tasks import catalogue, registry  # noqa: F401 (catalogue registers the demo tasks)
 
 MODELS = ("gpt2-tiny", "t5-tiny")
 # Short enough that every prompt fits one decoding width (16 tokens): one compiled search.
@@ -222,8 +222,12 @@ def test_strategies_given_one_reuse_dict_decode_the_pool_once(vocabulary, fake_t
 
 
 def test_a_task_without_a_checker_is_named():
-    with pytest.raises(ValueError, match="task 'demo_cypher' has no answer checker"):
+    message = "strategy 'student_first': task 'demo_cypher' has no answer checker"
+    with pytest.raises(ValueError, match=message):
         rank("student_first", None, None, task="demo_cypher")  # before any model work
+    with pytest.raises(ValueError, match=message):  # the same check, for a study's plan
+        selection.check_strategies(("random", "diversity", "student_first"), "demo_cypher")
+    selection.check_strategies(tuple(selection.STRATEGIES), "demo_cypher_prompts")
 
 
 def test_disagreement_ranks_by_sampled_answers(vocabulary, fake_task):
