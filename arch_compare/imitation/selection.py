@@ -176,11 +176,12 @@ def _disagreement(context: _Context):
 def _diversity(context: _Context):
     states = context.pool.pooled_states()
     order, distances = k_center_greedy(states, context.count)
+    last = (f"the last of {context.count:,} bought was {distances[order[context.count - 1]]:.4g} "
+            f"from its nearest earlier choice" if context.count > 1 else
+            "bought the prompt nearest the pool's mean")
     return (order, distances, "euclidean distance to the nearest earlier choice",
             f"k-center greedy over the base model's pooled hidden states "
-            f"({states.shape[1]} dimensions); the {context.count:,}th of {len(states):,} pool "
-            f"prompts bought was {distances[order[context.count - 1]]:.3f} from its nearest "
-            f"earlier choice")
+            f"({states.shape[1]} dimensions) of {len(states):,} pool prompts; {last}")
 
 
 def _student_first(context: _Context):
