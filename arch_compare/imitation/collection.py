@@ -140,8 +140,11 @@ class _Workers:
         self._settled: queue.Queue = queue.Queue()
         self._stopping = threading.Event()
         # Daemons: a worker waiting on a slow server must not keep a stopped collector alive.
+        # One at a time runs on the calling thread instead, in whatever contexts it set (a
+        # default device, a model called in step with other hosts).
         self._threads = [threading.Thread(target=self._run, name=f"collect-{index}", daemon=True)
-                         for index in range(min(concurrency, len(batches)))]
+                         for index in range(min(concurrency, len(batches)))
+                         if concurrency > 1]
 
     def __enter__(self) -> "_Workers":
         for thread in self._threads:
@@ -156,6 +159,11 @@ class _Workers:
         """(key, final reply, attempts) of `count` prompts, in lists of those settled since the
         last (to be stored with one fsync); their workers wait until the caller asks for the next
         list (it has stored these). A worker's exception is raised here."""
+        while count > 0 and not self._threads:  # one at a time, on this thread
+            for item in _ask(self._target, self._work.get_nowait(), self._settings,
+                             self._limiter, self._retries, self._stopping):
+                count -= 1
+                yield [item]
         while count > 0:
             items = [self._settled.get()]
             while True:

@@ -289,3 +289,18 @@ def test_the_limiter_serves_callers_in_order_and_counts_a_call_until_a_window_af
     small.join(5)
     assert [name for name, _ in served] == ["large", "small"]
     assert served[0][1] - ended >= 0.3  # the first call still counted for a window after it ended
+
+
+def test_one_at_a_time_runs_on_the_calling_thread(tmp_path):
+    threads = set()
+
+    class Recording(CountingTarget):
+        def complete(self, batch, settings):
+            threads.add(threading.get_ident())
+            return super().complete(batch, settings)
+
+    collect(Recording(delay=0), questions(5), SETTINGS, tmp_path / "one.jsonl", progress=False)
+    assert threads == {threading.get_ident()}  # its contexts (a default device, ...) hold
+    collect(Recording(delay=0.01), questions(20), SETTINGS, tmp_path / "many.jsonl",
+            concurrency=4, progress=False)
+    assert len(threads - {threading.get_ident()}) == 4
