@@ -163,14 +163,17 @@ def test_sigkilled_concurrent_collector_loses_only_answers_in_flight(tmp_path):
 # --- Rate limits, measured at the server ----------------------------------------------------------
 
 def test_requests_and_tokens_per_window_are_never_exceeded(tmp_path):
-    asked = questions(60, filler=60)
+    # Short prompts first (about 21 tokens each: the request limit binds), then long ones (about
+    # 70: the token limit binds).
+    asked = questions(35, tag="short") + [
+        Prompt.from_text(f"long{i:02d}", f"Question {i}: " + "word " * (40 + i)) for i in range(20)]
     window, rpm, tpm = 1.0, 30, 800
     with FakeOpenAIChat(latency=0.02) as server:
         result = collect(endpoint(server), asked, SETTINGS, tmp_path / "c.jsonl", concurrency=16,
                          requests_per_minute=rpm, tokens_per_minute=tpm, window_seconds=window,
                          progress=False)
         log = list(server.log)
-    assert result.collected == 60 and len(log) == 60
+    assert result.collected == len(asked) == len(log)
     # The client counts a request's tokens as the server does (prompt chars / 4 + max_tokens).
     expected = {prompt_hash(p.messages()): request_tokens(p.messages(), 16) for p in asked}
     assert {entry.prompt: entry.tokens for entry in log} == expected
@@ -178,8 +181,7 @@ def test_requests_and_tokens_per_window_are_never_exceeded(tmp_path):
     tokens = most_in_any_window(log, window, lambda entry: entry.tokens)
     assert requests <= rpm and tokens <= tpm
     # Both limits bound the run (or the test would show nothing): each came close.
-    assert requests >= 0.6 * rpm and tokens >= 0.8 * tpm
-    assert log[-1].started - log[0].started >= sum(expected.values()) / tpm - 1.5 * window
+    assert requests >= 0.9 * rpm and tokens >= 0.8 * tpm
 
 
 def test_a_request_over_the_token_limit_alone_is_refused_before_any_is_sent(tmp_path):
