@@ -5,8 +5,8 @@ and retried.
                      concurrency=32, requests_per_minute=500, tokens_per_minute=200_000)
     export_openai_chat("answers.jsonl", "imitation.jsonl")  # successes only, as training data
 
-`concurrency` workers (threads) each send one call of `batch_size` prompts at a time, so at most
-`concurrency` calls are in flight. Every call first waits for the workers' shared `RateLimiter`
+`concurrency` workers (threads; one at a time runs on the calling thread) each send one call of
+`batch_size` prompts at a time, so at most `concurrency` calls are in flight. Every call first waits for the workers' shared `RateLimiter`
 (`rate_limits.py`): at most `requests_per_minute` requests and `tokens_per_minute` tokens (the
 prompt at 4 characters per token plus `max_tokens`, as OpenAI counts them) reach the server in any
 window of `window_seconds`. When the server pushes back (a transient error with `Retry-After`, or
@@ -15,7 +15,8 @@ keep it refusing. A transient error is retried with exponential backoff and jitt
 `max_attempts` in all.
 
 The cache (`collection_cache.py`: its format and what a rerun does) has one writer, the calling
-thread, which stores each settled prompt as it arrives, fsynced, in the order answers settle: a
+thread, which stores settled prompts as they arrive, in the order they settle (those that arrived
+together with one fsync). A worker starts no call while an answer it received is unwritten, so a
 collector killed at any moment loses only the answers in flight, and a rerun asks nothing it has.
 """
 
