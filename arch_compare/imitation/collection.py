@@ -6,13 +6,13 @@ and retried.
     export_openai_chat("answers.jsonl", "imitation.jsonl")  # successes only, as training data
 
 `concurrency` workers (threads; one at a time runs on the calling thread) each send one call of
-`batch_size` prompts at a time, so at most `concurrency` calls are in flight. Every call first waits for the workers' shared `RateLimiter`
-(`rate_limits.py`): at most `requests_per_minute` requests and `tokens_per_minute` tokens (the
-prompt at 4 characters per token plus `max_tokens`, as OpenAI counts them) reach the server in any
-window of `window_seconds`. When the server pushes back (a transient error with `Retry-After`, or
-an HTTP 429 without it) every worker waits, not only the one refused: the others would otherwise
-keep it refusing. A transient error is retried with exponential backoff and jitter, up to
-`max_attempts` in all.
+`batch_size` prompts at a time, so at most `concurrency` calls are in flight. Every call first
+waits for the workers' shared `RateLimiter` (`rate_limits.py`): at most `requests_per_minute`
+requests and `tokens_per_minute` tokens (the prompt at 4 characters per token plus `max_tokens`,
+as OpenAI counts them) reach the server in any window of `window_seconds`. When the server pushes
+back (a transient error with `Retry-After`, or an HTTP 429 without it) every worker waits, not
+only the one refused: the others would otherwise keep it refusing. A transient error is retried
+with exponential backoff and jitter, up to `max_attempts` in all.
 
 The cache (`collection_cache.py`: its format and what a rerun does) has one writer, the calling
 thread, which stores settled prompts as they arrive, in the order they settle (those that arrived
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from arch_compare.imitation.collection_cache import (  # noqa: F401 (the cache's names, here too)
+from arch_compare.imitation.collection_cache import (
     RECORD_FIELDS, CacheError, CollectedAnswer, CollectionResult, _CacheWriter, _latest,
     answer_record, export_openai_chat, load_collected)
 from arch_compare.imitation.rate_limits import (LimiterStopped, RateLimiter, batch_tokens,
@@ -43,6 +43,11 @@ from arch_compare.imitation.targets import (GenerationSettings, Prompt, Reply, T
 
 if TYPE_CHECKING:
     from arch_compare.imitation.config import CollectionSettings
+
+# The cache's names are importable from here too (the batch collector writes the same cache).
+__all__ = ["RECORD_FIELDS", "CacheError", "CachedTarget", "CollectedAnswer", "CollectionResult",
+           "_CacheWriter", "_latest", "answer_record", "collect", "collect_with",
+           "export_openai_chat", "load_collected"]
 
 
 @dataclasses.dataclass(frozen=True)
