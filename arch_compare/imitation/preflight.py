@@ -192,6 +192,16 @@ def _check_prompts(config: StudyConfig, source: DataSource, where: str, target_n
         problems.append(Problem(f"{where}.prompts_task", f"{source.prompts_task!r} has "
                                                          f"{len(records)} prompts; the largest "
                                                          f"amount needs {needed}"))
+    pool = source.selection.pool
+    if pool is not None and len(records) < pool:
+        problems.append(Problem(f"{where}.selection.pool", f"{source.prompts_task!r} has "
+                                                           f"{len(records)} prompts, fewer than "
+                                                           f"the pool of {pool}"))
+    if "student_first" in source.selection.strategies:
+        try:
+            registry.checker(source.prompts_task)
+        except ValueError as error:
+            problems.append(Problem(f"{where}.selection", f"student_first: {error}"))
     cache = collection_cache(config, source)
     try:
         answered = {answer.key for answer in collection.load_collected(cache)}

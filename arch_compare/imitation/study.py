@@ -44,21 +44,20 @@ from arch_compare import optim, partitioning
 from arch_compare.budget.flops import training_flops
 from arch_compare.budget import memory as memory_lib
 from arch_compare.budget.memory import MemoryShortfall
-from arch_compare.data import amounts as amounts_lib
 from arch_compare.data.vocabularies import load_vocabulary, vocabulary_for_model
 from arch_compare.execution import ExecutionConfig
-from arch_compare.imitation import collection, comparisons, evaluation, preflight
+from arch_compare.imitation import comparisons, evaluation, preflight
 from arch_compare.imitation import plan as plan_lib
 from arch_compare.imitation.config import Evaluation, StudyConfig, StudyModel
 from arch_compare.imitation.hosts import Processes
 from arch_compare.imitation.plan import PlannedRun, StudyDeclined, budget_table, confirm, plan
+from arch_compare.imitation.study_sources import StudySources
 from arch_compare.imitation.target_kinds import make_target
 from arch_compare.models import build_model
 from arch_compare.models.model import BaseModel
 from arch_compare.results import DATABASE_FILE, ResultsStore, Sample
 from arch_compare.trainer.data import DataConfig
 from arch_compare.trainer.loop import TrainConfig, train
-from arch_compare_tasks import catalogue, registry
 
 log = logging.getLogger(__name__)
 __all__ = ["PlannedRun", "StudyDeclined", "StudyOutcome", "StudyRunner", "plan", "run_study"]
@@ -110,7 +109,8 @@ class StudyRunner:
         self.models = _Models()
         self.target = make_target(config.target)
         self.store: ResultsStore | None = None  # process 0 only
-        self._imitation_tasks: dict[tuple[str, int], str] = {}
+        self.sources = StudySources(config, self.target, self.processes, echo=self.echo,
+                                    progress=progress, on_bought=self._bought)
 
     @functools.cached_property
     def reference_vocabulary(self):
@@ -130,69 +130,43 @@ class StudyRunner:
             memory = plan_lib.Devices.of_budget(self.config).memory_bytes
         return plan_lib.Devices(jax.device_count(), memory, device.device_kind)
 
-    # -- collection
+    # -- imitation data
 
-    def _collection_paths(self, source) -> tuple[Path, Path]:
-        cache = preflight.collection_cache(self.config, source)
-        return cache, cache.with_name(f"{source.name}.openai_chat.jsonl")
+    def _bought(self, bought) -> None:
+        """Process 0, after each collection: what it cost, into the results database."""
+        if self.store is None:
+            return
+        from arch_compare.imitation.collection_cost import record_collection
+        record_collection(self.store, self.config.name, self.config, bought.source,
+                          preflight.collection_cache(self.config, bought.source),
+                          selection=bought.selection, model=bought.model, keys=bought.keys)
 
-    def collect(self) -> dict[str, Path]:
-        """Each source's imitation data as an OpenAI-chat JSONL file (collected or given).
-        Process 0 asks the target and writes the files; the others wait and read them."""
-        failed = None
-        if self.processes.writer:
-            try:
-                self._collect()
-            except Exception as error:
-                failed = error
-        if self.processes.failed_anywhere(failed is not None):
-            if failed is not None:
-                raise failed
-            raise RuntimeError("collection failed on process 0 (its log says why)")
-        files = {}
-        for source in self.config.sources:
-            files[source.name] = (Path(source.file) if source.file is not None
-                                  else self._collection_paths(source)[1])
-        return files
+    def _rank(self, planned: PlannedRun, execution: ExecutionConfig):
+        """How a strategy ranks a source's pool for one model: with its base weights, read onto
+        the run's mesh."""
+        def rank(source, strategy, pool, count):
+            from arch_compare.imitation import selection
+            study_model = planned.model
+            model = self.models.model(study_model, execution)
+            params = self._base_params(study_model, model, execution)
+            return selection.rank_pool(
+                strategy, pool, count=count, model=model, params=params,
+                vocabulary=self.models.vocabulary(study_model), selection=source.selection,
+                prompts_task=source.prompts_task,
+                feature_lengths=self.config.eval_feature_lengths,
+                batch_size=self.config.eval_batch_size,
+                max_new_tokens=self.config.decode_max_tokens,
+                progress=self.progress and self.processes.writer)
+        return rank
 
-    def _collect(self) -> None:
-        for source in self.config.sources:
-            if source.file is not None:
-                continue
-            records = registry.records(source.prompts_task, "train")
-            needed = records[:max(source.amounts)]
-            prompts = [evaluation.prompt_of(record) for record in needed]
-            cache, exported = self._collection_paths(source)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            self.echo(f"collect {source.name}: {len(prompts)} prompts from "
-                      f"{source.prompts_task} answered by {self.target.name}")
-            result = collection.collect(self.target, prompts, self.config.generation, cache,
-                                        progress=self.progress)
-            self.echo(f"  {result}")
-            path, count = collection.export_openai_chat(cache, exported)
-            if count < max(source.amounts):
-                raise RuntimeError(
-                    f"data source {source.name!r}: only {count} of {len(prompts)} prompts have "
-                    f"an answer (see the errors in {cache}); the largest amount needs "
-                    f"{max(source.amounts)}. Run the study again to retry transient failures")
-
-    def _imitation_task(self, source_name: str, amount: int, path: Path) -> str:
-        """The first `amount` examples of a source as a registered task (once per process)."""
-        key = (source_name, amount)
-        if key not in self._imitation_tasks:
-            source = next(s for s in self.config.sources if s.name == source_name)
-            name = f"study:{self.config.name}:{source_name}:{amount}"
-            # Collected answers are exported as OpenAI chat; a given file keeps its format.
-            catalogue.register_imitation_task(name, path, source.format if source.file
-                                              else "openai_chat", num_examples=amount,
-                                              skip_bad=source.skip_bad, replace=True)
-            try:  # the reader counts: fewer than `amount` examples is "only N exist"
-                registry.records(name, "train")
-            except ValueError as error:
-                raise RuntimeError(f"data source {source_name!r} ({path}): {error}; amount "
-                                   f"{amount} needs more") from None
-            self._imitation_tasks[key] = name
-        return self._imitation_tasks[key]
+    def _imitation_data(self, planned: PlannedRun, execution: ExecutionConfig) -> str:
+        """The registered task of a run's imitation data (its answers bought first if its
+        strategy chooses them)."""
+        run = planned.run
+        path = self.sources.selected_file(run.data_source, run.selection, planned.model.name,
+                                          self._rank(planned, execution))
+        return self.sources.task(run.data_source, run.selection, planned.model.name,
+                                 run.data_examples, path)
 
     # -- execution
 
@@ -289,14 +263,8 @@ class StudyRunner:
     def _run_base(self, planned: PlannedRun, execution: ExecutionConfig) -> dict:
         study_model = planned.model
         if study_model.pretraining is None:
-            from arch_compare.models.loading import load_params
             model = self.models.model(study_model, execution)
-            # Read straight onto the run's mesh, where its evaluation then decodes.
-            mesh = partitioning.make_mesh(execution.mesh,
-                                          jax.devices()[:execution.mesh.num_devices])
-            params = load_params(model, study_model.base_checkpoint,
-                                 shardings=partitioning.param_shardings(
-                                     model.logical_axes(), model.abstract_params(), mesh))
+            params = self._base_params(study_model, model, execution)
             measured = {}
         else:
             pre = study_model.pretraining
@@ -309,6 +277,15 @@ class StudyRunner:
         return measured | self._model_evaluation(planned.run.run_id, study_model, execution,
                                                  params)
 
+    def _base_params(self, study_model: StudyModel, model: BaseModel,
+                     execution: ExecutionConfig):
+        """The base weights (given or pre-trained here), read straight onto the run's mesh."""
+        from arch_compare.models.loading import load_params
+        mesh = partitioning.make_mesh(execution.mesh, jax.devices()[:execution.mesh.num_devices])
+        return load_params(model, self.base_checkpoint(study_model),
+                           shardings=partitioning.param_shardings(
+                               model.logical_axes(), model.abstract_params(), mesh))
+
     def base_dir(self, study_model: StudyModel) -> Path:
         return self.directory / "runs" / "base" / study_model.name
 
@@ -317,10 +294,8 @@ class StudyRunner:
             return study_model.base_checkpoint
         return str(self.base_dir(study_model))
 
-    def _run_imitation(self, planned: PlannedRun, execution: ExecutionConfig,
-                       files: dict[str, Path]) -> dict:
+    def _run_imitation(self, planned: PlannedRun, execution: ExecutionConfig, task: str) -> dict:
         run, study_model, training = planned.run, planned.model, self.config.training
-        task = self._imitation_task(run.data_source, run.data_examples, files[run.data_source])
         data = DataConfig(task, training.feature_lengths, batch_size=training.batch_size,
                           seed=training.seed)
         params, measured = self._train(
@@ -342,17 +317,11 @@ class StudyRunner:
 
         return self._evaluate(planned.run.run_id, predict, None)
 
-    def _data_tokens(self, planned: PlannedRun, files: dict[str, Path]) -> dict:
-        run = planned.run
-        task = self._imitation_task(run.data_source, run.data_examples, files[run.data_source])
-        records = registry.records(task, "train")
+    def _data_tokens(self, planned: PlannedRun, task: str) -> dict:
         vocabularies = {"model": self.models.vocabulary(planned.model)}
-        reference = self.reference_vocabulary
-        if reference is not None:
-            vocabularies["reference"] = reference
-        counts = amounts_lib.count_tokens(records, vocabularies)
-        return {"data_tokens": counts["model"].total,
-                "data_reference_tokens": counts["reference"].total if reference else None}
+        if self.reference_vocabulary is not None:
+            vocabularies["reference"] = self.reference_vocabulary
+        return self.sources.data_tokens(task, vocabularies)
 
     # -- the whole study
 
@@ -389,7 +358,7 @@ class StudyRunner:
         estimates = plan_lib.estimates(config, planned)
         self.echo(budget_table(config, estimates)[0])
         done = self._start(planned, estimates, yes, ask)
-        files = self.collect()
+        self.sources.collect()
         failed, finished, skipped = [], 0, 0
         for index, item in enumerate(planned, start=1):
             run = item.run
@@ -406,15 +375,18 @@ class StudyRunner:
                     execution, memory = self.execution(item)
                     fields["config"] = run.config | {"execution": execution.to_dict()}
                     fields["estimate"] = (fields["estimate"] or {}) | memory
-                if run.role == "imitation" and self.processes.writer:
-                    fields |= self._data_tokens(item, files)
-                    fields["config"] = self.inputs.recorded(fields["config"], run.data_source)
+                if run.role == "imitation":
+                    task = self._imitation_data(item, execution)
+                    if self.processes.writer:
+                        fields |= self._data_tokens(item, task)
+                        fields["config"] = self.inputs.recorded(fields["config"],
+                                                                run.data_source)
                 run = dataclasses.replace(run, status="running", **fields)
                 self._put_run(run)
                 if run.role == "base":
                     measured = self._run_base(item, execution)
                 elif run.role == "imitation":
-                    measured = self._run_imitation(item, execution, files)
+                    measured = self._run_imitation(item, execution, task)
                 else:
                     measured = self._run_target(item)
             except Exception as raised:  # recorded, and the other runs go on

@@ -1,6 +1,7 @@
 """The study runner: a tiny study end to end through the CLI, killed and resumed, two studies in
 one database, the budget gate, and the configuration's errors."""
 
+import json
 import os
 import re
 import signal
@@ -78,7 +79,10 @@ def test_a_study_runs_every_run_and_records_it(uninterrupted):
     study_dir, stdout = uninterrupted
     metrics, samples, statuses, counts = _results(study_dir)
     assert statuses == {"base/gpt2-tiny": "done", "imitation/gpt2-tiny/broad/8": "done",
-                        "imitation/gpt2-tiny/broad/16": "done", "target/demo-target": "done"}
+                        "imitation/gpt2-tiny/broad/16": "done",
+                        "imitation/gpt2-tiny/broad/diversity/8": "done",
+                        "imitation/gpt2-tiny/broad/diversity/16": "done",
+                        "target/demo-target": "done"}
     for run_id in statuses:
         assert (run_id, "demo_facts_known", "fact_accuracy") in metrics
         assert (run_id, "demo_style", "list_when_target_lists") in metrics
@@ -98,6 +102,19 @@ def test_a_study_runs_every_run_and_records_it(uninterrupted):
     # Collected once, exported for training: the largest amount's prompts, each answered once.
     lines = (study_dir / "collection" / "broad.openai_chat.jsonl").read_text().splitlines()
     assert len(lines) == 16
+    # Diversity chose 16 of the first 24 prompts with the base model; its answers are exported in
+    # buying order, and a prompt random data already bought was not asked again.
+    ranking = json.loads((study_dir / "selections" / "broad" / "diversity" /
+                          "gpt2-tiny.json").read_text())
+    assert len(set(ranking["indices"])) == 16 and max(ranking["indices"]) < 24
+    chosen = [json.loads(line)["id"] for line in (
+        study_dir / "collection" / "broad.diversity.gpt2-tiny.openai_chat.jsonl").open()]
+    assert chosen == ranking["prompt_ids"]
+    random_ids = {json.loads(line)["id"] for line in lines}
+    cached = [json.loads(line) for line in (study_dir / "collection" / "broad.jsonl").open()]
+    assert len(cached) == len(random_ids | set(chosen))  # each prompt asked once
+    assert runs["imitation/gpt2-tiny/broad/diversity/16"].selection == "diversity"
+    assert runs["imitation/gpt2-tiny/broad/16"].selection == "random"
     assert counts["predictions"] == len(statuses) * (6 + 6)  # every output of every run
 
 
@@ -119,17 +136,21 @@ def test_a_study_records_intervals_and_paired_comparisons(uninterrupted):
     rescored = evaluation.score_predictions("demo_facts_known", records,
                                             [p.output for p in predictions])
     assert rescored["fact_accuracy"].value == pytest.approx(accuracy.value)
-    # Each imitation run against its base, on every headline metric (one source: no cross-source).
+    # Each imitation run against its base, and each diversity run against random data of the
+    # same amount, on every headline metric (one source: no cross-source).
+    headline = (("demo_facts_known", "fact_accuracy"), ("demo_style", "list_when_target_lists"),
+                ("demo_style", "length_pearson"))
+    pairs = [(f"imitation/gpt2-tiny/broad/{where}{amount}", "base/gpt2-tiny")
+             for amount in (8, 16) for where in ("", "diversity/")]
+    pairs += [(f"imitation/gpt2-tiny/broad/diversity/{amount}", f"imitation/gpt2-tiny/broad/{amount}")
+              for amount in (8, 16)]
     assert {(c.run_id, c.baseline_run_id, c.task, c.metric) for c in comparisons} == {
-        (f"imitation/gpt2-tiny/broad/{amount}", "base/gpt2-tiny", task, metric)
-        for amount in (8, 16) for task, metric in (
-            ("demo_facts_known", "fact_accuracy"), ("demo_style", "list_when_target_lists"),
-            ("demo_style", "length_pearson"))}
+        (run, baseline, task, metric) for run, baseline in pairs for task, metric in headline}
     for c in comparisons:
         if c.metric == "fact_accuracy":
             run, base = (metrics[r, c.task, c.metric].value for r in (c.run_id, c.baseline_run_id))
             assert c.difference == pytest.approx(run - base)
-    assert "comparisons: 6 paired" in stdout
+    assert "comparisons: 18 paired" in stdout
     report = (study_dir / "report" / "report.md").read_text()
     assert re.search(r"\| \d+\.\d \(\d+\.\d-\d+\.\d\) \|", report)  # value (low-high) cells
     assert "imitation-versus-base differences are significant" in report
@@ -271,14 +292,14 @@ def test_a_pre_collected_file_is_a_data_source_in_its_own_format(tmp_path):
         target={"kind": "function", "name": "t",
                 "function": "arch_compare_tasks.demo_world:target_respond"})
     runner = StudyRunner(config, progress=False, echo=lambda *_: None)
-    files = runner.collect()  # nothing to ask the target: files are used as they are
+    files = runner.sources.collect()  # nothing to ask the target: files are used as they are
     assert files == {"given": fixture, "too_much": fixture}
     assert not (tmp_path / "collection").exists()
-    task = runner._imitation_task("given", 1, fixture)
+    task = runner.sources.task("given", "random", "t5-tiny", 1, fixture)
     assert len(registry.records(task, "train")) == 1
     assert registry.records(task, "train")[0]["source"] == "sharegpt"
     with pytest.raises(RuntimeError, match=r"data source 'too_much' .*only \d+ exist"):
-        runner._imitation_task("too_much", available + 1, fixture)
+        runner.sources.task("too_much", "random", "t5-tiny", available + 1, fixture)
 
 
 def test_a_run_that_does_not_fit_is_refused_before_compute_and_recorded(tmp_path, monkeypatch):
