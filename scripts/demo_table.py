@@ -17,7 +17,9 @@ from arch_compare.report.fmt import signed
 from arch_compare.report.tables import SIGNIFICANT
 from arch_compare.results import ResultsStore
 
-ROWS = [("base", "base"), ("broad/512", "broad 512"), ("cypher/512", "Cypher 512")]
+ROWS = [("base", "base"), ("broad/512", "broad 512"), ("cypher/512", "Cypher 512"),
+        ("cypher/student_first/512", "Cypher 512, student first"),
+        ("cypher/diversity/512", "Cypher 512, diversity")]
 MODELS = ("gpt2-tiny", "llama-tiny", "t5-tiny", "ul2-tiny")
 COLUMNS = (("demo_facts_known", "fact_accuracy", "known facts"),
            ("demo_facts_unseen", "fact_accuracy", "unseen facts"),
@@ -27,7 +29,8 @@ COLUMNS = (("demo_facts_known", "fact_accuracy", "known facts"),
            ("demo_cypher_entities", "execution_accuracy", "Cypher, new entities"),
            ("demo_cypher", "executable", "Cypher runs"))
 # Paired differences printed under the table: (run suffix, baseline suffix).
-PAIRS = (("cypher/512", "base"), ("cypher/512", "broad/512"), ("broad/512", "base"))
+PAIRS = (("cypher/512", "base"), ("cypher/512", "broad/512"), ("broad/512", "base"),
+         ("cypher/student_first/512", "cypher/512"), ("cypher/diversity/512", "cypher/512"))
 
 
 def cell(metric) -> str:
@@ -49,7 +52,9 @@ def main(database: str, study: str = "demo") -> None:
         metrics = {(m.run_id, m.task, m.metric): m for m in store.metrics(study)}
         comparisons = {(c.run_id, c.baseline_run_id, c.task, c.metric): c
                        for c in store.comparisons(study)}
+        runs = {run.run_id for run in store.runs(study)}
         targets = [run.run_id for run in store.runs(study) if run.role == "target"]
+        collections = store.collections(study)
     base = {(task, metric): metrics.get((f"base/{MODELS[0]}", task, metric))
             for task, metric, _ in COLUMNS}
 
@@ -62,6 +67,8 @@ def main(database: str, study: str = "demo") -> None:
     for model in MODELS:
         for suffix, label in ROWS:
             run = run_id(model, suffix)
+            if run not in runs:  # strategies run for some families only
+                continue
             print(f"| {model} | {label} | " + " | ".join(
                 cell(metrics.get((run, task, metric))) for task, metric, _ in COLUMNS) + " |")
     for run in targets:
@@ -69,6 +76,8 @@ def main(database: str, study: str = "demo") -> None:
             cell(metrics.get((run, task, metric))) for task, metric, _ in COLUMNS) + " |")
     print()
     print_differences(comparisons)
+    print()
+    print_collections(collections)
 
 
 def run_id(model: str, suffix: str) -> str:
@@ -94,10 +103,32 @@ def print_differences(comparisons) -> None:
     print("| --- | --- |" + " ---: |" * len(metrics))
     for model in MODELS:
         for run, baseline in PAIRS:
+            if not any(key[:2] == (run_id(model, run), run_id(model, baseline))
+                       for key in comparisons):
+                continue
             print(f"| {model} | {run} − {baseline} | " + " | ".join(
                 difference(comparisons.get((run_id(model, run), run_id(model, baseline),
                                             task, metric)))
                 for task, metric, _ in metrics) + " |")
+
+
+def print_collections(collections) -> None:
+    """What each purchase of the target's answers was estimated to cost before the study ran,
+    against what it was billed (the demo's price row is fictional)."""
+    print("| purchase | answers bought | tokens estimated before | tokens billed | "
+          "USD estimated | USD billed |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for row in collections:
+        which = "/".join(part for part in (row.source, row.selection, row.model) if part)
+        billed = (f"{row.prompt_tokens:,} + {row.completion_tokens:,}"
+                  + (" (estimated from the text)" if row.tokens_estimated else ""))
+        print(f"| {which} | {row.answers:,} | {row.estimated_prompt_tokens:,} + "
+              f"{row.estimated_completion_tokens:,} | {billed} | {usd(row.estimated_usd)} | "
+              f"{usd(row.spent_usd)} |")
+
+
+def usd(value) -> str:
+    return "—" if value is None else f"${value:.4f}"
 
 
 if __name__ == "__main__":
