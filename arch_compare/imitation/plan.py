@@ -86,6 +86,12 @@ def plan(config: StudyConfig) -> list[PlannedRun]:
     return runs
 
 
+def imitation_run_id(model: str, source: str, strategy: str, amount: int) -> str:
+    # Random data keeps the run ids it had before there were strategies.
+    where = (source, amount) if strategy == "random" else (source, strategy, amount)
+    return _run_id("imitation", model, *where)
+
+
 def _imitation_run(config: StudyConfig, model: StudyModel, source, strategy: str, amount: int,
                    common: dict) -> PlannedRun:
     steps = config.training.steps(amount)
@@ -93,9 +99,7 @@ def _imitation_run(config: StudyConfig, model: StudyModel, source, strategy: str
         "steps": steps, "optimizer": dataclasses.asdict(config.training.optimizer_for(steps))}
     run_config = {"model": dataclasses.asdict(model), "source": dataclasses.asdict(source),
                   "examples": amount, "selection": strategy, "training": training} | common
-    # Random data keeps the run ids it had before there were strategies.
-    where = (source.name, amount) if strategy == "random" else (source.name, strategy, amount)
-    return PlannedRun(Run(_run_id("imitation", model.name, *where), "imitation",
+    return PlannedRun(Run(imitation_run_id(model.name, source.name, strategy, amount), "imitation",
                           config=run_config, data_source=source.name, data_examples=amount,
                           selection=strategy, **_model_fields(model)), model, steps)
 

@@ -7,7 +7,9 @@
     bought = [records[i] for i in result.order[:amount]]  # any amount <= 512
 
 Every strategy returns an ORDER: the first n indices are its choice for n answers, so a study's
-larger amounts keep the prompts of its smaller ones. Strategies (`STRATEGIES`):
+larger amounts keep the prompts of its smaller ones. The model that chooses is the student: the
+base model, or, in a later round (`bought`: what earlier rounds chose), the model trained on the
+answers bought so far. Below, "the base model" is that student. Strategies (`STRATEGIES`):
 
 - `random`: the pool's own order (the task's order; no model). Today's behaviour.
 - `uncertainty`: the prompts the base model is least sure of first. Measure `entropy`: the mean
@@ -68,6 +70,7 @@ class _Context:
     selection: Selection
     prompts_task: str
     make_pool: Callable[[], PoolModel]
+    bought: tuple[int, ...] = ()  # pool indices an earlier round already bought
     _pool: PoolModel | None = None
 
     @property
@@ -94,14 +97,18 @@ def check_strategies(strategies: Sequence[str], prompts_task: str) -> None:
 def rank_pool(strategy: str, records: Sequence[Mapping], *, count: int, model, params,
               vocabulary, selection: Selection, prompts_task: str,
               feature_lengths: Mapping[str, int], batch_size: int, max_new_tokens: int,
-              mesh=None, progress: bool = True, reuse: dict | None = None) -> SelectionResult:
+              mesh=None, progress: bool = True, reuse: dict | None = None,
+              bought: Sequence[int] = ()) -> SelectionResult:
     """The `count` prompts of `records` (the pool: prompt-task records with `id` and `inputs`)
     that `strategy` buys first, in buying order, with its per-prompt scores (see the module
     doc). `model`/`params`/`vocabulary`: the base model (unused by `random`); `feature_lengths`,
     `batch_size`, `max_new_tokens`, `mesh`: how it reads and answers the prompts, as in
     `evaluation.model_predictions`. `reuse`: one dict passed to several calls (strategies)
     over the same pool, model and parameters, so they share the model's work on it (its
-    tokenised prompts and greedy answers, which `uncertainty` and `student_first` both read)."""
+    tokenised prompts and greedy answers, which `uncertainty` and `student_first` both read).
+    `bought`: pool indices an earlier round bought (with an earlier student): they stay first, in
+    their order, and the strategy chooses the other `count - len(bought)` (diversity counts them
+    as centres already chosen)."""
     check_strategies((strategy,), prompts_task)  # before any model work
     if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= len(records):
         raise ValueError(f"selection {strategy!r}: count must be between 1 and the pool's "
@@ -119,9 +126,15 @@ def rank_pool(strategy: str, records: Sequence[Mapping], *, count: int, model, p
             reuse[key] = (model, params, pool)
         return pool
 
-    context = _Context(strategy, records, count, selection, prompts_task, make_pool)
+    bought = tuple(int(index) for index in bought)
+    if len(set(bought)) != len(bought) or len(bought) > count or any(
+            not 0 <= index < len(records) for index in bought):
+        raise ValueError(f"selection {strategy!r}: bought must be at most {count} distinct pool "
+                         f"indices, got {len(bought)}")
+    context = _Context(strategy, records, count, selection, prompts_task, make_pool, bought)
     order, scores, score_name, description = STRATEGIES[strategy](context)
-    order = tuple(int(index) for index in order[:count])
+    taken = set(bought)
+    order = (bought + tuple(int(index) for index in order if int(index) not in taken))[:count]
     if len(set(order)) != count:
         raise AssertionError(f"selection {strategy!r} ranked {len(set(order))} distinct prompts, "
                              f"expected {count}")
@@ -148,7 +161,7 @@ def _entropy(context: _Context):
     order = _descending(entropies)
     chosen = entropies[order[:context.count]]
     return (order, entropies, "mean token entropy of the greedy answer (nats)",
-            f"mean token entropy of the base model's greedy answers; bought the "
+            f"mean token entropy of the student's greedy answers; bought the "
             f"{context.count:,} highest of {len(entropies):,} "
             f"({chosen.min():.4f}-{chosen.max():.4f} nats; pool median "
             f"{np.median(entropies):.4f})")
@@ -175,12 +188,12 @@ def _disagreement(context: _Context):
 
 def _diversity(context: _Context):
     states = context.pool.pooled_states()
-    order, distances = k_center_greedy(states, context.count)
+    order, distances = k_center_greedy(states, context.count, initial=context.bought)
     last = (f"the last of {context.count:,} bought was {distances[order[context.count - 1]]:.4g} "
             f"from its nearest earlier choice" if context.count > 1 else
             "bought the prompt nearest the pool's mean")
     return (order, distances, "euclidean distance to the nearest earlier choice",
-            f"k-center greedy over the base model's pooled hidden states "
+            f"k-center greedy over the student's pooled hidden states "
             f"({states.shape[1]} dimensions) of {len(states):,} pool prompts; {last}")
 
 
@@ -190,12 +203,15 @@ def _student_first(context: _Context):
     failed = np.array([not check(record, text)
                        for record, text in zip(context.records, answers.texts)])
     order = np.concatenate([np.flatnonzero(failed), np.flatnonzero(~failed)])
-    bought = int(min(context.count, failed.sum()))
-    rest = (f"; then {context.count - bought:,} it answered correctly, in pool order"
-            if context.count > bought else "")
-    return (order, failed.astype(float), "1 if the base model's greedy answer fails",
-            f"the base model failed {int(failed.sum()):,} of {len(failed):,} pool prompts "
-            f"({context.prompts_task}'s checker); bought the first {bought:,} failures in pool "
+    new = np.ones(len(failed), bool)
+    new[list(context.bought)] = False
+    wanted = context.count - len(context.bought)
+    bought = int(min(wanted, (failed & new).sum()))
+    rest = (f"; then {wanted - bought:,} it answered correctly, in pool order"
+            if wanted > bought else "")
+    return (order, failed.astype(float), "1 if the student's greedy answer fails",
+            f"the student failed {int(failed.sum()):,} of {len(failed):,} pool prompts "
+            f"({context.prompts_task}'s checker); bought {bought:,} of its failures in pool "
             f"order{rest}")
 
 
@@ -235,9 +251,11 @@ def sample_seed(seed: int, sample: int, batch: int) -> int:
     return int(np.random.SeedSequence([seed, sample, batch]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def k_center_greedy(points: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """k-center greedy over `points` [n, d]: the point nearest the mean first, then repeatedly
-    the point farthest (euclidean) from all chosen so far; ties go to the lower index.
+def k_center_greedy(points: np.ndarray, count: int, initial: Sequence[int] = ()
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """k-center greedy over `points` [n, d]: the point nearest the mean first (or the `initial`
+    points, already chosen), then repeatedly the point farthest (euclidean) from all chosen so
+    far; ties go to the lower index.
 
     Returns (order [count], distances [n]): a chosen point's distance is its distance to the
     nearest earlier choice when it was chosen (the first: to the mean); an unchosen point's is
@@ -248,13 +266,15 @@ def k_center_greedy(points: np.ndarray, count: int) -> tuple[np.ndarray, np.ndar
     if not 0 < count <= n:
         raise ValueError(f"k_center_greedy: count must be between 1 and {n}, got {count}")
     to_mean = np.linalg.norm(points - points.mean(axis=0), axis=1)  # [n]
-    first = int(np.argmin(to_mean))
-    order = [first]
+    order = [int(index) for index in initial] or [int(np.argmin(to_mean))]
+    if len(order) > count:
+        raise ValueError(f"k_center_greedy: {len(order)} initial points, more than {count}")
     distances = np.empty(n)
-    distances[first] = to_mean[first]
-    nearest = np.linalg.norm(points - points[first], axis=1)  # [n]: to the nearest chosen
-    nearest[first] = -np.inf
-    for _ in range(count - 1):
+    distances[order] = to_mean[order]
+    nearest = np.min([np.linalg.norm(points - points[index], axis=1) for index in order],
+                     axis=0)  # [n]: to the nearest chosen
+    nearest[order] = -np.inf
+    for _ in range(count - len(order)):
         chosen = int(np.argmax(nearest))  # argmax returns the first of equal maxima
         order.append(chosen)
         distances[chosen] = nearest[chosen]

@@ -142,20 +142,28 @@ class StudyRunner:
                           selection=bought.selection, model=bought.model, keys=bought.keys)
 
     def _rank(self, planned: PlannedRun, execution: ExecutionConfig):
-        """How a strategy ranks a source's pool for one model: with its base weights, read onto
-        the run's mesh."""
-        def rank(source, strategy, pool, count):
+        """How a strategy ranks a source's pool for one model: with the student's weights (the
+        base model's, or those of the strategy's run at an earlier amount), read onto the run's
+        mesh."""
+        def rank(source, strategy, pool, count, bought, student_amount):
             from arch_compare.imitation import selection
             study_model = planned.model
             model = self.models.model(study_model, execution)
-            params = self._base_params(study_model, model, execution)
+            if student_amount is None:
+                params = self._base_params(study_model, model, execution)
+            else:
+                run_id = plan_lib.imitation_run_id(study_model.name, source.name, strategy,
+                                                   student_amount)
+                params = self._params_from(self.directory / "runs" / run_id, model, execution,
+                                           f"selection of {source.name}/{strategy} up to "
+                                           f"{count} learns from run {run_id}")
             return selection.rank_pool(
                 strategy, pool, count=count, model=model, params=params,
                 vocabulary=self.models.vocabulary(study_model), selection=source.selection,
                 prompts_task=source.prompts_task,
                 feature_lengths=self.config.eval_feature_lengths,
                 batch_size=self.config.eval_batch_size,
-                max_new_tokens=self.config.decode_max_tokens,
+                max_new_tokens=self.config.decode_max_tokens, bought=bought,
                 progress=self.progress and self.processes.writer)
         return rank
 
@@ -164,7 +172,7 @@ class StudyRunner:
         strategy chooses them)."""
         run = planned.run
         path = self.sources.selected_file(run.data_source, run.selection, planned.model.name,
-                                          self._rank(planned, execution))
+                                          run.data_examples, self._rank(planned, execution))
         return self.sources.task(run.data_source, run.selection, planned.model.name,
                                  run.data_examples, path)
 
@@ -280,11 +288,18 @@ class StudyRunner:
     def _base_params(self, study_model: StudyModel, model: BaseModel,
                      execution: ExecutionConfig):
         """The base weights (given or pre-trained here), read straight onto the run's mesh."""
-        from arch_compare.models.loading import load_params
+        return self._params_from(self.base_checkpoint(study_model), model, execution,
+                                 f"base model {study_model.name!r}")
+
+    def _params_from(self, path, model: BaseModel, execution: ExecutionConfig, what: str):
+        from arch_compare.models.loading import CheckpointError, load_params
         mesh = partitioning.make_mesh(execution.mesh, jax.devices()[:execution.mesh.num_devices])
-        return load_params(model, self.base_checkpoint(study_model),
-                           shardings=partitioning.param_shardings(
-                               model.logical_axes(), model.abstract_params(), mesh))
+        try:
+            return load_params(model, path, shardings=partitioning.param_shardings(
+                model.logical_axes(), model.abstract_params(), mesh))
+        except CheckpointError as error:
+            raise RuntimeError(f"{what}: no checkpoint to read ({error}); did that run "
+                               f"finish?") from None
 
     def base_dir(self, study_model: StudyModel) -> Path:
         return self.directory / "runs" / "base" / study_model.name

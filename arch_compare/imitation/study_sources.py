@@ -3,12 +3,14 @@ each selection strategy chooses, and registered as one task per amount.
 
 - `random` (no selection) buys the first max(amounts) prompts of the source's pool, before any
   run starts, and every model trains on them (`collect`);
-- every other strategy chooses, per model, from the pool with that model's base weights
-  (`selection.rank_pool`), when the model's first run of that strategy starts
-  (`selected_file`). The ranking is written to `<directory>/selections/<source>/<strategy>/
-  <model>.json`, so a resumed study does not recompute it, and the answers go through the
-  source's one collection cache, so a prompt two strategies (or two models) choose is paid for
-  once. The chosen answers are exported in buying order: the first n are the amount-n data.
+- every other strategy chooses, per model, in rounds at the source's amounts
+  (`selection.rank_pool`, `selected_file`): the first amount's prompts by the base model, each
+  later amount's by keeping what the round before bought and letting the model trained on it
+  choose the rest (the student in the loop). Each round's ranking is written to
+  `<directory>/selections/<source>/<strategy>/<model>/<amount>.json`, so a resumed study does not
+  recompute it, and the answers go through the source's one collection cache, so a prompt two
+  strategies (or two models) choose is paid for once. The chosen answers are exported in buying
+  order.
 
 Process 0 asks the target and writes every file; the other processes rank too (the base model
 runs on every host) and read what process 0 wrote after it says it is done.
@@ -22,6 +24,8 @@ import os
 import re
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from arch_compare.data import amounts as amounts_lib
 from arch_compare.imitation import collection, evaluation, preflight
@@ -84,58 +88,70 @@ class StudySources:
             records = self.pool(source)[:max(source.amounts)]
             self._buy(source, RANDOM, "", records)
 
-    # -- other strategies: chosen per model from its base weights ---------------------------------
+    # -- other strategies: chosen per model, in rounds, by the student --------------------------
 
-    def selected_file(self, source_name: str, strategy: str, model_name: str,
-                      rank: Callable[[DataSource, str, list[dict], int], object]) -> Path:
-        """The file of the answers `strategy` buys for `model_name` (ranked by `rank(source,
-        strategy, pool, count)` -> a `selection.SelectionResult`, on every process, unless a
-        ranking is already on disk)."""
+    def selected_file(self, source_name: str, strategy: str, model_name: str, amount: int,
+                      rank: Callable[..., object]) -> Path:
+        """The file of the answers `strategy` buys for `model_name` up to `amount`, in buying
+        order. Each of the source's amounts is a round: the first is chosen by the base model,
+        a later one keeps what the round before bought and lets the model trained on it (that
+        strategy's run at the earlier amount) choose the rest. `rank(source, strategy, pool,
+        count, bought, student_amount)` -> a `selection.SelectionResult` runs on every process
+        (student_amount None: the base model), unless the round's ranking is already on disk."""
         if strategy == RANDOM:
             return self._files[source_name]
-        if (source_name, strategy, model_name) in self._files:  # bought for an earlier amount
-            return self._files[source_name, strategy, model_name]
+        key = (source_name, strategy, model_name, amount)
+        if key in self._files:
+            return self._files[key]
         source = self.source(source_name)
-        count = max(source.amounts)
         pool = self.pool(source)
-        ranking_path = self.directory / "selections" / source.name / strategy / f"{model_name}.json"
-        # Every process reads whether process 0 has a ranking, so all of them rank or none does.
-        import numpy as np
+        amounts = list(source.amounts)
+        earlier = amounts[amounts.index(amount) - 1] if amounts.index(amount) else None
+        ranking_path = self._ranking_path(source, strategy, model_name, amount)
+        # Every process reads whether process 0 has the ranking, so all of them rank or none does.
         have = self.processes.from_writer(np.array([ranking_path.exists()], dtype=np.int32))[0]
         if have:
             indices = json.loads(ranking_path.read_text())["indices"]
         else:
-            result = rank(source, strategy, pool, count)
+            bought = ([] if earlier is None else json.loads(self._ranking_path(
+                source, strategy, model_name, earlier).read_text())["indices"])
+            result = rank(source, strategy, pool, amount, bought, earlier)
             indices = [int(index) for index in result.order]
             if self.processes.writer:
-                self.echo(f"  select {source.name}/{strategy} for {model_name}: "
-                          f"{result.description}")
+                student = "the base model" if earlier is None else f"the model trained on {earlier}"
+                self.echo(f"  select {source.name}/{strategy} for {model_name} up to {amount} "
+                          f"({student}): {result.description}")
                 _write_json(ranking_path, {
                     "source": source.name, "strategy": strategy, "model": model_name,
-                    "pool": len(pool), "count": count, "description": result.description,
-                    "score": result.score_name, "indices": indices,
-                    "prompt_ids": [str(pool[i]["id"]) for i in indices],
+                    "amount": amount, "student": student, "pool": len(pool),
+                    "description": result.description, "score": result.score_name,
+                    "indices": indices, "prompt_ids": [str(pool[i]["id"]) for i in indices],
                     "scores": [float(result.scores[i]) for i in indices]})
-        if len(indices) < count:
+        if len(indices) < amount:
             raise RuntimeError(f"selection {source.name}/{strategy} for {model_name}: chose "
-                               f"{len(indices)} prompts, the largest amount needs {count}")
-        chosen = [pool[i] for i in indices[:count]]
-        self._once_on_writer(lambda: self._buy(source, strategy, model_name, chosen),
+                               f"{len(indices)} prompts, amount {amount} needs that many")
+        chosen = [pool[i] for i in indices[:amount]]
+        self._once_on_writer(lambda: self._buy(source, strategy, model_name, chosen, amount),
                              f"collection for {source.name}/{strategy}/{model_name}")
-        self._files[source_name, strategy, model_name] = self._exported_path(source, strategy,
-                                                                              model_name)
-        return self._files[source_name, strategy, model_name]
+        self._files[key] = self._exported_path(source, strategy, model_name, amount)
+        return self._files[key]
+
+    def _ranking_path(self, source: DataSource, strategy: str, model_name: str,
+                      amount: int) -> Path:
+        return (self.directory / "selections" / source.name / strategy / model_name /
+                f"{amount}.json")
 
     # -- buying and exporting ---------------------------------------------------------------------
 
-    def _exported_path(self, source: DataSource, strategy: str, model_name: str) -> Path:
+    def _exported_path(self, source: DataSource, strategy: str, model_name: str,
+                       amount: int = 0) -> Path:
         cache = preflight.collection_cache(self.config, source)
         if strategy == RANDOM:
             return cache.with_name(f"{source.name}.openai_chat.jsonl")
-        return cache.with_name(f"{source.name}.{strategy}.{model_name}.openai_chat.jsonl")
+        return cache.with_name(f"{source.name}.{strategy}.{model_name}.{amount}.openai_chat.jsonl")
 
-    def _buy(self, source: DataSource, strategy: str, model_name: str,
-             records: list[dict]) -> None:
+    def _buy(self, source: DataSource, strategy: str, model_name: str, records: list[dict],
+             amount: int = 0) -> None:
         """Ask the target for `records` through the source's cache, and export their answers in
         the order given."""
         prompts = [evaluation.prompt_of(record) for record in records]
@@ -149,13 +165,14 @@ class StudySources:
                                          progress=self.progress)
         self.echo(f"  {result}")
         keys = [cache_key(self.target.name, prompt, self.config.generation) for prompt in prompts]
-        exported = self._exported_path(source, strategy, model_name)
+        exported = self._exported_path(source, strategy, model_name, amount)
         count = _export(cache, keys, exported)
-        if count < max(source.amounts):
+        needed = amount or max(source.amounts)
+        if count < needed:
             raise RuntimeError(
                 f"data source {source.name!r}: only {count} of {len(prompts)} prompts have "
-                f"an answer (see the errors in {cache}); the largest amount needs "
-                f"{max(source.amounts)}. Run the study again to retry transient failures")
+                f"an answer (see the errors in {cache}); {needed} are needed. Run the study "
+                f"again to retry transient failures")
         self.on_bought(Bought(source, strategy, model_name, tuple(keys), exported))
 
     def _once_on_writer(self, work: Callable[[], None], what: str) -> None:

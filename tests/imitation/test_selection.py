@@ -54,12 +54,13 @@ def lively_model(name: str):
 
 
 def rank(strategy, name, vocabulary, count=len(RECORDS), records=RECORDS, task=FAKE_TASK,
-         reuse=None, **settings):
+         reuse=None, bought=(), **settings):
     model, params = lively_model(name) if name else (None, None)
     return selection.rank_pool(
         strategy, records, count=count, model=model, params=params, vocabulary=vocabulary,
         selection=Selection(**settings), prompts_task=task, feature_lengths=LENGTHS,
-        batch_size=BATCH, max_new_tokens=MAX_NEW_TOKENS, progress=False, reuse=reuse)
+        batch_size=BATCH, max_new_tokens=MAX_NEW_TOKENS, progress=False, reuse=reuse,
+        bought=bought)
 
 
 def hand_batch(config, prompts, answers=None) -> tuple[dict, np.ndarray]:
@@ -145,10 +146,11 @@ def test_random_is_the_pool_order():
         rank("loudest", None, None)
 
 
-def naive_k_center(points: np.ndarray, count: int) -> list[int]:
+def naive_k_center(points: np.ndarray, count: int, initial=()) -> list[int]:
     """The definition, recomputed from scratch at every step."""
     mean = points.mean(axis=0)
-    order = [min(range(len(points)), key=lambda i: (np.linalg.norm(points[i] - mean), i))]
+    order = list(initial) or [
+        min(range(len(points)), key=lambda i: (np.linalg.norm(points[i] - mean), i))]
     while len(order) < count:
         def gap(i):
             return min(np.linalg.norm(points[i] - points[j]) for j in order)
@@ -170,6 +172,24 @@ def test_k_center_greedy_matches_the_definition_and_nests():
     # come last at distance zero.
     chosen = distances[order[1:]]
     assert np.all(np.diff(chosen) <= 1e-12) and np.all(chosen[-10:] == 0)
+
+
+def test_k_center_greedy_continues_from_points_already_chosen():
+    """A later round keeps what was bought and counts it as centres already chosen."""
+    rng = np.random.default_rng(4)
+    points = rng.standard_normal((40, 3))
+    initial = [5, 17, 30]
+    order, _ = selection.k_center_greedy(points, 20, initial=initial)
+    assert order.tolist() == naive_k_center(points, 20, initial)
+    full, _ = selection.k_center_greedy(points, 20)
+    assert selection.k_center_greedy(points, 20, initial=full[:6])[0].tolist() == full.tolist()
+
+
+def test_a_later_round_keeps_what_was_bought():
+    later = rank("random", None, None, count=7, bought=(9, 4))
+    assert later.order == (9, 4, 0, 1, 2, 3, 5)
+    with pytest.raises(ValueError, match="at most 7 distinct pool indices"):
+        rank("random", None, None, count=7, bought=(1, 1))
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -102,14 +102,18 @@ def test_a_study_runs_every_run_and_records_it(uninterrupted):
     # Collected once, exported for training: the largest amount's prompts, each answered once.
     lines = (study_dir / "collection" / "broad.openai_chat.jsonl").read_text().splitlines()
     assert len(lines) == 16
-    # Diversity chose 16 of the first 24 prompts with the base model; its answers are exported in
-    # buying order, and a prompt random data already bought was not asked again.
-    ranking = json.loads((study_dir / "selections" / "broad" / "diversity" /
-                          "gpt2-tiny.json").read_text())
-    assert len(set(ranking["indices"])) == 16 and max(ranking["indices"]) < 24
+    # Diversity chose 8 of the first 24 prompts with the base model, then 8 more with the model
+    # trained on those 8 (the student in the loop); its answers are exported in buying order, and
+    # a prompt random data already bought was not asked again.
+    rounds = {amount: json.loads((study_dir / "selections" / "broad" / "diversity" / "gpt2-tiny" /
+                                  f"{amount}.json").read_text()) for amount in (8, 16)}
+    assert rounds[8]["student"] == "the base model"
+    assert rounds[16]["student"] == "the model trained on 8"
+    assert rounds[16]["indices"][:8] == rounds[8]["indices"]
+    assert len(set(rounds[16]["indices"])) == 16 and max(rounds[16]["indices"]) < 24
     chosen = [json.loads(line)["id"] for line in (
-        study_dir / "collection" / "broad.diversity.gpt2-tiny.openai_chat.jsonl").open()]
-    assert chosen == ranking["prompt_ids"]
+        study_dir / "collection" / "broad.diversity.gpt2-tiny.16.openai_chat.jsonl").open()]
+    assert chosen == rounds[16]["prompt_ids"]
     random_ids = {json.loads(line)["id"] for line in lines}
     cached = [json.loads(line) for line in (study_dir / "collection" / "broad.jsonl").open()]
     assert len(cached) == len(random_ids | set(chosen))  # each prompt asked once
