@@ -4,13 +4,17 @@ For a `StudyConfig` it runs, in order, and records in the results database as it
 
 1. every input checked at once (`preflight.py`: data files, tasks, checkpoints, the target),
    then the grid's budget, printed before anything runs (and a confirmation above a threshold);
-2. collection: the target's answers to each source's prompts (cached; see `collection.py`);
+2. collection: the target's answers to each source's first prompts (cached; see
+   `collection.py`), and what they cost (`collection_cost.py`);
 3. for each model, its base checkpoint (given, or pre-trained here) evaluated: run `base/<model>`;
-4. for each model x source x amount, the base fine-tuned on the first `amount` collected
-   examples (one recipe for all), then evaluated: run `imitation/<model>/<source>/<amount>`;
+4. for each model x source x selection strategy x amount, the base fine-tuned on `amount`
+   collected examples (one recipe for all), then evaluated: run
+   `imitation/<model>/<source>/<amount>` (random: the first prompts) or
+   `imitation/<model>/<source>/<strategy>/<amount>`, whose prompts the strategy chooses and
+   buys when the run starts (`study_sources.py`, `selection.py`);
 5. the target evaluated on the same tasks: run `target/<name>`;
-6. paired comparisons (imitation vs base, and sources against each other), from every stored
-   prediction (`comparisons.py`).
+6. paired comparisons (imitation vs base, sources against each other, strategies against
+   random), from every stored prediction (`comparisons.py`).
 
 Planning and pricing (the runs, their budget and memory) live in `plan.py`. Each model's runs
 use `config.execution_for(model)`, its mesh resolved over the devices present; a run whose
@@ -40,20 +44,19 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from arch_compare import optim, partitioning
+from arch_compare import optim
 from arch_compare.budget.flops import training_flops
 from arch_compare.budget import memory as memory_lib
 from arch_compare.budget.memory import MemoryShortfall
-from arch_compare.data.vocabularies import load_vocabulary, vocabulary_for_model
+from arch_compare.data.vocabularies import load_vocabulary
 from arch_compare.execution import ExecutionConfig
-from arch_compare.imitation import comparisons, evaluation, preflight
+from arch_compare.imitation import comparisons, evaluation, preflight, study_models
 from arch_compare.imitation import plan as plan_lib
 from arch_compare.imitation.config import Evaluation, StudyConfig, StudyModel
 from arch_compare.imitation.hosts import Processes
 from arch_compare.imitation.plan import PlannedRun, StudyDeclined, budget_table, confirm, plan
 from arch_compare.imitation.study_sources import StudySources
 from arch_compare.imitation.target_kinds import make_target
-from arch_compare.models import build_model
 from arch_compare.models.model import BaseModel
 from arch_compare.results import DATABASE_FILE, ResultsStore, Sample
 from arch_compare.trainer.data import DataConfig
@@ -75,30 +78,6 @@ def database_path(config: StudyConfig) -> Path:
     return Path(config.database) if config.database else Path(config.directory) / DATABASE_FILE
 
 
-# --- the parts of a run ---------------------------------------------------------------------------
-
-class _Models:
-    """One model object per configuration for the whole study, so compiled decoding programs
-    (cached per model object) are reused by every run of that model."""
-
-    def __init__(self):
-        self._built: dict = {}
-        self._vocabularies: dict = {}
-
-    def model(self, study_model: StudyModel, execution: ExecutionConfig) -> BaseModel:
-        config = execution.apply(study_model.config)  # the run's dtypes and remat policy
-        if config not in self._built:
-            self._built[config] = build_model(config)
-        return self._built[config]
-
-    def vocabulary(self, study_model: StudyModel):
-        key = (study_model.config.family, study_model.vocabulary)
-        if key not in self._vocabularies:
-            self._vocabularies[key] = vocabulary_for_model(study_model.config,
-                                                           study_model.vocabulary)
-        return self._vocabularies[key]
-
-
 class StudyRunner:
     def __init__(self, config: StudyConfig, *, progress: bool = True, echo=print):
         self.config = config
@@ -106,7 +85,7 @@ class StudyRunner:
         self.progress = progress
         self.processes = Processes()
         self.echo = echo if self.processes.writer else (lambda *_: None)
-        self.models = _Models()
+        self.models = study_models.StudyModels()
         self.target = make_target(config.target)
         self.store: ResultsStore | None = None  # process 0 only
         self.sources = StudySources(config, self.target, self.processes, echo=self.echo,
@@ -154,7 +133,7 @@ class StudyRunner:
             else:
                 run_id = plan_lib.imitation_run_id(study_model.name, source.name, strategy,
                                                    student_amount)
-                params = self._params_from(self.directory / "runs" / run_id, model, execution,
+                params = study_models.params_from(self.directory / "runs" / run_id, model, execution,
                                            f"selection of {source.name}/{strategy} up to "
                                            f"{count} learns from run {run_id}")
             return selection.rank_pool(
@@ -288,18 +267,8 @@ class StudyRunner:
     def _base_params(self, study_model: StudyModel, model: BaseModel,
                      execution: ExecutionConfig):
         """The base weights (given or pre-trained here), read straight onto the run's mesh."""
-        return self._params_from(self.base_checkpoint(study_model), model, execution,
+        return study_models.params_from(self.base_checkpoint(study_model), model, execution,
                                  f"base model {study_model.name!r}")
-
-    def _params_from(self, path, model: BaseModel, execution: ExecutionConfig, what: str):
-        from arch_compare.models.loading import CheckpointError, load_params
-        mesh = partitioning.make_mesh(execution.mesh, jax.devices()[:execution.mesh.num_devices])
-        try:
-            return load_params(model, path, shardings=partitioning.param_shardings(
-                model.logical_axes(), model.abstract_params(), mesh))
-        except CheckpointError as error:
-            raise RuntimeError(f"{what}: no checkpoint to read ({error}); did that run "
-                               f"finish?") from None
 
     def base_dir(self, study_model: StudyModel) -> Path:
         return self.directory / "runs" / "base" / study_model.name
