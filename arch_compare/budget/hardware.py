@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 from pathlib import Path
 
-import yaml
+from arch_compare.budget.sheets import load_rows
 
 DEFAULT_CATALOGUE = Path(__file__).resolve().parents[2] / "budgets" / "hardware.yaml"
 PLATFORMS = ("tpu", "gpu")
@@ -61,35 +61,7 @@ FIELDS = tuple(field.name for field in dataclasses.fields(Chip) if field.name !=
 def load_catalogue(path: str | Path | None = None) -> dict[str, Chip]:
     """Every chip in the catalogue at `path` (default: the project's `budgets/hardware.yaml`)."""
     path = Path(path) if path is not None else DEFAULT_CATALOGUE
-    if not path.is_file():
-        raise HardwareError(f"hardware catalogue not found: {path}")
-    text = path.read_text()
-    try:
-        document = yaml.compose(text)
-    except yaml.YAMLError as error:
-        raise HardwareError(f"{path}: not valid YAML: {error}") from None
-    chips_node = _mapping_value(document, "chips")
-    if chips_node is None or not isinstance(chips_node, yaml.MappingNode):
-        raise HardwareError(f"{path}: expected a top-level 'chips:' mapping of chip name -> fields")
-    rows = yaml.safe_load(text)["chips"]
-    catalogue = {}
-    for key_node, _ in chips_node.value:
-        name = key_node.value
-        where = f"{path}:{key_node.start_mark.line + 1}: chips.{name}"
-        row = rows[name]
-        if not isinstance(row, dict):
-            raise HardwareError(f"{where}: expected a mapping of fields, got {row!r}")
-        missing = [field for field in FIELDS if field not in row]
-        unknown = sorted(set(row) - set(FIELDS))
-        if missing or unknown:
-            problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
-                [f"unknown {', '.join(unknown)}"] if unknown else [])
-            raise HardwareError(f"{where}: {'; '.join(problems)} (fields: {', '.join(FIELDS)})")
-        try:
-            catalogue[name] = Chip(name=name, **{**row, "date": str(row["date"])})
-        except ValueError as error:
-            raise HardwareError(f"{where}: {error}") from None
-    return catalogue
+    return load_rows(path, "chips", Chip, fields=FIELDS, required=FIELDS, error=HardwareError)
 
 
 def get_chip(name: str, catalogue: dict[str, Chip] | None = None) -> Chip:
@@ -100,12 +72,3 @@ def get_chip(name: str, catalogue: dict[str, Chip] | None = None) -> Chip:
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise HardwareError(f"unknown chip {name!r}; {hint}known chips: {', '.join(catalogue)}")
     return catalogue[name]
-
-
-def _mapping_value(node, key: str):
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    for key_node, value_node in node.value:
-        if key_node.value == key:
-            return value_node
-    return None

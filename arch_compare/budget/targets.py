@@ -18,7 +18,7 @@ import difflib
 from pathlib import Path
 from typing import Iterable
 
-import yaml
+from arch_compare.budget.sheets import load_rows
 
 from arch_compare.imitation.targets import CHARS_PER_TOKEN, TokenUsage  # noqa: F401 (re-export)
 
@@ -158,37 +158,8 @@ def spent(answers: Iterable) -> Spent:
 def load_prices(path: str | Path | None = None) -> dict[str, TargetPrice]:
     """Every row of the sheet at `path` (default: the project's `budgets/targets.yaml`)."""
     path = Path(path) if path is not None else DEFAULT_SHEET
-    if not path.is_file():
-        raise TargetPriceError(f"target price sheet not found: {path}")
-    text = path.read_text()
-    try:
-        document = yaml.compose(text)
-    except yaml.YAMLError as error:
-        raise TargetPriceError(f"{path}: not valid YAML: {error}") from None
-    node = _mapping_value(document, "targets")
-    if not isinstance(node, yaml.MappingNode):
-        raise TargetPriceError(f"{path}: expected a top-level 'targets:' mapping of target name "
-                               f"-> fields")
-    rows = yaml.safe_load(text)["targets"]
-    prices = {}
-    for key_node, _ in node.value:
-        name = key_node.value
-        where = f"{path}:{key_node.start_mark.line + 1}: targets.{name}"
-        row = rows[name]
-        if not isinstance(row, dict):
-            raise TargetPriceError(f"{where}: expected a mapping of fields, got {row!r}")
-        missing = [field for field in REQUIRED if field not in row]
-        unknown = sorted(set(row) - set(FIELDS))
-        if missing or unknown:
-            problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
-                [f"unknown {', '.join(unknown)}"] if unknown else [])
-            raise TargetPriceError(f"{where}: {'; '.join(problems)} (fields: "
-                                   f"{', '.join(FIELDS)})")
-        try:
-            prices[name] = TargetPrice(name=name, **{**row, "date": str(row["date"])})
-        except ValueError as error:
-            raise TargetPriceError(f"{where}: {error}") from None
-    return prices
+    return load_rows(path, "targets", TargetPrice, fields=FIELDS, required=REQUIRED,
+                     error=TargetPriceError)
 
 
 def get_price(name: str, prices: dict[str, TargetPrice] | None = None,
@@ -202,12 +173,3 @@ def get_price(name: str, prices: dict[str, TargetPrice] | None = None,
                                f"{Path(path) if path else DEFAULT_SHEET}; {hint}known rows: "
                                f"{', '.join(prices)}")
     return prices[name]
-
-
-def _mapping_value(node, key: str):
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    for key_node, value_node in node.value:
-        if key_node.value == key:
-            return value_node
-    return None

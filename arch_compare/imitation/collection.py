@@ -120,12 +120,7 @@ def collect(target: Target, prompts: Sequence[Prompt], settings: GenerationSetti
                 bar.update(len(records))
     finally:
         writer.close()
-    final = [latest.get(key) for key in unique]
-    failures = [record for record in final if record is not None and "error" in record]
-    return CollectionResult(
-        path=path, total=len(unique), cached=cached, collected=collected,
-        failed=sum(not record.get("transient") for record in failures),
-        retry_later=sum(bool(record.get("transient")) for record in failures))
+    return CollectionResult.of(path, unique, latest, cached=cached, collected=collected)
 
 
 class _Workers:

@@ -67,6 +67,16 @@ class CollectionResult:
     def answered(self) -> int:
         return self.cached + self.collected
 
+    @classmethod
+    def of(cls, path: Path, keys, latest: dict[str, dict], *, cached: int,
+           collected: int) -> "CollectionResult":
+        """The counts of a finished call over `keys`, from each key's deciding record."""
+        final = [latest.get(key) for key in keys]
+        failures = [record for record in final if record is not None and "error" in record]
+        return cls(path=path, total=len(final), cached=cached, collected=collected,
+                   failed=sum(not record.get("transient") for record in failures),
+                   retry_later=sum(bool(record.get("transient")) for record in failures))
+
 
 @dataclasses.dataclass(frozen=True)
 class CollectedAnswer:
