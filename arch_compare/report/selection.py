@@ -140,10 +140,18 @@ def finding(data: StudyData, grid: _Grid, model: str, source: str, key: MetricKe
         return None
     amount = max(candidates)
     by = scored[amount]
-    render = fmt.metric_formatter([c.value for c in by.values()])
+    # One scale for the metric across the study: a column of zeros is still a percentage.
+    render = fmt.metric_formatter([values.get(key.name)
+                                   for values in analysis.values_by_run(data).values()])
     best = max(by, key=lambda s: by[s].value)
-    text = (f"{model} on {source}, {key.name} at {amount:,} answers bought: {best} scored "
-            f"highest ({_value(render, by[best])})")
+    tied = [s for s in by if by[s].value == by[best].value]
+    if len(tied) > 1:  # equal to the last digit (e.g. the same prompts bought)
+        best = RANDOM if RANDOM in tied else best
+        leaders = ", ".join(tied[:-1]) + " and " + tied[-1] + " scored the same, highest"
+    else:
+        leaders = f"{best} scored highest"
+    text = (f"{model} on {source}, {key.name} at {amount:,} answers bought: {leaders} "
+            f"({_value(render, by[best])})")
     if RANDOM not in by:
         return text + "; no random run has a result at this amount to compare with."
     paired = {s: c.against_random for s, c in by.items() if s != RANDOM}
@@ -171,7 +179,9 @@ def findings(data: StudyData) -> list[str]:
     keys = [k for k in analysis.metric_keys(data) if k.kind == "capability"]
     found = []
     for source in strategy_sources(data):
-        models = dict.fromkeys(m for m, _ in grid.points(source))
+        # Only the models that tried a strategy: the others have random data alone.
+        models = dict.fromkeys(run.model for run in data.runs
+                               if run.data_source == source and run.selection not in (None, RANDOM))
         for model in models:
             for key in keys:
                 sentence = finding(data, grid, model, source, key)
