@@ -249,7 +249,7 @@ def test_two_hosts_killed_and_resumed_record_what_one_process_records(
     assert len(different) <= MAX_DIFFERENT_SAMPLES
     # No duplicated rows: one row per run, one per metric, samples_per_task per evaluation,
     # every prediction once, one comparison (the imitation run against its base, on the one
-    # headline metric).
+    # headline metric), one purchase of the target's answers (process 0 recorded it once).
     assert resumed[3] == {"runs": 3, "metrics": len(reference[1]), "samples": 3 * 8,
-                          "predictions": 3 * 8, "comparisons": 1}
+                          "predictions": 3 * 8, "comparisons": 1, "collections": 1}
     assert resumed[0]["imitation/gpt2-tiny/broad/8"].measured["processes"] == 2
