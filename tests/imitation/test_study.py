@@ -191,6 +191,7 @@ def test_a_killed_study_resumes_to_the_same_results_without_duplicates(
     assert _results(study_dir) == _results(uninterrupted[0])
 
 
+@pytest.mark.scale  # a second tiny study in a subprocess: about a minute
 def test_two_studies_share_one_database(tmp_path, uninterrupted, shared_database,
                                         demo_vocabulary, jax_cache):
     before = _results(shared_database)
