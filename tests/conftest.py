@@ -32,6 +32,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # log file instead); tests of that line unset it.
 os.environ.setdefault("ARCH_COMPARE_TRACEBACK", "1")
 
+# One persistent compilation cache per checkout (git-ignored), shared by both xdist workers and by
+# every subprocess a test starts (they inherit this environment), kept across runs: the same tiny
+# programs are compiled once, not once per process. ARCH_COMPARE_COMPILATION_CACHE=off (or another
+# directory) before pytest overrides it; deleting the directory clears it.
+os.environ.setdefault("ARCH_COMPARE_COMPILATION_CACHE",
+                      str(Path(__file__).resolve().parent.parent / ".pytest_jax_cache"))
+if os.environ["ARCH_COMPARE_COMPILATION_CACHE"].strip().lower() != "off":
+    # For children that import the library without calling `compilation_cache.enable` (the
+    # `python -c` scripts): JAX reads these when it is imported.
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["ARCH_COMPARE_COMPILATION_CACHE"])
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+    from arch_compare import compilation_cache  # noqa: E402  (after the environment above)
+    compilation_cache.enable()
+
 
 
 CORPUS = Path(__file__).parent / "data" / "fixtures" / "vocab_corpus.txt"

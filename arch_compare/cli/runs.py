@@ -225,6 +225,8 @@ def run_command(command: str, args: argparse.Namespace) -> int:
     bindings = [_as_gin_binding(b) for b in args.gin_bindings]
     parse_gin(args.gin_file, bindings)
     check_configuration(ENTRY_POINTS[command], args.gin_file, args.gin_bindings)
+    from arch_compare import compilation_cache
+    compilation_cache.enable()  # programs compiled by an earlier train/eval/infer are read back
     output_dir = next((value for value in map(_macro_value, OUTPUT_MACROS)
                        if isinstance(value, str)), None)
     if output_dir:  # written first, so even a failed run says how it was set up

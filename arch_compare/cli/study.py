@@ -83,7 +83,10 @@ def print_plan(config: StudyConfig) -> int:
 
 def run_and_report(config: StudyConfig, *, yes: bool, report: bool) -> int:
     import jax
+    from arch_compare import compilation_cache
     from arch_compare.imitation.study import StudyDeclined, run_study
+    # Every run of a study compiles the same small programs; a later run or study reads them back.
+    compilation_cache.enable()
     try:
         outcome = run_study(config, yes=yes)
     except StudyDeclined as declined:
