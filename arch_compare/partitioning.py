@@ -30,14 +30,13 @@ before JAX initialises.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+from arch_compare.mesh_config import MESH_AXES, MeshConfig  # noqa: F401  (defined without JAX)
 
 MeshAxes = str | tuple[str, ...] | None
 AnyMesh = Mesh | AbstractMesh  # anything with `.shape` {axis name: size}
@@ -61,29 +60,6 @@ LOGICAL_AXIS_RULES: dict[str, MeshAxes] = {
     "relpos_buckets": None,  # a [32, heads] table; its heads dimension is still split
     "position": None,  # learned [max_length, d] table; its embed dimension is still split
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshConfig:
-    """Sizes of the three mesh axes; their product is the number of devices the mesh spans."""
-
-    data: int = 1
-    fsdp: int = 1
-    tensor: int = 1
-
-    def __post_init__(self):
-        for name in MESH_AXES:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"MeshConfig.{name} must be a positive int, got {value!r}")
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(getattr(self, name) for name in MESH_AXES)
-
-    @property
-    def num_devices(self) -> int:
-        return math.prod(self.shape)
 
 
 def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:

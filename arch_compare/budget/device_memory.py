@@ -19,13 +19,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import TYPE_CHECKING
 
-import jax
-from jax.sharding import AbstractMesh
+from arch_compare.mesh_config import MESH_AXES, MeshConfig
+from arch_compare.models.config import DTYPE_BYTES, ModelConfig
 
-from arch_compare import partitioning
-from arch_compare.models.config import ModelConfig
-from arch_compare.partitioning import MESH_AXES, MeshConfig
+if TYPE_CHECKING:
+    from jax.sharding import AbstractMesh
 
 FLOAT32_BYTES = 4
 ADAFACTOR_MIN_DIM_TO_FACTOR = 128  # optax's default
@@ -33,7 +33,7 @@ PLATFORMS = ("cpu", "gpu", "tpu")
 
 
 def dtype_bytes(name: str) -> int:
-    return jax.numpy.dtype(name).itemsize
+    return DTYPE_BYTES[name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +55,7 @@ class ParameterShard:
 
 
 def abstract_mesh(mesh: MeshConfig) -> AbstractMesh:
+    from jax.sharding import AbstractMesh  # JAX only where the model's parameters are laid out
     return AbstractMesh(mesh.shape, MESH_AXES)
 
 
@@ -69,6 +70,9 @@ def _parameter_tree(cfg: ModelConfig):
 @functools.lru_cache(maxsize=256)
 def parameter_shards(cfg: ModelConfig, mesh: MeshConfig) -> tuple[ParameterShard, ...]:
     """Every parameter with the piece of it one device holds on `mesh` (the trainer's specs)."""
+    import jax  # as `_parameter_tree`: the per-device estimate needs JAX, the whole-batch one not
+
+    from arch_compare import partitioning
     logical_axes, params = _parameter_tree(cfg)
     layout = abstract_mesh(mesh)
     specs = partitioning.param_partition_specs(logical_axes, params, layout)

@@ -168,7 +168,7 @@ def min_chips(memory: TrainingMemory, hbm_bytes: float, batch_size: int,
 from arch_compare.budget.device_memory import (  # noqa: E402  (after the whole-batch model)
     DeviceInferenceMemory, DeviceTrainingMemory, per_device_inference_memory,
     per_device_training_memory)
-from arch_compare.partitioning import MeshConfig  # noqa: E402
+from arch_compare.mesh_config import MeshConfig  # noqa: E402
 
 GIB = 2**30
 

@@ -1,8 +1,10 @@
 """`arch-compare`: the only place that parses flags (and, for runs, gin files).
 
 Each sub-command is a module with `add_arguments(parser)` and `run(args) -> int`, registered in
-`COMMANDS` by name and imported only when it runs: a command that reads a database or prices a
-run does not wait for TensorFlow to start (about 4 s) before it can answer, or fail.
+`COMMANDS` by name. `arch-compare --help` imports none of them (their summaries are read from
+their sources); a command's module imports only what its parser needs, and its `run` the rest, so
+`CMD --help` never waits for TensorFlow (about 4 s) or JAX (about 2 s), and a command that reads
+a database or prices a run imports neither (tests/cli/test_startup.py holds them to it).
 
 Exit codes: 0 success; 1 the command ran and reports a failure (a run that failed, a set-up that
 does not fit); 2 the user's input or the environment stopped it (`EXPECTED_FAILURES`: a bad flag,
@@ -14,10 +16,12 @@ interrupted. Any other exception is a bug: its traceback goes to a log file name
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import dataclasses
 import http.client
 import importlib
+import importlib.util
 import logging
 import os
 import re
@@ -36,12 +40,18 @@ if TYPE_CHECKING:
 # TF_CPP_MIN_LOG_LEVEL (which JAX's import sets to 1) cannot hold these back (TF 2.21): absl's
 # INFO lines ("I0000 00:00:... port.cc:153] oneDNN custom operations are on...", "... Could not
 # find cuda drivers..."), the notice before them, and on machines without a GPU "failed call to
-# cuInit" at ERROR level. Every other line, warnings and errors included, still passes.
+# cuInit" at ERROR level, and the second line of cpu_feature_guard's INFO notice ("To enable the
+# following instructions: AVX2 ...", unprefixed). Every other line, warnings and errors included,
+# still passes. JAX prints nothing at import; its backend notices ("An NVIDIA GPU may be present
+# on this machine, but a CUDA-enabled jaxlib is not installed") appear only where there is an
+# accelerator it cannot use, which is worth reading, so they pass too.
 _STARTUP_CHATTER = re.compile(
     r"^(I\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\] "
     r"|E\d{4} \d\d:\d\d:\S+\s+\d+ cuda_platform\.cc:\d+\] failed call to cuInit: "
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
-    r"STDERR$)")
+    r"STDERR$"
+    r"|To enable the following instructions: [A-Z0-9_ ]+, in other operations, rebuild "
+    r"TensorFlow with the appropriate compiler flags\.$)")
 
 
 @contextlib.contextmanager
@@ -78,17 +88,32 @@ def _tensorflow_without_accelerators() -> None:
 class Command:
     module: str
     run_command: str | None = None  # a gin-configured command in the module's RUN_COMMANDS
-    # Reads data through seqio (at import or as it runs): TensorFlow is imported with the
-    # command, where its start-up chatter is filtered. The others never wait for it.
+    # Reads data through seqio as it runs: TensorFlow is imported (its start-up chatter filtered)
+    # just before `run`, never for `--help`. The others never wait for it.
     tensorflow: bool = True
 
     def load(self) -> ModuleType | RunCommand:
-        """The command (`add_arguments`, `run`), imported with TensorFlow's chatter filtered."""
+        """The command (`add_arguments`, `run`), imported with native start-up chatter filtered."""
         with _native_stderr_filtered():
             module = importlib.import_module(self.module)
-            if self.tensorflow or "tensorflow" in sys.modules:
-                _tensorflow_without_accelerators()
         return module if self.run_command is None else module.RUN_COMMANDS[self.run_command]
+
+    def prepare(self) -> None:
+        """Before `run`: TensorFlow imported with its chatter filtered and kept off the GPUs (so
+        what `run` imports later prints nothing), for the commands that read data through it."""
+        if self.tensorflow or "tensorflow" in sys.modules:
+            with _native_stderr_filtered():
+                _tensorflow_without_accelerators()
+
+    def summary(self) -> str:
+        """The first line of the command's doc, for `arch-compare --help`: read from the module's
+        source (nothing imported) unless the command is one of a module's RUN_COMMANDS."""
+        if self.run_command is not None:
+            doc = self.load().__doc__
+        else:
+            with open(importlib.util.find_spec(self.module).origin, encoding="utf-8") as source:
+                doc = ast.get_docstring(ast.parse(source.read()))
+        return doc.strip().splitlines()[0]
 
 
 COMMANDS: dict[str, Command] = {
@@ -106,10 +131,15 @@ COMMANDS: dict[str, Command] = {
 
 
 def build_parser(names: Iterable[str] | None = None) -> argparse.ArgumentParser:
-    """The parser of the commands `names` (default: all, importing every one)."""
+    """The parser of the commands `names`, with their arguments (each one imported); default:
+    every command listed by name and summary, none imported (`arch-compare --help`)."""
     parser = argparse.ArgumentParser(prog="arch-compare", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS if names is None else names:
+    if names is None:
+        for name, command in COMMANDS.items():
+            commands.add_parser(name, help=command.summary())
+        return parser
+    for name in names:
         command = COMMANDS[name].load()
         doc = command.__doc__.strip()
         sub = commands.add_parser(name, help=doc.splitlines()[0], description=doc)
@@ -118,11 +148,11 @@ def build_parser(names: Iterable[str] | None = None) -> argparse.ArgumentParser:
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    # Only the command named (when it is one) is imported; help and mistakes in the name see all.
+    # Only the command named (when it is one) is imported; help and mistakes in the name see the
+    # list of commands.
     parser = build_parser([argv[0]] if argv and argv[0] in COMMANDS else None)
     if any(arg.startswith("--gin.") for arg in argv):
-        with _native_stderr_filtered():  # runs.py imports TensorFlow
-            from arch_compare.cli.runs import split_gin_flags
+        from arch_compare.cli.runs import split_gin_flags  # gin only: the runs import the rest
         argv = split_gin_flags(argv)
     return parser.parse_args(argv)
 
@@ -256,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     command = argv[0] if argv and argv[0] in COMMANDS else None
     prefix = f"arch-compare {command}" if command else "arch-compare"
     try:
-        args = _parse(argv)  # imports the command: Ctrl-C may come while TensorFlow loads
+        args = _parse(argv)  # imports the command: Ctrl-C may come while it loads
+        COMMANDS[args.command].prepare()
         filter_library_noise()
         return COMMANDS[args.command].load().run(args)
     except KeyboardInterrupt:

@@ -25,12 +25,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from arch_compare.pairwise.campaign import CampaignPlan, CampaignSettings
-from arch_compare.pairwise.items import read_items
-from arch_compare.pairwise.schema import sqlite_path
-from arch_compare.pairwise.store import PairwiseStore, check_admin_token, check_campaign
 from arch_compare.pairwise.workforces import WORKFORCES
+
+# The database (SQLAlchemy) and the campaign logic load when an action runs, not for `--help`.
+if TYPE_CHECKING:
+    from arch_compare.pairwise.store import PairwiseStore
 
 DB_ENV = "ARCH_COMPARE_PAIRWISE_DB"
 ADMIN_TOKEN_ENV = "ARCH_COMPARE_PAIRWISE_ADMIN_TOKEN"
@@ -126,6 +127,11 @@ def _admin_token(store: PairwiseStore) -> None:
 def _import(args: argparse.Namespace) -> int:
     """Reads and checks every input before the database is opened, then imports in one
     transaction; a database file this import created is removed again if it fails."""
+    from arch_compare.pairwise.campaign import CampaignPlan, CampaignSettings
+    from arch_compare.pairwise.items import read_items
+    from arch_compare.pairwise.schema import sqlite_path
+    from arch_compare.pairwise.store import PairwiseStore, check_admin_token, check_campaign
+
     if (args.items is None) == (args.from_study is None):
         raise ValueError("give either an ITEMS file or --from-study RESULTS --study NAME")
     if args.from_study is not None:
@@ -235,6 +241,7 @@ def _judge(args: argparse.Namespace) -> int:
     from arch_compare.evaluation import judge as judging, pairwise
     from arch_compare.imitation.collection import CachedTarget
     from arch_compare.imitation.target_kinds import make_target
+    from arch_compare.pairwise.items import read_items
 
     try:
         spec = json.loads(args.judge)
@@ -272,6 +279,8 @@ def run(args: argparse.Namespace) -> int:
         return _judge(args)
     if args.pairwise_command == "import":  # the only action that may create a database
         return _import(args)
+    from arch_compare.pairwise.store import PairwiseStore
+
     store = PairwiseStore(args.db, create=False)
     try:
         return ACTIONS[args.pairwise_command](store, args)

@@ -10,7 +10,8 @@ import argparse
 import json
 
 from arch_compare.cli.tables import format_table
-from arch_compare.models import PRESETS, build_model, get_preset
+from arch_compare import models  # models.build_model imports JAX when a count is asked for
+from arch_compare.models import PRESETS, get_preset
 
 COLUMNS = ("name", "arch", "family", "params", "layers", "d_model", "heads", "kv_heads",
            "head_dim", "d_ff", "vocab", "bf16_weights_gib")
@@ -18,7 +19,7 @@ COLUMNS = ("name", "arch", "family", "params", "layers", "d_model", "heads", "kv
 
 def describe(name: str) -> dict:
     config = PRESETS[name]
-    params = build_model(config).param_count()
+    params = models.build_model(config).param_count()
     layers = (f"{config.num_encoder_layers}+{config.num_layers}" if config.is_encoder_decoder
               else str(config.num_layers))
     return {"name": name, "arch": config.arch, "family": config.family, "params": params,

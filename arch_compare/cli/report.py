@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arch_compare.report import write_report
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path, help="study directory or results database file")
@@ -21,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from arch_compare.report import write_report  # matplotlib and numpy: not for `--help`
+
     paths = write_report(args.source, args.out, args.study)
     print(f"wrote {paths.html}")
     print(f"wrote {paths.markdown} (+ {len(paths.figures)} figures in "

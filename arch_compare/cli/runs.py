@@ -15,17 +15,18 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gin
 
 from arch_compare.cli import gin_checks
-from arch_compare.data.vocabularies import vocabulary_for_model
-from arch_compare.decoding import placement
-from arch_compare.models import build_model
-from arch_compare.models.config import ModelConfig
-from arch_compare.models.loading import load_params
-from arch_compare.trainer import inference
-from arch_compare.trainer.loop import TrainConfig, train as train_loop
+
+# The entry points gin calls import the trainer, models and data (JAX, TensorFlow) as they start:
+# `train --help`, and parsing and checking a configuration, need only gin.
+if TYPE_CHECKING:
+    from arch_compare.models.config import ModelConfig
+    from arch_compare.trainer import inference
+    from arch_compare.trainer.loop import TrainConfig
 
 # `include 'gin_configs/...'` in experiment files resolves against the project root too.
 PROJECT_ROOT = gin_checks.PROJECT_ROOT
@@ -42,6 +43,9 @@ def _check_task(name: str) -> None:
 
 def train(model_config: ModelConfig, vocabulary_path: str, config: TrainConfig) -> dict:
     """What train.gin binds: builds the model and vocabulary, then runs the training loop."""
+    from arch_compare.data.vocabularies import vocabulary_for_model
+    from arch_compare.models import build_model
+    from arch_compare.trainer.loop import train as train_loop
     _check_task(config.data.task)
     model = build_model(model_config)
     vocabulary = vocabulary_for_model(model_config, vocabulary_path)
@@ -57,6 +61,11 @@ def _model_and_params(model_config: ModelConfig, vocabulary_path: str,
                       config: inference.InferenceConfig):
     """The model as `config.execution` runs it (its dtypes), its mesh, and the checkpoint's
     parameters read straight onto that mesh."""
+    from arch_compare.data.vocabularies import vocabulary_for_model
+    from arch_compare.decoding import placement
+    from arch_compare.models import build_model
+    from arch_compare.models.loading import load_params
+    from arch_compare.trainer import inference
     model = build_model(config.execution.apply(model_config))
     vocabulary = vocabulary_for_model(model_config, vocabulary_path)
     mesh = inference.inference_mesh(model, config)
@@ -68,6 +77,7 @@ def _model_and_params(model_config: ModelConfig, vocabulary_path: str,
 def evaluate(model_config: ModelConfig, vocabulary_path: str, tasks: list[str],
              config: inference.InferenceConfig) -> dict:
     """What eval.gin binds: scores a checkpoint on seqio evaluation tasks -> metrics.json."""
+    from arch_compare.trainer import inference
     for name in tasks:
         _check_task(name)
     model, vocabulary, params, mesh = _model_and_params(model_config, vocabulary_path, config)
@@ -79,6 +89,7 @@ def evaluate(model_config: ModelConfig, vocabulary_path: str, tasks: list[str],
 def infer(model_config: ModelConfig, vocabulary_path: str, task: str,
           config: inference.InferenceConfig) -> str:
     """What infer.gin binds: generates for a task's split -> predictions.jsonl."""
+    from arch_compare.trainer import inference
     _check_task(task)
     model, vocabulary, params, mesh = _model_and_params(model_config, vocabulary_path, config)
     return str(inference.infer(model, params, vocabulary, task, config, mesh=mesh))

@@ -8,9 +8,10 @@ where it was written, naming the field.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import jax.numpy as jnp
+if TYPE_CHECKING:
+    import jax.numpy as jnp
 
 Architecture = Literal["decoder_only", "encoder_decoder"]
 
@@ -22,6 +23,7 @@ POSITIONS = ("learned", "rotary", "relative")
 POSITIONS_BY_ARCH = {"decoder_only": ("learned", "rotary"),
                      "encoder_decoder": ("relative", "rotary")}
 DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}  # what a budget needs of a dtype
 # Rematerialisation of each block in the backward pass, by what it keeps (the policies themselves
 # are in `transformer.REMAT_POLICIES`): "none" keeps every activation, "block" only each block's
 # input, "dots_saveable" the matmul outputs, "dots_with_no_batch_dims_saveable" the weight matmuls.
@@ -114,10 +116,12 @@ class ModelConfig:
 
     @property
     def compute_dtype(self) -> jnp.dtype:
+        import jax.numpy as jnp  # only models ask; a config is read (priced, listed) without JAX
         return jnp.dtype(self.dtype)
 
     @property
     def weight_dtype(self) -> jnp.dtype:
+        import jax.numpy as jnp
         return jnp.dtype(self.param_dtype)
 
     def replace(self, **changes) -> "ModelConfig":
