@@ -47,6 +47,8 @@ import transformers  # noqa: E402
 
 from arch_compare import optim  # noqa: E402
 from arch_compare.budget import training_flops  # noqa: E402
+from arch_compare.execution import ExecutionConfig  # noqa: E402
+from arch_compare.models.config import REMAT_CHOICES  # noqa: E402
 from arch_compare.models import ModelConfig, build_model, zoo  # noqa: E402
 from arch_compare.models.hf.configs import config_to_hf  # noqa: E402
 from arch_compare.trainer.steps import TrainState, make_train_step  # noqa: E402
@@ -374,6 +376,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "steps are split between rounds)")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch intra-op threads (default: the machine's cores)")
+    parser.add_argument("--remat", default=ExecutionConfig().remat, choices=REMAT_CHOICES,
+                        help="our step's rematerialisation policy of each block (default: the "
+                             "trainer's default, %(default)s)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="before the peaks and each model's timing, wait up to this long "
                              "for other processes to leave the CPUs idle (default: no wait)")
@@ -392,7 +397,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def make_workload(name: str, args: argparse.Namespace) -> Workload:
-    config = MODELS[name](args.vocab)
+    config = MODELS[name](args.vocab).replace(remat=args.remat)
     input_length = (args.input_length or args.length) if config.is_encoder_decoder else 0
     return Workload(name, config, args.batch, input_length, args.length)
 
@@ -434,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}; "
           f"{cores} cores; float32; AdamW lr {LEARNING_RATE} b1 {ADAM.b1} b2 {ADAM.b2} "
-          f"eps {ADAM.eps} weight decay {WEIGHT_DECAY} (matrices only); torch eager (no "
+          f"eps {ADAM.eps} weight decay {WEIGHT_DECAY} (matrices only); ours remat "
+          f"{args.remat!r}; torch eager (no "
           f"torch.compile), its default AdamW implementation")
     print(f"timing: {args.warmup} warm-up steps, then {args.steps} timed steps per side in "
           f"{args.rounds} alternating rounds (one untimed step after each switch); step ms is "

@@ -27,13 +27,29 @@ class TrainState:
     opt_state: Any
 
 
+def cross_entropy_and_correct(logits: jax.Array, targets: jax.Array
+                              ) -> tuple[jax.Array, jax.Array]:
+    """logits: [b, l, v] float32; targets: [b, l] -> (cross-entropy [b, l], correct [b, l]).
+
+    A prediction is correct when the target's logit is the row's maximum. That reuses the
+    maximum the log-softmax needs anyway, where an argmax would be a second pass over the
+    [b, l, v] logits (and a slow variadic reduction on XLA:CPU). It equals argmax == target
+    except on exact ties for the maximum, which count as correct here.
+    """
+    top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))  # [b, l, 1]
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)  # [b, l, 1]
+    log_normaliser = top + jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1, keepdims=True))
+    losses = (log_normaliser - target_logit)[..., 0]
+    correct = (target_logit >= top)[..., 0].astype(jnp.float32)
+    return losses, correct
+
+
 def weighted_sums(model: BaseModel, params, batch: Batch) -> dict[str, jax.Array]:
     """Summed loss, correct predictions and weight of one (micro)batch."""
     logits = model.logits(params, batch).astype(jnp.float32)  # [b, l, v]
     targets = batch["decoder_target_tokens"]  # [b, l]
     weights = batch["decoder_loss_weights"].astype(jnp.float32)  # [b, l]
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [b, l]
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    losses, correct = cross_entropy_and_correct(logits, targets)  # [b, l] each
     return {"loss_sum": jnp.sum(losses * weights), "correct": jnp.sum(correct * weights),
             "weight": jnp.sum(weights)}
 

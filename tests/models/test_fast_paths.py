@@ -1,0 +1,108 @@
+"""The training step's faster formulations against the straightforward ones they replace.
+
+Each fast path (einsum attention, one matmul for a gated MLP's two up projections, the loss and
+accuracy sharing one maximum) is checked, values and gradients, against an independent reference:
+JAX's own `jax.nn.dot_product_attention`, the two-matmul MLP written out, optax's cross-entropy
+with an argmax. HF parity (test_hf_parity.py) checks the whole models end to end.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from arch_compare.models import zoo
+from arch_compare.models.layers import ACTIVATION_FUNCTIONS, Mlp, dot_product_attention
+from arch_compare.trainer.steps import cross_entropy_and_correct
+
+TOLERANCE = {"float32": 2e-5, "bfloat16": 2e-2}
+
+
+def _attention_inputs(dtype, heads, kv_heads, bias_batch):
+    keys = jax.random.split(jax.random.key(0), 5)
+    b, q, k, e = 2, 5, 7, 8
+    query = jax.random.normal(keys[0], (b, q, heads, e), dtype)
+    key = jax.random.normal(keys[1], (b, k, kv_heads, e), dtype)
+    value = jax.random.normal(keys[2], (b, k, kv_heads, e), dtype)
+    bias = jax.random.normal(keys[3], (bias_batch, heads, q, k), dtype)
+    mask = jax.random.bernoulli(keys[4], 0.7, (b, 1, q, k))
+    mask = mask.at[1, 0, 2].set(False)  # one query sees no key at all (a padding row)
+    return query, key, value, bias, mask
+
+
+# (dtype, query heads, kv heads, bias batch, with bias, with mask): plain multi-head, grouped and
+# multi-query heads; T5's shared bias and a per-example one; no mask (an encoder without padding).
+ATTENTION_CASES = [("float32", 4, 2, 2, True, True), ("float32", 4, 4, 1, False, False),
+                   ("bfloat16", 4, 1, 1, True, True)]
+
+
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_einsum_attention_matches_jax(case):
+    dtype, heads, kv_heads, bias_batch, with_bias, with_mask = case
+    query, key, value, bias, mask = _attention_inputs(jnp.dtype(dtype), heads, kv_heads,
+                                                      bias_batch)
+    kwargs = dict(bias=bias if with_bias else None, mask=mask if with_mask else None, scale=0.3)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def outputs_and_grads(attention):
+        loss = lambda *a: jnp.sum(jnp.sin(attention(*a, **kwargs).astype(jnp.float32)))
+        return (attention(query, key, value, **kwargs),
+                jax.grad(loss, argnums=(0, 1, 2))(query, key, value))
+
+    ours = outputs_and_grads(dot_product_attention)
+    theirs = outputs_and_grads(jax.nn.dot_product_attention)
+    tolerance = TOLERANCE[dtype]
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                   atol=5 * tolerance, rtol=5 * tolerance)
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_gated_mlp_one_matmul_matches_two(use_bias):
+    cfg = zoo.llama(16, 1, 2, 24, vocab_size=32).replace(use_bias=use_bias)
+    mlp = Mlp(cfg, rngs=nnx.Rngs(0))
+    if use_bias:  # non-zero biases, so that adding them to the wrong half would show
+        mlp.wi_0.bias[...] = jax.random.normal(jax.random.key(1), mlp.wi_0.bias.shape)
+        mlp.wi_1.bias[...] = jax.random.normal(jax.random.key(2), mlp.wi_1.bias.shape)
+    graph, params = nnx.split(mlp)
+    x = jax.random.normal(jax.random.key(3), (2, 3, 16))
+    act = ACTIVATION_FUNCTIONS[cfg.mlp_activation]
+
+    def two_matmuls(p, x):
+        up = lambda w: x @ w["kernel"] + (w["bias"] if use_bias else 0.0)
+        return (act(up(p["wi_0"])) * up(p["wi_1"])) @ p["wo"]["kernel"] + (
+            p["wo"]["bias"] if use_bias else 0.0)
+
+    plain = nnx.to_pure_dict(params)
+    fused = lambda p, x: nnx.merge(graph, p)(x)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def outputs_and_grads(mlp, p):
+        return mlp(p, x), jax.grad(lambda p: jnp.sum(jnp.sin(mlp(p, x))))(p)
+
+    ours = outputs_and_grads(fused, params)
+    ours = (ours[0], nnx.to_pure_dict(ours[1]))
+    theirs = outputs_and_grads(two_matmuls, plain)
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_cross_entropy_and_correct_match_optax_and_argmax():
+    logits = 4.0 * jax.random.normal(jax.random.key(0), (3, 5, 11))  # no exact ties
+    targets = jax.random.randint(jax.random.key(1), (3, 5), 0, 11)
+    targets = targets.at[0].set(jnp.argmax(logits[0], axis=-1))  # some right, some wrong
+    losses, correct = cross_entropy_and_correct(logits, targets)
+    np.testing.assert_allclose(
+        losses, optax.softmax_cross_entropy_with_integer_labels(logits, targets), rtol=1e-6)
+    expected = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    np.testing.assert_array_equal(correct, expected)
+    assert 5 <= float(correct.sum()) < 15
+    ours = jax.grad(lambda l: jnp.sum(cross_entropy_and_correct(l, targets)[0]))(logits)
+    theirs = jax.grad(lambda l: jnp.sum(
+        optax.softmax_cross_entropy_with_integer_labels(l, targets)))(logits)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
