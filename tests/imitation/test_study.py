@@ -31,21 +31,15 @@ def demo_vocabulary(tmp_path_factory):
     return demo_world.write_vocabularies(tmp_path_factory.mktemp("world"))["DEMO_BPE"]
 
 
-@pytest.fixture(scope="module")
-def jax_cache(tmp_path_factory):
-    """One persistent compilation cache for every study process of this module: the same tiny
-    programs are compiled once, not once per process."""
-    return tmp_path_factory.mktemp("jax_cache")
-
-
 def _command(study_dir, vocabulary, *extra):
     return [sys.executable, "-m", "arch_compare", "study", f"--gin_file={TINY_STUDY}",
             f"--gin.STUDY_DIR='{study_dir}'", f"--gin.VOCABULARY='{vocabulary}'", *extra]
 
 
-def _environment(jax_cache):
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(jax_cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+def _environment():
+    # The study processes share the session's compilation cache (tests/conftest.py sets
+    # ARCH_COMPARE_COMPILATION_CACHE, which `study` reads): each tiny program compiled once.
+    return {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
 def _results(database, study="tiny"):
@@ -57,10 +51,10 @@ def _results(database, study="tiny"):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, demo_vocabulary, jax_cache):
+def uninterrupted(tmp_path_factory, demo_vocabulary):
     study_dir = tmp_path_factory.mktemp("uninterrupted")
     done = subprocess.run(_command(study_dir, demo_vocabulary, "--yes"), capture_output=True,
-                          text=True, env=_environment(jax_cache), cwd=ROOT, timeout=600)
+                          text=True, env=_environment(), cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return study_dir, done.stdout
 
@@ -163,12 +157,12 @@ def test_a_study_records_intervals_and_paired_comparisons(uninterrupted):
 
 @pytest.mark.scale  # a study SIGKILLed and restarted in subprocesses: about a minute
 def test_a_killed_study_resumes_to_the_same_results_without_duplicates(
-        tmp_path, uninterrupted, demo_vocabulary, jax_cache):
+        tmp_path, uninterrupted, demo_vocabulary):
     study_dir = tmp_path / "killed"
     database = study_dir / "results.sqlite"
     process = subprocess.Popen(_command(study_dir, demo_vocabulary, "--yes", "--no-report"),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=_environment(jax_cache), cwd=ROOT)
+                               env=_environment(), cwd=ROOT)
     deadline = time.monotonic() + 300
     try:  # kill it once the base model is done and the first imitation run has begun
         while time.monotonic() < deadline and process.poll() is None:
@@ -184,7 +178,7 @@ def test_a_killed_study_resumes_to_the_same_results_without_duplicates(
     assert statuses["imitation/gpt2-tiny/broad/8"] == "running"
 
     resumed = subprocess.run(_command(study_dir, demo_vocabulary, "--yes", "--no-report"),
-                             capture_output=True, text=True, env=_environment(jax_cache),
+                             capture_output=True, text=True, env=_environment(),
                              cwd=ROOT, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "1 already done" in resumed.stdout
@@ -193,12 +187,12 @@ def test_a_killed_study_resumes_to_the_same_results_without_duplicates(
 
 @pytest.mark.scale  # a second tiny study in a subprocess: about a minute
 def test_two_studies_share_one_database(tmp_path, uninterrupted, shared_database,
-                                        demo_vocabulary, jax_cache):
+                                        demo_vocabulary):
     before = _results(shared_database)
     done = subprocess.run(
         _command(tmp_path / "second", demo_vocabulary, "--yes", "--no-report",
                  "--gin.STUDY_NAME='second'", f"--gin.DATABASE='{shared_database}'"),
-        capture_output=True, text=True, env=_environment(jax_cache), cwd=ROOT, timeout=600)
+        capture_output=True, text=True, env=_environment(), cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _results(shared_database) == before  # the first study's rows are untouched
     second = _results(shared_database, "second")
