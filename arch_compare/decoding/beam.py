@@ -86,6 +86,7 @@ def beam_search(model: BaseModel, params: Params, prompts: jax.Array, lengths: j
     batch_size, beams, num_tokens = prompts.shape[0], config.num_beams, config.max_new_tokens
     penalty = lambda length: length_penalty(length, knobs.length_penalty)
 
+    params = model.decoding_params(params)  # once, not per step (see sample_search)
     logits, cache = model.prefill(params, prompts, lengths, num_tokens - 1)  # [b, v]
     logits = jnp.repeat(logits, beams, axis=0)  # [b * k, v]
     cache = constrain(_repeat_rows(cache, beams))

@@ -119,7 +119,8 @@ def constrain_cache(cache: DecodeCache, mesh: Mesh | None) -> DecodeCache:
                                               array.shape, mesh)
         return jax.lax.with_sharding_constraint(array, NamedSharding(mesh, spec))
 
-    layers = jax.tree.map(lambda x: constrain(x, KV_AXES), cache.layers)
+    # A per-layer cache (`DecodeCache.per_layer`) has no layers axis.
+    layers = jax.tree.map(lambda x: constrain(x, KV_AXES[-x.ndim:]), cache.layers)
     mask = (None if cache.encoder_mask is None
             else constrain(cache.encoder_mask, ROW_AXES))
     return dataclasses.replace(cache, layers=layers, start=constrain(cache.start, ("batch",)),

@@ -76,9 +76,13 @@ def sample_search(model: BaseModel, params: Params, prompts: jax.Array, lengths:
     choose = TOKEN_CHOICES[config.method]
     num_tokens = config.max_new_tokens
     batch_size = prompts.shape[0]
+    # Split once here: inside the loop, slicing the stacked layers would copy every weight on
+    # every step.
+    params = model.decoding_params(params)
     # The first token comes from the prompt's logits; each further one costs a decode step.
     logits, cache = model.prefill(params, prompts, lengths, num_tokens - 1)
-    cache = constrain(cache)
+    # One array per layer: the steps update them in place (see `DecodeCache`).
+    cache = constrain(cache.per_layer())
 
     def add_token(state: _State, logits: jax.Array) -> _State:
         chosen = choose(logits, jax.random.fold_in(knobs.key, state.step), knobs)  # [b]

@@ -40,6 +40,8 @@ from arch_compare.models.transformer import (AttentionInputs, BlockCache, Decode
 
 Params = dict[str, Any]
 Batch = Mapping[str, jax.Array]
+# The key `decoding_params` adds: the decoder's blocks, one parameter tree per layer.
+DECODER_LAYERS = "decoder_layers"
 
 
 def _causal_mask(length: int) -> jax.Array:
@@ -76,19 +78,42 @@ class DecodeCache:
 
     Slot s of row b holds a real token iff `start[b] <= s < index`; a token in slot s has
     position `s - start[b]`.
+
+    `layers` is stacked (one `BlockCache` of [layers, ...] arrays, as `prefill` returns it) or
+    per layer (a tuple of [b, ...] `BlockCache`s, `per_layer()`): decode steps return the form
+    they were given; a decoding loop carries the per-layer form, which steps update in place
+    (stacked, each step splits and restacks it: a copy of the whole cache).
     """
 
-    layers: BlockCache  # keys/values [layers, b, s, g, e]; cross-attention [layers, b, k, g, e]
+    layers: BlockCache | tuple[BlockCache, ...]  # self [layers, b, s, g, e], cross [.., k, ..]
     index: jax.Array  # [] int32: the slot the next token goes into, shared by every row
     start: jax.Array  # [b] int32: first slot holding a real token (left padding before it)
     encoder_mask: jax.Array | None = None  # [b, k] bool: real encoder tokens (encoder-decoder)
 
     @property
     def num_slots(self) -> int:
+        if isinstance(self.layers, tuple):
+            return self.layers[0].self_attention.key.shape[1]
         return self.layers.self_attention.key.shape[2]
 
+    def per_layer(self) -> "DecodeCache":
+        """This cache with `layers` as one `BlockCache` per layer."""
+        if isinstance(self.layers, tuple):
+            return self
+        count = self.layers.self_attention.key.shape[0]
+        layers = tuple(jax.tree.map(lambda x, i=i: x[i], self.layers) for i in range(count))
+        return dataclasses.replace(self, layers=layers)
+
+    def stacked(self) -> "DecodeCache":
+        """This cache with `layers` as one `BlockCache` of [layers, ...] arrays."""
+        if not isinstance(self.layers, tuple):
+            return self
+        return dataclasses.replace(
+            self, layers=jax.tree.map(lambda *xs: jnp.stack(xs), *self.layers))
+
     def take_rows(self, rows: jax.Array) -> "DecodeCache":
-        """The cache of batch rows `rows` [b'] (repeated or reordered), e.g. one per beam."""
+        """The cache of batch rows `rows` [b'] (repeated or reordered), e.g. one per beam.
+        Stacked caches only."""
         take = lambda x, axis: jnp.take(x, rows, axis=axis)
         layers = jax.tree.map(lambda x: take(x, 1), self.layers)  # axis 0 is layers
         mask = None if self.encoder_mask is None else take(self.encoder_mask, 0)
@@ -100,6 +125,11 @@ class DecodeCache:
         self_kv = jax.tree.map(lambda x: jnp.take(x, rows, axis=1), self.layers.self_attention)
         return dataclasses.replace(
             self, layers=dataclasses.replace(self.layers, self_attention=self_kv))
+
+
+def _without_layers(params: Params) -> Params:
+    """Plain parameters from `BaseModel.decoding_params`'s (the Flax network knows no split)."""
+    return {name: value for name, value in params.items() if name != DECODER_LAYERS}
 
 
 def _masked_mean(states: jax.Array, real: jax.Array) -> jax.Array:
@@ -216,28 +246,48 @@ class BaseModel:
         room for `num_steps` more `decode_step` calls)."""
         raise NotImplementedError
 
+    def decoding_params(self, params: Params) -> Params:
+        """`params` plus the decoder's blocks split into one tree per layer (`DECODER_LAYERS`):
+        what `prefill` and `decode_step` read. A decoding loop calls this once before it starts;
+        given plain parameters, each step splits them itself, copying every weight."""
+        if DECODER_LAYERS in params:
+            return params
+        blocks = params["decoder"]["blocks"]
+        layers = tuple(jax.tree.map(lambda a, i=i: a[i], blocks)
+                       for i in range(self.config.num_layers))
+        return {**params, DECODER_LAYERS: layers}
+
     def decode_step(self, params: Params, cache: DecodeCache,
                     tokens: jax.Array) -> tuple[jax.Array, DecodeCache]:
-        """tokens: [b], one per row -> (next-token logits [b, v], cache one slot further)."""
+        """tokens: [b], one per row -> (next-token logits [b, v], cache one slot further).
+        `params` plain or from `decoding_params`."""
         logits, cache = self.extend(params, cache, tokens[:, None])
         return logits[:, 0], cache
 
-    def extend(self, params: Params, cache: DecodeCache,
-               tokens: jax.Array) -> tuple[jax.Array, DecodeCache]:
-        """tokens: [b, l] into slots [index, index + l) -> (logits [b, l, v], cache)."""
+    def extend(self, params: Params, cache: DecodeCache, tokens: jax.Array,
+               last_only: bool = False) -> tuple[jax.Array, DecodeCache]:
+        """tokens: [b, l] into slots [index, index + l) -> (logits [b, l, v], or [b, 1, v] of
+        the last position with `last_only`; cache)."""
         slots = cache.index + jnp.arange(tokens.shape[1])  # [l]
         positions = jnp.maximum(slots[None, :] - cache.start[:, None], 0)  # [b, l]
         key_slots = jnp.arange(cache.num_slots)[None, None, :]  # [1, 1, s]
         # Causal over slots, and blind to each row's left padding. A padding query sees no key
         # at all; its output is finite garbage that no real token attends to.
         mask = (key_slots <= slots[None, :, None]) & (key_slots >= cache.start[:, None, None])
-        logits, layers = self._extend_network(self.network(params), cache, tokens, positions,
-                                              mask[:, None])  # mask: [b, 1, l, s]
+        params = self.decoding_params(params)
+        network = self.network(_without_layers(params))
+        given = cache
+        cache = cache.per_layer()
+        logits, layers = self._extend_network(network, cache, tokens, positions,
+                                              mask[:, None],  # mask: [b, 1, l, s]
+                                              params[DECODER_LAYERS], last_only)
         index = cache.index + tokens.shape[1]
-        return logits, dataclasses.replace(cache, layers=layers, index=index)
+        cache = dataclasses.replace(cache, layers=layers, index=index)
+        return logits, (cache if isinstance(given.layers, tuple) else cache.stacked())
 
     def _extend_network(self, network: nnx.Module, cache: DecodeCache, tokens: jax.Array,
-                        positions: jax.Array, mask: jax.Array) -> tuple[jax.Array, BlockCache]:
+                        positions: jax.Array, mask: jax.Array, layers: tuple[Params, ...],
+                        last_only: bool) -> tuple[jax.Array, BlockCache]:
         raise NotImplementedError
 
 
@@ -297,11 +347,13 @@ class DecoderOnlyModel(BaseModel):
                 f"{self.config.max_length}")
         cache = self.init_cache(batch_size, num_slots)
         cache = dataclasses.replace(cache, start=(width - lengths).astype(jnp.int32))
-        logits, cache = self.extend(params, cache, prompts)
-        return logits[:, -1], cache  # left padding: every row's last token is in the last column
+        # Left padding: every row's last token is in the last column.
+        logits, cache = self.extend(params, cache, prompts, last_only=True)
+        return logits[:, 0], cache
 
-    def _extend_network(self, network, cache, tokens, positions, mask):
-        return network.extend(cache.layers, cache.index, tokens, positions, mask)
+    def _extend_network(self, network, cache, tokens, positions, mask, layers, last_only):
+        return network.extend(cache.layers, cache.index, tokens, positions, mask, layers,
+                              last_only)
 
 
 class EncoderDecoderModel(BaseModel):
@@ -356,8 +408,9 @@ class EncoderDecoderModel(BaseModel):
                 num_steps: int) -> tuple[jax.Array, DecodeCache]:
         """The encoder runs once on `prompts`; the decoder then reads `decoder_start_id`."""
         batch_size = prompts.shape[0]
-        network = self.network(params)
-        encoded = self.encode(params, prompts, lengths)  # [b, k, d]
+        plain = _without_layers(params)
+        network = self.network(plain)
+        encoded = self.encode(plain, prompts, lengths)  # [b, k, d]
         real, _ = _left_padded_layout(lengths, prompts.shape[1])
         cache = self.init_cache(batch_size, 1 + num_steps)  # + 1: the start token's slot
         layers = dataclasses.replace(cache.layers,
@@ -366,9 +419,10 @@ class EncoderDecoderModel(BaseModel):
         start = jnp.full((batch_size,), self.config.decoder_start_id, jnp.int32)
         return self.decode_step(params, cache, start)
 
-    def _extend_network(self, network, cache, tokens, positions, mask):
+    def _extend_network(self, network, cache, tokens, positions, mask, layers, last_only):
         cross_mask = cache.encoder_mask[:, None, None, :]  # [b, 1, 1, k]
-        return network.extend(cache.layers, cache.index, cross_mask, tokens, positions, mask)
+        return network.extend(cache.layers, cache.index, cross_mask, tokens, positions, mask,
+                              layers, last_only)
 
 
 MODEL_CLASSES: dict[str, type[BaseModel]] = {

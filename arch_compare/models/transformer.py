@@ -13,6 +13,7 @@ tokens are written into cache slots and attend to every slot the mask allows.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -129,6 +130,21 @@ class Stack(nnx.Module):
         x, cache = run_block(constrain(x, RESIDUAL_AXES), self.blocks, inputs, cache)
         return self.final_norm(x), cache
 
+    def extend(self, x: jax.Array, inputs: AttentionInputs, caches: Sequence[BlockCache],
+               layers: Sequence[Any]) -> tuple[jax.Array, tuple[BlockCache, ...]]:
+        """Decoding: like `__call__` with a cache, but the blocks run one after another, each
+        from its own parameter tree (`layers`, from `BaseModel.decoding_params`) and its own
+        cache (`caches`, one per block: [b, s, g, e] arrays). In a decoding loop the layer
+        scan's slices of stacked parameters and caches are copies made on every step (every
+        weight and the whole cache copied per token); separate arrays are read where they lie
+        and the cache is updated in place."""
+        graphdef = nnx.split(self.blocks)[0]
+        updated = []
+        for block_params, cache in zip(layers, caches, strict=True):
+            x, cache = nnx.merge(graphdef, block_params)(x, inputs, cache)
+            updated.append(cache)
+        return self.final_norm(x), tuple(updated)
+
     def project_cross(self, encoded: jax.Array) -> KVCache:
         """encoded: [b, k, d] -> every layer's cross-attention keys/values [layers, b, k, g, e]."""
 
@@ -172,12 +188,20 @@ class DecoderOnlyNetwork(nnx.Module):
         logits, _ = self._run(tokens, AttentionInputs(self_mask=mask, positions=positions), None)
         return logits
 
-    def extend(self, cache: BlockCache, index: jax.Array, tokens: jax.Array,
-               positions: jax.Array, mask: jax.Array) -> tuple[jax.Array, BlockCache]:
+    def extend(self, cache: Sequence[BlockCache], index: jax.Array, tokens: jax.Array,
+               positions: jax.Array, mask: jax.Array, layers: Sequence[Any],
+               last_only: bool = False) -> tuple[jax.Array, tuple[BlockCache, ...]]:
         """Decoding: `tokens` [b, l] go into cache slots [index, index + l); mask: [b, 1, l, s]
-        over all s slots -> (logits [b, l, v], updated cache)."""
+        over all s slots; cache, layers: one per block (`Stack.extend`) -> (logits [b, l, v],
+        or [b, 1, v] of the last position with `last_only`; updated cache)."""
         inputs = AttentionInputs(self_mask=mask, positions=positions, cache_index=index)
-        return self._run(tokens, inputs, cache)
+        x = self.token_embed(tokens)  # [b, l, d]
+        if hasattr(self, "position_embed"):
+            x = x + self.position_embed(positions)
+        x, cache = self.decoder.extend(x, inputs, cache, layers)
+        if last_only:  # a prompt: only its last position predicts a token
+            x = x[:, -1:]
+        return self.output_head(x, self.token_embed), cache
 
     def _run(self, tokens: jax.Array, inputs: AttentionInputs,
              cache: BlockCache | None) -> tuple[jax.Array, BlockCache | None]:
@@ -221,20 +245,24 @@ class EncoderDecoderNetwork(nnx.Module):
                                             encoded=encoded, cross_mask=cross_mask))
         return self.output_head(x, self.token_embed)
 
-    def extend(self, cache: BlockCache, index: jax.Array, cross_mask: jax.Array,
-               tokens: jax.Array, positions: jax.Array,
-               mask: jax.Array) -> tuple[jax.Array, BlockCache]:
+    def extend(self, cache: Sequence[BlockCache], index: jax.Array, cross_mask: jax.Array,
+               tokens: jax.Array, positions: jax.Array, mask: jax.Array,
+               layers: Sequence[Any], last_only: bool = False
+               ) -> tuple[jax.Array, tuple[BlockCache, ...]]:
         """Decoding: like `decode`, with the encoder output's keys/values read from the cache
         (see `Stack.project_cross`) and `tokens` [b, l] written into slots [index, index + l).
-        cross_mask: [b, 1, 1 or l, k]; mask: [b, 1, l, s] -> (logits [b, l, v], cache)."""
+        cross_mask: [b, 1, 1 or l, k]; mask: [b, 1, l, s]; layers, last_only: as for the
+        decoder-only `extend` -> (logits [b, l or 1, v], cache)."""
         # Relative bias depends on key-minus-query offsets only, so slot numbers serve as
         # positions: the decoder's slot 0 is its start token.
         query_slots = index + jnp.arange(tokens.shape[1])  # [l]
-        key_slots = jnp.arange(cache.self_attention.key.shape[2])  # [s]
+        key_slots = jnp.arange(cache[0].self_attention.key.shape[1])  # [s]
         bias = self._relative_bias("decoder_relative_bias", query_slots, key_slots)
         inputs = AttentionInputs(self_mask=mask, self_bias=bias, positions=positions,
                                  cross_mask=cross_mask, cache_index=index)
-        x, cache = self.decoder(self.token_embed(tokens), inputs, cache)
+        x, cache = self.decoder.extend(self.token_embed(tokens), inputs, cache, layers)
+        if last_only:
+            x = x[:, -1:]
         return self.output_head(x, self.token_embed), cache
 
     def _relative_bias(self, name: str, query_positions: jax.Array,
