@@ -28,9 +28,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from arch_compare.cli import runs
-from arch_compare.imitation.config import StudyConfig
+
+if TYPE_CHECKING:  # the experiment gin files import it (and JAX, through optax) when parsed
+    from arch_compare.imitation.config import StudyConfig
 
 
 def configure(config: StudyConfig) -> StudyConfig:

@@ -22,20 +22,21 @@ from arch_compare.cli import _STARTUP_CHATTER, COMMANDS, _native_stderr_filtered
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("jax", "flax", "tensorflow")
 
-# (argv, what it may import). {} : none of HEAVY; {"jax", "flax"}: JAX but never TensorFlow.
+# Whose parser needs a model module (JAX, not TensorFlow): checkpoint kinds, dtypes, mesh axes.
+MODEL_PARSERS = ("convert", "serve")
+# Neither JAX nor TensorFlow: every other command's --help, and report, pairwise and budget runs.
 NO_JAX: tuple[list[str], ...] = (
-    ["--help"], ["report", "--help"], ["pairwise", "--help"],
+    ["--help"],
+    *([name, "--help"] for name in COMMANDS if name not in MODEL_PARSERS),
     ["report", "{study}", "--out", "{tmp}/report"],
     ["pairwise", "import", "{tmp}/items.jsonl", "--campaign", "c", "--overlap", "1",
      "--items-per-rater", "2", "--db", "{tmp}/pairwise.sqlite"],
     ["pairwise", "status", "--db", "{tmp}/pairwise.sqlite"],
-    ["budget", "--help"], ["budget", "--model", "llama-7b", "--tokens", "1e9"],
-    ["presets", "--help"],
+    ["budget", "--model", "llama-7b", "--tokens", "1e9"],
 )
+# JAX allowed, TensorFlow never.
 NO_TENSORFLOW: tuple[list[str], ...] = (
-    ["presets", "gpt2-small"],
-    *([name, "--help"] for name in COMMANDS if name not in ("report", "pairwise", "budget",
-                                                           "presets")),
+    ["presets", "gpt2-small"], *([name, "--help"] for name in MODEL_PARSERS),
 )
 
 CHILD = textwrap.dedent("""
@@ -43,9 +44,14 @@ CHILD = textwrap.dedent("""
     from pathlib import Path
 
     tmp, cases = Path(sys.argv[1]), json.loads(sys.argv[2])
-    from tests.report.fixture_study import build_study  # the report tests' study, no JAX
+    from arch_compare.results import ResultsStore, Run
     (tmp / "study").mkdir()
-    build_study(tmp / "study" / "results.sqlite")
+    with ResultsStore(tmp / "study" / "results.sqlite") as store:  # a study just begun
+        store.register_study("s", {}, tmp / "study")
+        store.put_run("s", Run(run_id="target/t", role="target", model="t",
+                               architecture="target", family="t", config={}, status="done"))
+        store.put_metrics("s", "target/t", "nq", {"exact_match": 31.0},
+                          {"exact_match": "capability"})
     items = [{"id": f"q{i}", "prompt": f"question {i}", "model_a": "target",
               "output_a": "yes", "model_b": "imitation", "output_b": "no"} for i in range(4)]
     (tmp / "items.jsonl").write_text("".join(json.dumps(item) + "\\n" for item in items))
@@ -77,13 +83,14 @@ def imports(tmp_path_factory) -> list[dict]:
 
 
 def test_help_report_pairwise_and_budget_import_neither_jax_nor_tensorflow(imports):
+    assert [case["argv"][0] for case in imports[:len(NO_JAX)]] == [argv[0] for argv in NO_JAX]
     for case in imports[:len(NO_JAX)]:
         assert case["code"] == 0, case
         assert case["imported"] == [], f"arch-compare {' '.join(case['argv'])} imported " \
                                        f"{case['imported']}"
 
 
-def test_presets_and_every_help_never_import_tensorflow(imports):
+def test_presets_and_model_parsers_never_import_tensorflow(imports):
     later = imports[len(NO_JAX):]
     assert [case["argv"][0] for case in later] == [argv[0] for argv in NO_TENSORFLOW]
     for case in later:
