@@ -129,11 +129,12 @@ class Mlp(nnx.Module):
             kernel = jnp.stack([self.wi_0.kernel[...], self.wi_1.kernel[...]],
                                axis=1)  # [d, 2, f]
             dtype = self.wi_0.dtype
-            both = jnp.einsum("bld,dnf->blnf", x.astype(dtype), kernel.astype(dtype))  # [b, l, 2, f]
+            both = jnp.einsum("...d,dnf->...nf", x.astype(dtype),
+                              kernel.astype(dtype))  # [b, l, 2, f]
             if self.wi_0.bias is not None:
                 bias = jnp.stack([self.wi_0.bias[...], self.wi_1.bias[...]])  # [2, f]
                 both = both + bias.astype(dtype)
-            hidden = self.activation(both[:, :, 0]) * both[:, :, 1]  # [b, l, f]
+            hidden = self.activation(both[..., 0, :]) * both[..., 1, :]  # [b, l, f]
         return self.wo(hidden)
 
 
