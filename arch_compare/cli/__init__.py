@@ -77,6 +77,9 @@ def _tensorflow_without_accelerators() -> None:
     """TensorFlow only feeds data here (seqio's tf.data pipelines); JAX owns the accelerators.
     Left alone, TF's first op would initialise every GPU and reserve its memory. Called inside
     the filtered block: on a machine without a GPU this is where TF logs its failed cuInit."""
+    # What importing JAX first used to set for TF: no INFO lines from its C++ runtime (tf.data's
+    # "Local rendezvous is aborting ... End of sequence" and the like) once a run is under way.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     import tensorflow as tf
     try:
         tf.config.set_visible_devices([], "GPU")
