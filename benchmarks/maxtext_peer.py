@@ -15,10 +15,10 @@ Runs in two interpreters, because MaxText needs Python >= 3.12 and its own JAX:
   spread, `others` from /proc/stat, MFU against XLA's float32 2048^3 matmul peak measured in this
   same process (before and after; the higher counts).
 
-Several remat policies are compared in ONE process, interleaved (A, B, A, B), so they see the
-same machine load:
+Several remat policies (each with a layer scan, or unrolled as POLICY/unrolled) are compared in
+ONE process, interleaved (A, B, A, B), so they see the same machine load:
 
-    benchmarks/maxtext_peer.sh [--remat full,minimal,save_dot_except_mlp] [--steps 10]
+    benchmarks/maxtext_peer.sh [--remat full,minimal,none/unrolled] [--steps 10] [--no-scan]
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def maxtext_overrides(ref: dict, remat: str, scan: bool, output_dir: str) -> lis
         "steps=100000", "enable_checkpointing=false", "enable_tensorboard=false",
         "enable_goodput_recording=false", "monitor_goodput=false", "gcs_metrics=false",
         "skip_jax_distributed_system=true", "log_config=false",
-        f"base_output_directory={output_dir}", f"run_name=maxtext_peer_{remat}",
+        f"base_output_directory={output_dir}", f"run_name=maxtext_peer_{remat}_{'scan' if scan else 'unrolled'}",
     ]
 
 
@@ -270,9 +270,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="that JSON (a string, or @FILE); required without --reference")
     parser.add_argument("--remat", default="full,minimal",
                         help="comma-separated MaxText remat_policy values, timed interleaved "
-                             "(base.yml's default is 'full')")
+                             "(base.yml's default is 'full'); POLICY/unrolled runs that policy "
+                             "with scan_layers=false")
     parser.add_argument("--no-scan", action="store_true",
-                        help="unrolled layers (scan_layers=false) instead of a layer scan")
+                        help="every variant with unrolled layers (scan_layers=false)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
@@ -328,8 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     steps, infos = {}, {}
     output_dir = tempfile.mkdtemp(prefix="maxtext_peer_")
     for remat in args.remat:
-        step, count, compile_seconds, info = maxtext_step(ref, remat, not args.no_scan,
-                                                          output_dir)
+        policy, _, layout = remat.partition("/")
+        if layout not in ("", "unrolled"):
+            print(f"maxtext_peer.py: --remat {remat!r}: expected POLICY or POLICY/unrolled",
+                  file=sys.stderr)
+            return 2
+        step, count, compile_seconds, info = maxtext_step(
+            ref, policy, not (args.no_scan or layout), output_dir)
         print(f"  maxtext remat_policy={remat}: {count:,} parameters (ours: "
               f"{ref['params']:,}), compiled in {compile_seconds:.1f} s; scan_layers "
               f"{info['scan_layers']}, attention {info['attention']}, dtype {info['dtype']}, "
@@ -350,14 +356,14 @@ def main(argv: list[str] | None = None) -> int:
           f"MFU uses the higher): jax {before / 1e9:.0f} / {after / 1e9:.0f} GFLOP/s")
     print()
     header = (f"{'model':<6} {'framework':<9} {'tokens/s':>9} {'step ms':>8} {'spread':>7} "
-              f"{'others':>6} {'MFU':>6} {'remat':>12}")
+              f"{'others':>6} {'MFU':>6}  remat (layers)")
     print(header)
     print("-" * len(header))
     for remat, timing in timings.items():
         print(f"{'llama':<6} {'maxtext':<9} {ref['tokens_per_step'] / timing.median:>9.0f} "
               f"{1000 * timing.median:>8.1f} {100 * timing.spread:>6.0f}% "
               f"{timing.others:>6.2f} {100 * ref['flops_per_step'] / timing.median / peak:>5.1f}% "
-              f"{remat:>12}")
+              f" {remat.split('/')[0]} ({'scan' if infos[remat]['scan_layers'] else 'unrolled'})")
     return 0
 
 
