@@ -27,7 +27,8 @@ from arch_compare import partitioning
 from arch_compare.partitioning import global_array
 from arch_compare.execution import ExecutionConfig, candidate_meshes, mesh_description, \
     resolve_mesh
-from arch_compare.models.model import BaseModel, DecodeCache, Params
+from arch_compare.models.decode_cache import DecodeCache
+from arch_compare.models.model import BaseModel, Params
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from arch_compare.decoding.config import DecodeConfig, Knobs, length_penalty
-from arch_compare.models.model import BaseModel, DecodeCache, Params
+from arch_compare.models.decode_cache import DecodeCache
+from arch_compare.models.model import BaseModel, Params
 
 
 def filter_logits(logits: jax.Array, knobs: Knobs) -> jax.Array:

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from arch_compare.models.config import ModelConfig
+from arch_compare.models.decode_cache import DecodeCache
 from arch_compare.models.layers import KVCache
 from arch_compare.models.transformer import (AttentionInputs, BlockCache, DecoderOnlyNetwork,
                                              EncoderDecoderNetwork)
@@ -68,63 +69,6 @@ def _left_padded_layout(lengths: jax.Array, width: int) -> tuple[jax.Array, jax.
     columns = jnp.arange(width)[None, :]  # [1, w]
     first = (width - lengths)[:, None]  # [b, 1]
     return columns >= first, jnp.maximum(columns - first, 0)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class DecodeCache:
-    """Everything a decode step needs besides the parameters; a pytree, so decoding loops can
-    carry it through `jax.lax.while_loop` and compile once.
-
-    Slot s of row b holds a real token iff `start[b] <= s < index`; a token in slot s has
-    position `s - start[b]`.
-
-    `layers` is stacked (one `BlockCache` of [layers, ...] arrays, as `prefill` returns it) or
-    per layer (a tuple of [b, ...] `BlockCache`s, `per_layer()`): decode steps return the form
-    they were given; a decoding loop carries the per-layer form, which steps update in place
-    (stacked, each step splits and restacks it: a copy of the whole cache).
-    """
-
-    layers: BlockCache | tuple[BlockCache, ...]  # self [layers, b, s, g, e], cross [.., k, ..]
-    index: jax.Array  # [] int32: the slot the next token goes into, shared by every row
-    start: jax.Array  # [b] int32: first slot holding a real token (left padding before it)
-    encoder_mask: jax.Array | None = None  # [b, k] bool: real encoder tokens (encoder-decoder)
-
-    @property
-    def num_slots(self) -> int:
-        if isinstance(self.layers, tuple):
-            return self.layers[0].self_attention.key.shape[1]
-        return self.layers.self_attention.key.shape[2]
-
-    def per_layer(self) -> "DecodeCache":
-        """This cache with `layers` as one `BlockCache` per layer."""
-        if isinstance(self.layers, tuple):
-            return self
-        count = self.layers.self_attention.key.shape[0]
-        layers = tuple(jax.tree.map(lambda x, i=i: x[i], self.layers) for i in range(count))
-        return dataclasses.replace(self, layers=layers)
-
-    def stacked(self) -> "DecodeCache":
-        """This cache with `layers` as one `BlockCache` of [layers, ...] arrays."""
-        if not isinstance(self.layers, tuple):
-            return self
-        return dataclasses.replace(
-            self, layers=jax.tree.map(lambda *xs: jnp.stack(xs), *self.layers))
-
-    def take_rows(self, rows: jax.Array) -> "DecodeCache":
-        """The cache of batch rows `rows` [b'] (repeated or reordered), e.g. one per beam.
-        Stacked caches only."""
-        take = lambda x, axis: jnp.take(x, rows, axis=axis)
-        layers = jax.tree.map(lambda x: take(x, 1), self.layers)  # axis 0 is layers
-        mask = None if self.encoder_mask is None else take(self.encoder_mask, 0)
-        return DecodeCache(layers, self.index, take(self.start, 0), mask)
-
-    def reorder_self_attention(self, rows: jax.Array) -> "DecodeCache":
-        """Like `take_rows` for a reordering WITHIN each example (beam search): only the
-        self-attention keys/values differ between an example's rows, so only they are moved."""
-        self_kv = jax.tree.map(lambda x: jnp.take(x, rows, axis=1), self.layers.self_attention)
-        return dataclasses.replace(
-            self, layers=dataclasses.replace(self.layers, self_attention=self_kv))
 
 
 def _without_layers(params: Params) -> Params:
