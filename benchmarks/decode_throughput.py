@@ -35,7 +35,6 @@ import argparse
 import dataclasses
 import math
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -57,8 +56,8 @@ from arch_compare.decoding.search import DecodeConfig, generate  # noqa: E402
 from arch_compare.models import ModelConfig, build_model  # noqa: E402
 from arch_compare.models.hf.checkpoint import save_hf_checkpoint  # noqa: E402
 from arch_compare.models.model import BaseModel, Params  # noqa: E402
-from train_throughput import (MODELS, Timing, interleaved, others_load,  # noqa: E402
-                              time_steps, wait_until_quiet)
+from timing import Timing, interleaved, others_load, time_steps, wait_until_quiet  # noqa: E402
+from train_throughput import MODELS  # noqa: E402
 
 PROMPT_TOKENS = 32
 NEW_TOKENS = 128

@@ -26,15 +26,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
-import statistics
 import sys
 import tempfile
 import time
-from typing import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # timing.py (standard library only), whichever venv runs this
+from timing import interleaved, time_steps  # noqa: E402
 
 # -------------------------------------------------------------------------------------------------
 # --reference: runs in THIS project's venv and asks train_throughput.py for the LLaMA row
@@ -42,7 +41,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def reference(batch: int, length: int, vocab: int | None) -> dict:
     """The LLaMA row of train_throughput.py, as plain numbers (no MaxText import here)."""
-    sys.path.insert(0, HERE)
     import train_throughput as tt  # noqa: E402 (imports jax, torch: only in our venv)
     from arch_compare import optim  # noqa: E402
     from arch_compare.models import build_model  # noqa: E402
@@ -116,69 +114,6 @@ def maxtext_overrides(ref: dict, remat: str, scan: bool, output_dir: str) -> lis
 
 
 # -------------------------------------------------------------------------------------------------
-# Timing: the same definitions as train_throughput.py (re-stated, since that file imports torch
-# and our package, which this venv does not have)
-
-
-def _busy_cpu_seconds() -> float:
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except OSError:
-        return math.nan
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    seconds: tuple[float, ...]
-    others: float  # cores kept busy by OTHER processes while the timed steps ran
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.seconds)
-
-    @property
-    def spread(self) -> float:
-        return (max(self.seconds) - min(self.seconds)) / self.median
-
-    def __add__(self, other: "Timing") -> "Timing":
-        total = sum(self.seconds) + sum(other.seconds)
-        others = (self.others * sum(self.seconds) + other.others * sum(other.seconds)) / total
-        return Timing(self.seconds + other.seconds, others)
-
-
-def time_steps(step: Callable[[], None], warmup: int, steps: int) -> Timing:
-    for _ in range(warmup):
-        step()
-    seconds = []
-    busy, own = _busy_cpu_seconds(), _own_cpu_seconds()
-    for _ in range(steps):
-        began = time.perf_counter()
-        step()
-        seconds.append(time.perf_counter() - began)
-    others = (_busy_cpu_seconds() - busy) - (_own_cpu_seconds() - own)
-    return Timing(tuple(seconds), max(others, 0.0) / sum(seconds))
-
-
-def interleaved(steps: dict[str, Callable[[], None]], warmup: int, total: int,
-                rounds: int) -> dict[str, Timing]:
-    """Each variant in turn, `rounds` times; one untimed step after each switch."""
-    timings: dict[str, Timing] = {}
-    for r in range(rounds):
-        count = total // rounds + (r < total % rounds)
-        for name, step in steps.items():
-            timing = time_steps(step, warmup if r == 0 else 1, count)
-            timings[name] = timings[name] + timing if name in timings else timing
-    return timings
-
-
 MATMUL_SIZE, MATMUL_REPEATS = 2048, 10
 
 
