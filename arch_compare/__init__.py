@@ -3,7 +3,7 @@ models, with the budget of every run priced before it starts."""
 
 from __future__ import annotations
 
-import importlib
+from arch_compare.lazy import lazy_attributes
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -20,14 +20,4 @@ _LAZY = {"build_model": "arch_compare.models", "get_preset": "arch_compare.model
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'arch_compare' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # once: later lookups do not come back here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes(globals(), _LAZY)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+from arch_compare.lazy import lazy_attributes
 from typing import TYPE_CHECKING
 
 from arch_compare.models.config import ModelConfig
@@ -22,14 +22,4 @@ _LAZY = {name: "arch_compare.models.model"
 __all__ = ["BaseModel", "DecoderOnlyModel", "EncoderDecoderModel", "ModelConfig", "PRESETS",
            "build_model", "get_preset", "presets"]
 
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'arch_compare.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # once: later lookups do not come back here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes(globals(), _LAZY)
