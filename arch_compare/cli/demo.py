@@ -29,7 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from arch_compare import compilation_cache
     from arch_compare_tasks import demo_world
     out = Path(args.out).absolute()
     # The configuration (with the user's --gin.NAME=VALUE) is checked before anything is made.
@@ -38,9 +37,6 @@ def run(args: argparse.Namespace) -> int:
     bindings = [f"STUDY_DIR='{out}'"] + [f"{macro}='{path}'"
                                          for macro, path in vocabularies.items()]
     config = study.study_config([str(DEMO_GIN)], bindings + list(args.gin_bindings))
-    # The demo compiles the same small programs for many runs; keep them across runs and calls
-    # (a second demo reads them back instead of compiling them again).
-    compilation_cache.enable()
     demo_world.write_vocabularies(out / "world")  # the files named above, if not there yet
     # The demo's budget is a fraction of a cent; it never needs asking.
     return study.run_and_report(config, yes=True, report=True)
