@@ -185,8 +185,9 @@ class DecoderOnlyNetwork(nnx.Module):
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
         """tokens, positions: [b, l]; mask: [b, 1, l, l] -> logits [b, l, v]."""
-        logits, _ = self._run(tokens, AttentionInputs(self_mask=mask, positions=positions), None)
-        return logits
+        x, _ = self.decoder(self._embed(tokens, positions),
+                            AttentionInputs(self_mask=mask, positions=positions))
+        return self.output_head(x, self.token_embed)
 
     def extend(self, cache: Sequence[BlockCache], index: jax.Array, tokens: jax.Array,
                positions: jax.Array, mask: jax.Array, layers: Sequence[Any],
@@ -195,21 +196,16 @@ class DecoderOnlyNetwork(nnx.Module):
         over all s slots; cache, layers: one per block (`Stack.extend`) -> (logits [b, l, v],
         or [b, 1, v] of the last position with `last_only`; updated cache)."""
         inputs = AttentionInputs(self_mask=mask, positions=positions, cache_index=index)
-        x = self.token_embed(tokens)  # [b, l, d]
-        if hasattr(self, "position_embed"):
-            x = x + self.position_embed(positions)
-        x, cache = self.decoder.extend(x, inputs, cache, layers)
+        x, cache = self.decoder.extend(self._embed(tokens, positions), inputs, cache, layers)
         if last_only:  # a prompt: only its last position predicts a token
             x = x[:, -1:]
         return self.output_head(x, self.token_embed), cache
 
-    def _run(self, tokens: jax.Array, inputs: AttentionInputs,
-             cache: BlockCache | None) -> tuple[jax.Array, BlockCache | None]:
+    def _embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
         x = self.token_embed(tokens)  # [b, l, d]
         if hasattr(self, "position_embed"):
-            x = x + self.position_embed(inputs.positions)
-        x, cache = self.decoder(x, inputs, cache)
-        return self.output_head(x, self.token_embed), cache
+            x = x + self.position_embed(positions)
+        return x
 
 
 class EncoderDecoderNetwork(nnx.Module):
