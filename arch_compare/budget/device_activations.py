@@ -1,0 +1,170 @@
+"""Activations ONE device keeps for a training step's backward pass, given how its batch is cut.
+
+Split from `device_memory.py` (which prices the parameters, optimizer state and gathered weights
+on the mesh and adds these up): the per-token arrays each layer's backward pass reads, counted from
+the layers' code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from arch_compare.models.config import DTYPE_BYTES, ModelConfig
+
+if TYPE_CHECKING:
+    from arch_compare.budget.device_memory import ParameterShard
+
+FLOAT32_BYTES = 4
+PLATFORMS = ("cpu", "gpu", "tpu")
+
+
+def dtype_bytes(name: str) -> int:
+    return DTYPE_BYTES[name]
+
+
+def split(size: int, ways: int) -> int:
+    """`size` over `ways` devices if it divides evenly, else whole (as partitioning does)."""
+    return size // ways if size % ways == 0 else size
+
+
+# -------------------------------------------------------------------------------------------------
+# Activations per device
+#
+# What a step keeps for its backward pass is what JAX's autodiff saves (its residuals), counted
+# here per token from the layers' code (and checked against `jax.ad_checkpoint`'s list of saved
+# residuals for every family, then against XLA's buffers): every elementwise op whose derivative
+# needs its input or output keeps one array, so a GELU-tanh keeps six [f] arrays, not one.
+
+# Arrays of [d_ff] an MLP keeps per token for its activation function (input, intermediates,
+# output); a gated MLP keeps two more (the second up projection and the product's other input).
+MLP_ARRAYS = {"relu": 2, "gelu": 4, "gelu_tanh": 6, "silu": 4}
+MASK_BYTES = 1  # relu's derivative is a bool mask; attention masks are bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Split:
+    """How the activations of one device's microbatch are cut."""
+
+    rows: int  # examples per device per microbatch
+    tensor: int
+    stored: int  # bytes per saved compute-dtype number (see `saved_number_bytes`)
+
+    def heads(self, n: int) -> int:
+        return split(n, self.tensor)
+
+
+def saved_number_bytes(cfg: ModelConfig, platform: str) -> int:
+    """Bytes of one saved compute-dtype number. XLA's CPU backend has no bfloat16 arithmetic: it
+    computes bfloat16 ops in float32 and keeps the float32 results that the backward pass reads
+    (measured: a bfloat16 step without remat held its block residuals at 4 bytes), so on CPU a
+    narrow compute dtype saves no activation memory. Accelerators keep them narrow."""
+    if platform not in PLATFORMS:
+        raise ValueError(f"unknown platform {platform!r}; known: {', '.join(PLATFORMS)}")
+    c = dtype_bytes(cfg.dtype)
+    return max(c, FLOAT32_BYTES) if platform == "cpu" else c
+
+
+def _norm_bytes(cfg: ModelConfig, stored: int) -> int:
+    """Per token: the norm runs in float32 and keeps its float32 input, centred/scaled copies
+    (three [d]) and two per-token statistics, plus its output cast to the compute dtype."""
+    return 3 * cfg.d_model * FLOAT32_BYTES + 2 * FLOAT32_BYTES + cfg.d_model * stored
+
+
+def _attention_bytes(cfg: ModelConfig, cut: _Split, queries: int, keys: int) -> int:
+    """One attention layer: queries and outputs [h, e] per query, keys and values [g, e] per key,
+    the scores in float32 and the probabilities in the compute dtype [h, keys] per query, and
+    the softmax's two per-head statistics."""
+    c = cut.stored
+    h, g, e = cut.heads(cfg.num_heads), cut.heads(cfg.num_kv_heads), cfg.head_dim
+    per_query = 2 * h * e * c + h * keys * (FLOAT32_BYTES + c) + 2 * h * FLOAT32_BYTES
+    return queries * per_query + keys * 2 * g * e * c
+
+
+def _mlp_bytes(cfg: ModelConfig, cut: _Split) -> int:
+    f = split(cfg.d_ff, cut.tensor)
+    arrays = MLP_ARRAYS[cfg.mlp_activation] + (2 if cfg.mlp_gated else 0)
+    return f * arrays * cut.stored + (f * MASK_BYTES if cfg.mlp_activation == "relu"
+                                                 else 0)
+
+
+def _block_bytes(cfg: ModelConfig, cut: _Split, queries: int, cross_keys: int) -> int:
+    """Bytes one block keeps per example for its backward pass (no rematerialisation)."""
+    norms = 3 if cross_keys else 2
+    total = queries * (norms * _norm_bytes(cfg, cut.stored) + _mlp_bytes(cfg, cut))
+    total += _attention_bytes(cfg, cut, queries, queries)
+    if cross_keys:
+        total += _attention_bytes(cfg, cut, queries, cross_keys)
+    return total
+
+
+def _stacks(cfg: ModelConfig, input_length: int, target_length: int):
+    """(layers, queries, cross keys) per stack, and the tokens that get logits."""
+    if cfg.is_encoder_decoder:
+        return [(cfg.num_encoder_layers, input_length, 0),
+                (cfg.num_layers, target_length, input_length)], target_length
+    length = input_length + target_length
+    return [(cfg.num_layers, length, 0)], length
+
+
+def _kernel_bytes(shards: tuple[ParameterShard, ...], cfg: ModelConfig, stacked: bool) -> int:
+    """The compute-dtype copies of this device's kernels (matrices, stacked or not)."""
+    from arch_compare.optim import MatrixView
+    total = 0
+    for shard in shards:
+        view = MatrixView.from_axes(shard.path, shard.axes)
+        if view.is_matrix and (view.stacked > 0) == stacked:
+            total += shard.shard_size
+    return total * dtype_bytes(cfg.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Activations:
+    saved: int  # kept from the forward pass until the backward pass uses it
+    working: int  # one rematerialised block's residuals, live while its backward runs
+
+
+def _activations(cfg: ModelConfig, cut: _Split, shards: tuple[ParameterShard, ...],
+                 input_length: int, target_length: int) -> _Activations:
+    c = dtype_bytes(cfg.dtype)
+    stacks, tokens = _stacks(cfg, input_length, target_length)
+    remat = cfg.remat != "none"
+    saved = working = 0
+    for layers, queries, cross_keys in stacks:
+        if not queries:
+            continue
+        block = _block_bytes(cfg, cut, queries, cross_keys)
+        h = cut.heads(cfg.num_heads)
+        attentions = [queries] + ([cross_keys] if cross_keys else [])
+        if remat:  # each block's input, and one block recomputed at a time
+            saved += layers * queries * cfg.d_model * c
+            working = max(working, block)
+            # masks: [q, k] bools, broadcast over heads inside the recomputed block
+            saved += sum(queries * keys * MASK_BYTES for keys in attentions)
+        else:
+            saved += layers * block
+            # masks broadcast over heads once, outside the layer scan: bool and float32 bias
+            saved += sum(h * queries * keys * (FLOAT32_BYTES + MASK_BYTES) for keys in attentions)
+        saved += queries * _norm_bytes(cfg, cut.stored)  # the stack's final norm
+    saved *= cut.rows
+    working *= cut.rows
+    if cfg.dtype != cfg.param_dtype:
+        # Dense casts each kernel to the compute dtype; the backward pass reads the cast copy,
+        # so without remat the scan keeps every layer's copies (the output head's always).
+        saved += _kernel_bytes(shards, cfg, stacked=False)
+        if not remat:
+            saved += _kernel_bytes(shards, cfg, stacked=True)
+        else:
+            working += _kernel_bytes(shards, cfg, stacked=True) // max(
+                1, cfg.num_layers + cfg.num_encoder_layers)
+    return _Activations(saved, working)
+
+
+def _logits_bytes(cfg: ModelConfig, cut: _Split, input_length: int, target_length: int) -> int:
+    """The loss takes the logits in float32: the softmax's saved exponentials and the logits
+    (then their gradient) are live together; in a narrower compute dtype the matmul's own
+    output comes first."""
+    _, tokens = _stacks(cfg, input_length, target_length)
+    c = dtype_bytes(cfg.dtype)
+    per_number = 2 * FLOAT32_BYTES + (c if c != FLOAT32_BYTES else 0)
+    return cut.rows * tokens * split(cfg.vocab_size, cut.tensor) * per_number
