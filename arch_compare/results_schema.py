@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS runs (
     data_source TEXT,               -- imitation runs only
     data_examples INTEGER,          -- the answers it trains on (bought from the target)
     selection TEXT,                 -- how they were chosen: random | uncertainty | diversity | ...
+    recipe TEXT,                    -- how it fine-tuned: full, or a recipe's label (name, name@alpha)
     data_tokens INTEGER,            -- in the model's own tokens
     data_reference_tokens INTEGER,  -- in the study's reference tokenizer
     status TEXT NOT NULL,
@@ -103,5 +104,6 @@ CREATE TABLE IF NOT EXISTS collections (   -- the target's answers bought: estim
 # Columns added after databases were first written; an older file gains them when opened for
 # writing, and a reader of one that did not reads them as NULL.
 ADDED_METRIC_COLUMNS = {"low": "REAL", "high": "REAL", "n": "INTEGER", "method": "TEXT"}
-ADDED_COLUMNS = {"metrics": ADDED_METRIC_COLUMNS, "runs": {"selection": "TEXT"}}
+ADDED_COLUMNS = {"metrics": ADDED_METRIC_COLUMNS,
+                 "runs": {"selection": "TEXT", "recipe": "TEXT"}}
 TABLES = ("runs", "metrics", "samples", "predictions", "comparisons", "collections")

@@ -34,6 +34,7 @@ class Run:
     data_source: str | None = None
     data_examples: int | None = None
     selection: str | None = None  # imitation runs: how the answers were chosen (default random)
+    recipe: str | None = None  # imitation runs: the fine-tuning recipe's run label (default full)
     data_tokens: int | None = None
     data_reference_tokens: int | None = None
     estimate: dict | None = None
@@ -54,6 +55,9 @@ class Run:
         if self.role == "imitation" and self.selection is None:
             # Runs recorded before selection existed bought the first prompts in order.
             object.__setattr__(self, "selection", "random")
+        if self.role == "imitation" and self.recipe is None:
+            # Runs recorded before recipes existed trained every weight (recipes.py: `full`).
+            object.__setattr__(self, "recipe", "full")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,16 +63,16 @@ def study_config(files: list[str], bindings: list[str]) -> StudyConfig:
 def print_plan(config: StudyConfig) -> int:
     """The budget and memory plan of the study on its priced hardware, and its inputs checked;
     StudyInputsInvalid (exit 2) listing every input problem, else 1 if a run won't fit."""
-    from arch_compare.imitation import plan, preflight
+    from arch_compare.imitation import plan, plan_memory, preflight
     try:
         inputs, invalid = preflight.check(config), None
     except preflight.StudyInputsInvalid as error:
         inputs, invalid = None, error
     planned = plan.plan(config)
     print(plan.budget_table(config, plan.estimates(config, planned))[0])
-    devices = plan.Devices.of_budget(config)
-    rows = plan.memory_plan(config, devices, planned)
-    print(plan.memory_table(config, rows, devices))
+    devices = plan_memory.Devices.of_budget(config)
+    rows = plan_memory.memory_plan(config, devices, planned)
+    print(plan_memory.memory_table(config, rows, devices))
     if invalid is not None:
         raise invalid  # after the plan, which is worth reading all the same
     print(inputs.summary())

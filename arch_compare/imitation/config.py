@@ -15,8 +15,10 @@ from arch_compare import optim
 from arch_compare.budget.targets import get_price as get_target_price
 from arch_compare.configs import from_fields as _coerce
 from arch_compare.execution import ExecutionConfig
+from arch_compare.imitation import study_cells
 from arch_compare.imitation.targets import GenerationSettings
 from arch_compare.models.zoo import get_preset
+from arch_compare.recipes import Recipe, coerce_recipes
 
 EVALUATION_KINDS = ("capability", "style")
 # 64 KiB of text: far beyond any feature length the presets train with (a 2,048-token sequence
@@ -315,9 +317,13 @@ class StudyConfig:
     # How every run is laid out on the devices (models may override parts): not a fairness
     # difference, but recorded with each run and printed by the report.
     execution: ExecutionConfig = ExecutionConfig()
+    # Fine-tuning recipes beside `full` (recipes.py), each a run of its own in the random-data
+    # cells (model x source x amount) it selects; empty: every cell is fine-tuned one way.
+    recipes: tuple[Recipe, ...] = ()
 
     def __post_init__(self):
         _freeze(self, "target", dict(self.target))
+        _freeze(self, "recipes", coerce_recipes(self.recipes, "recipes"))
         _freeze(self, "models", tuple(_coerce(m, StudyModel, f"models[{i}]")
                                       for i, m in enumerate(self.models)))
         _freeze(self, "sources", tuple(_coerce(s, DataSource, f"sources[{i}]")
@@ -350,15 +356,28 @@ class StudyConfig:
                                      f"the study (its models: {sorted(model_names)})")
         if "kind" not in self.target or "name" not in self.target:
             raise ValueError(f"study {self.name!r}: target needs 'kind' and 'name'")
+        study_cells.check_recipes(self)
 
     def sources_for(self, model: StudyModel) -> tuple[DataSource, ...]:
         """The sources that train `model`."""
         return tuple(source for source in self.sources
                      if source.models is None or model.name in source.models)
 
+    def cells(self, recipe: Recipe | None = None) -> list[tuple[str, str, int]]:
+        """The (model, source, amount) cells of random-data imitation runs, in plan order;
+        with `recipe`, those it applies to."""
+        return study_cells.cells(self, recipe)
+
+    def recipes_for(self, model: str, source: str, amount: int) -> tuple[Recipe, ...]:
+        """The recipes a cell runs beside its `full` run, in the study's order."""
+        return study_cells.recipes_for(self, model, source, amount)
+
     def execution_for(self, model: StudyModel) -> ExecutionConfig:
         """The study's execution settings with `model`'s own changes applied."""
         return self.execution.override(model.execution, f"model {model.name!r}.execution")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        fields = dataclasses.asdict(self)
+        if not self.recipes:  # a study without recipes keeps the hash it had before them
+            del fields["recipes"]
+        return fields

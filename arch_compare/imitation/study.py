@@ -51,7 +51,7 @@ from arch_compare.budget.memory import MemoryShortfall
 from arch_compare.data.vocabularies import load_vocabulary
 from arch_compare.execution import ExecutionConfig
 from arch_compare.imitation import comparisons, evaluation, preflight, study_models
-from arch_compare.imitation import plan as plan_lib
+from arch_compare.imitation import plan as plan_lib, plan_memory
 from arch_compare.imitation.config import Evaluation, StudyConfig, StudyModel
 from arch_compare.imitation.hosts import Processes
 from arch_compare.imitation.plan import PlannedRun, StudyDeclined, budget_table, confirm, plan
@@ -100,14 +100,14 @@ class StudyRunner:
         return load_vocabulary("hf_tokenizer" if path.endswith(".json") else "sentencepiece", path)
 
     @functools.cached_property
-    def devices(self) -> plan_lib.Devices:
+    def devices(self) -> plan_memory.Devices:
         """The devices present: 'auto' resolves over them and each run's memory is checked
         against theirs (where the platform reports it; else the study's priced hardware)."""
         device = jax.devices()[0]
         memory = memory_lib.device_memory_bytes(device)
         if memory is None:
-            memory = plan_lib.Devices.of_budget(self.config).memory_bytes
-        return plan_lib.Devices(jax.device_count(), memory, device.device_kind)
+            memory = plan_memory.Devices.of_budget(self.config).memory_bytes
+        return plan_memory.Devices(jax.device_count(), memory, device.device_kind)
 
     # -- imitation data
 
@@ -161,7 +161,7 @@ class StudyRunner:
         """The run's execution settings with the mesh resolved over the devices present, and
         its per-device memory estimates; MemoryShortfall (before any compute) when they do not
         fit."""
-        memory = plan_lib.run_memory(self.config, planned, self.devices)
+        memory = plan_memory.run_memory(self.config, planned, self.devices)
         if not memory.fits:
             raise MemoryShortfall(memory.shortfall)
         return memory.execution, {"per_device_training_bytes": memory.training_bytes,

@@ -304,7 +304,7 @@ def test_a_pre_collected_file_is_a_data_source_in_its_own_format(tmp_path):
 def test_a_run_that_does_not_fit_is_refused_before_compute_and_recorded(tmp_path, monkeypatch):
     """Every model run of a study whose device is far too small fails with the budget module's
     MemoryShortfall (recorded, the study goes on); nothing is built or trained."""
-    from arch_compare.imitation import plan as plan_lib, preflight
+    from arch_compare.imitation import plan_memory, preflight
     # Its checkpoint and vocabulary paths do not exist: the inputs are not what is tested here.
     monkeypatch.setattr(preflight, "check",
                         lambda config, **_: preflight.PreflightReport((), (), 0.0))
@@ -314,7 +314,7 @@ def test_a_run_that_does_not_fit_is_refused_before_compute_and_recorded(tmp_path
                              "function": "arch_compare_tasks.demo_world:target_respond"},
                      evaluations=[{"task": "demo_style", "kind": "style", "max_examples": 2}])
     runner = StudyRunner(config, progress=False, echo=lambda *_: None)
-    runner.devices = plan_lib.Devices(1, 2 ** 20, "a 1 MiB device")
+    runner.devices = plan_memory.Devices(1, 2 ** 20, "a 1 MiB device")
     outcome = runner.run(yes=True)
     assert outcome.failed == ["base/t5-tiny", "imitation/t5-tiny/broad/4",
                               "imitation/t5-tiny/broad/8"]
