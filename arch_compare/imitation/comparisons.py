@@ -8,6 +8,9 @@ Every done imitation run is compared, on the same evaluation examples, with
   answers bought at random, and
 - for a run whose answers a selection strategy chose (`uncertainty`, `diversity`,
   `student_first`), the random run of the same model, source and amount (strategy minus random),
+- for a run of a fine-tuning recipe (`mix`, `l2sp`, `lora`, `wise@alpha`: `StudyConfig.recipes`),
+  the `full` run of its cell (recipe minus full: at equal imitation data, did it keep more of the
+  base's capability, and how much style did it give up?),
 by the paired bootstrap (`evaluation/intervals.py`: the same resampled examples for both runs).
 
 Everything is recomputed from the predictions the study stored (table `predictions`), after the
@@ -28,6 +31,7 @@ import time
 from arch_compare.evaluation import intervals
 from arch_compare.imitation import evaluation
 from arch_compare.imitation.config import StudyConfig
+from arch_compare.recipes import FULL
 from arch_compare.results import Comparison, ResultsStore, Run
 from arch_compare_tasks import registry
 
@@ -42,8 +46,9 @@ def pairs(config: StudyConfig, runs: list[Run]) -> list[tuple[Run, Run]]:
     order = {source.name: i for i, source in enumerate(config.sources)}
     result = [(run, bases[run.model]) for run in imitation if run.model in bases]
     # Sources are compared on the answers they give when nothing chooses them (random against
-    # random): a strategy run is compared with its own random run below, not with other sources.
-    plain = [run for run in imitation if run.selection == "random"]
+    # random) and every weight is fine-tuned: a strategy or recipe run is compared with its own
+    # cell's run below, not with other sources.
+    plain = [run for run in imitation if run.selection == "random" and run.recipe == FULL.name]
     for run in plain:
         result += [(run, other) for other in plain
                    if other.model == run.model and other.data_examples == run.data_examples
@@ -54,6 +59,12 @@ def pairs(config: StudyConfig, runs: list[Run]) -> list[tuple[Run, Run]]:
         same = random_runs.get((run.model, run.data_source, run.data_examples))
         if run.selection != "random" and same is not None:
             result.append((run, same))
+    # Did the recipe beat fine-tuning every weight on the same data? (A recipe's runs are all
+    # random-data cells, whose full run is the plain run of the same model, source and amount.)
+    for run in imitation:
+        full = random_runs.get((run.model, run.data_source, run.data_examples))
+        if run.recipe != FULL.name and full is not None:
+            result.append((run, full))
     return result
 
 
