@@ -20,6 +20,7 @@ from arch_compare.results import METRIC_KINDS, Run
 
 ARCHITECTURES = ("decoder_only", "encoder_decoder", "target")
 RANDOM = "random"  # the selection of runs that bought their answers without choosing them
+FULL = "full"  # the recipe of runs that fine-tuned every weight (every run before recipes)
 # A gap smaller than this (relative to the metric's size) is no gap: its share would be noise.
 GAP_TOLERANCE = 1e-9
 # Configuration keys whose last part names one of these are expected to differ between runs:
@@ -118,12 +119,28 @@ def models(data: StudyData) -> tuple[str, ...]:
     return tuple(dict.fromkeys(r.model for r in runs))
 
 
+def recipe_label(run: Run) -> str:
+    """How an imitation run fine-tuned: "full" (every run before recipes existed, and every run
+    of a database without the `recipe` column), else its recipe's label ("lora", "wise@0.5")."""
+    label = getattr(run, "recipe", None)
+    if label:
+        return str(label)
+    # Else the recipe recorded in the run's configuration (Recipe.to_dict() and its label).
+    recorded = (run.config or {}).get("recipe") if isinstance(run.config, dict) else None
+    if not isinstance(recorded, dict) or recorded.get("kind", FULL) == FULL:
+        return FULL
+    return str(recorded.get("label") or recorded.get("name") or recorded["kind"])
+
+
 def data_label(run: Run) -> str:
     """An imitation run's data: its source, and the strategy that chose its answers unless it
-    bought them at random ("local", "local · uncertainty")."""
-    if run.selection in (None, RANDOM):
-        return str(run.data_source)
-    return f"{run.data_source} · {run.selection}"
+    bought them at random ("local", "local · uncertainty"); then its fine-tuning recipe unless
+    it is the full one ("broad · lora")."""
+    label = str(run.data_source)
+    if run.selection not in (None, RANDOM):
+        label = f"{label} · {run.selection}"
+    recipe = recipe_label(run)
+    return label if recipe == FULL else f"{label} · {recipe}"
 
 
 def run_label(run: Run) -> str:
@@ -244,11 +261,11 @@ def config_differences(data: StudyData) -> list[ConfigDifference]:
     """Every key whose value differs across imitation runs (any status).
 
     The fairness rule asks for the same recipe for every model, so a key is flagged when models
-    trained on the same data (source, selection and amount) got different values, unless the
-    key names the model or the data or the study lists it under `allowed_differences`. A key
-    that follows the amount alone (steps of a one-epoch recipe, say) is the same for every
-    model: listed, not flagged. Execution settings (any key under an `execution` section) are
-    listed as execution.
+    trained on the same data (source, selection and amount) by the same fine-tuning recipe got
+    different values, unless the key names the model or the data or the study lists it under
+    `allowed_differences`. A key that follows the amount alone (steps of a one-epoch recipe,
+    say) is the same for every model: listed, not flagged. Execution settings (any key under an
+    `execution` section) are listed as execution.
     """
     runs = [r for r in sorted_runs(data) if r.role == "imitation"]
     allowed = set(data.study.config.get("allowed_differences", ()))
@@ -262,10 +279,11 @@ def config_differences(data: StudyData) -> list[ConfigDifference]:
             by_value.setdefault(flat[run.run_id].get(key, absent), []).append(run.run_id)
         if len(by_value) < 2:
             continue
-        # Within one data point (source, selection, amount) every model should see the same value.
+        # Within one data point (source, selection, amount) every model should see the same value;
+        # recipes differ by design (a mixed run takes more steps), so each is its own point.
         per_point: dict[tuple, set[str]] = {}
         for run in runs:
-            point = (run.data_source, run.selection, run.data_examples)
+            point = (run.data_source, run.selection, run.data_examples, recipe_label(run))
             per_point.setdefault(point, set()).add(flat[run.run_id].get(key, absent))
         varies_with = "models" if any(len(v) > 1 for v in per_point.values()) else "data only"
         if _is_execution(key):  # how it ran, not what it computed (before "model": a

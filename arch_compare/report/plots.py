@@ -127,7 +127,10 @@ def metric_figures(data: StudyData) -> list[Figure]:
     target = analysis.target_run(data)
     bases = analysis.base_runs(data)
     amounts = _amounts(data)
-    done = [r for r in analysis.sorted_runs(data) if r.role == "imitation" and r.status == "done"]
+    # Full fine-tuning only: a recipe run sits at its cell's amount, so it would zigzag the line
+    # (the recipe sections plot the recipes).
+    done = [r for r in analysis.sorted_runs(data) if r.role == "imitation" and r.status == "done"
+            and analysis.recipe_label(r) == analysis.FULL]
     figures = []
     for key in analysis.metric_keys(data):
         target_value = values.get(target.run_id, {}).get(key.name) if target else None
@@ -183,6 +186,7 @@ def gap_figure(data: StudyData, rows: list[GapRow]) -> Figure | None:
     if not kinds:
         return None
     styles = _Styles(data)
+    rows = [r for r in rows if analysis.recipe_label(r.run) == analysis.FULL]  # as metric_figures
     figure = MplFigure(figsize=(4.2 * len(kinds) + 1.2, 3.6))
     shared = None
     for i, kind in enumerate(kinds):

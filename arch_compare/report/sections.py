@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from arch_compare.report import (analysis, collection_costs, fmt, plots, samples, selection,
-                                 tables)
+from arch_compare.report import (analysis, collection_costs, fmt, plots, recipes, samples,
+                                 selection, tables)
 from arch_compare.report.analysis import GapRow
 from arch_compare.report.document import (Bullets, Collapsed, Document, Figures, Paragraph,
                                           SampleGroup, Section, Subheading)
@@ -220,6 +220,7 @@ def build_document(data: StudyData) -> Document:
             tables.gap_table(keys, rows) if rows else Paragraph("No finished imitation run."),
             *((Figures((gap_figure,)),) if gap_figure else ()))),
         _style_vs_capability(data, rows),
+        *recipes.sections(data),  # only where some run fine-tuned by a recipe other than full
         _compute(data),
         *collection_costs.collection_sections(data),
         _config_differences(data),
