@@ -234,3 +234,17 @@ def test_measured_dollars_say_why_a_device_has_no_price():
                                       catalogue) == (None, "h200: no verified price in "
                                                            "budgets/hardware.yaml")
     assert run_costs.measured_dollars(_run(None), catalogue) == (None, "not measured")
+
+
+def test_a_failed_recipe_run_shows_no_numbers_and_drops_out_of_the_finding(data):
+    lora = fx.run_id("gpt2-tiny", fx.RECIPE_AMOUNT, "lora")
+    failed = dataclasses.replace(data, runs=tuple(
+        dataclasses.replace(r, status="failed", error="boom") if r.run_id == lora else r
+        for r in data.runs))
+    grid = recipes.RecipeGrid(failed)
+    table = recipes.recipe_table(grid)
+    row = next(r for r, style in zip(table.rows, table.styles)
+               if r[0] == "gpt2-tiny" and r[3] == "lora" and style == "failed")
+    assert row[4:7] == ("—", "—", "—")
+    # Without lora, the least regression at half of full's style gain is wise@0.5's (0.04).
+    assert "wise@0.5 regressed least: +0.040" in _sentence(recipes.findings(grid), "gpt2-tiny")
