@@ -59,6 +59,7 @@ LOGICAL_AXIS_RULES: dict[str, MeshAxes] = {
     "layers": None,  # the layer scan takes one slice per step; pipelining is a different schedule
     "relpos_buckets": None,  # a [32, heads] table; its heads dimension is still split
     "position": None,  # learned [max_length, d] table; its embed dimension is still split
+    "lora_rank": None,  # LoRA's rank (a few units) is never split; A and B follow their kernel
 }
 
 

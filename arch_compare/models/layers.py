@@ -2,8 +2,12 @@
 
 Every parameter is created by `_param`, which attaches its logical axis names (t5x vocabulary:
 `vocab`, `embed`, `heads`, `kv_heads`, `kv` for the per-head dimension, `mlp`, `relpos_buckets`,
-`position`; stacks add `layers`). The partitioning rules map those names to mesh axes, so no layer
-knows about meshes.
+`position`; stacks add `layers`; LoRA adapters add `lora_rank`). The partitioning rules map those
+names to mesh axes, so no layer knows about meshes.
+
+LoRA: a `Dense` given an `Adapter` holds `lora_a` [*in, r] and `lora_b` [r, *out] beside its
+kernel and adds `scale * ((dropout(x) A) B)` to its output, unmerged, so a frozen kernel never gets
+a full-size gradient. A layer without one runs exactly the code it ran before adapters existed.
 
 Shape letters in comments: b batch, l/q query length, k key length, d d_model, h query heads,
 g kv heads, e head_dim, f d_ff, v vocab.
@@ -20,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from arch_compare.models.config import ModelConfig
+from arch_compare.recipes import LoraConfig
 
 Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
 
@@ -43,15 +48,57 @@ def _fan_in_normal(fan_in: int, scale: float = 1.0) -> Initializer:
     return lambda key, shape, dtype: std * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
 
 
+def _fan_in_uniform(fan_in: int) -> Initializer:
+    # PEFT's lora_A init (kaiming_uniform_ with a=sqrt(5)) is uniform on +-1/sqrt(fan_in).
+    bound = 1.0 / math.sqrt(fan_in)
+    return lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+@dataclasses.dataclass(frozen=True)
+class Adapters:
+    """The LoRA settings a network is built with: which projections get adapters and the dtype
+    the adapters are held in (the run's `param_dtype`; the frozen weights may be narrower)."""
+
+    lora: LoraConfig
+    dtype: str
+
+    def for_kernel(self, name: str) -> "Adapter | None":
+        if not self.lora.targets_kernel(name):
+            return None
+        return Adapter(self.lora.rank, self.lora.scale, self.lora.dropout, self.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Adapter:
+    """One projection's adapter: rank, scale (alpha / rank), input dropout rate, dtype."""
+
+    rank: int
+    scale: float
+    dropout: float
+    dtype: str
+
+
+def adapter_for(adapters: Adapters | None, name: str) -> Adapter | None:
+    return None if adapters is None else adapters.for_kernel(name)
+
+
+def fold(key: jax.Array | None, index: int) -> jax.Array | None:
+    """An independent dropout key for the `index`-th consumer of `key` (None stays None)."""
+    return None if key is None else jax.random.fold_in(key, index)
+
+
 class Dense(nnx.Module):
     """A linear map that contracts the trailing `in_shape` axes of its input into `out_shape`.
 
     Multi-axis shapes keep heads explicit (`[d] -> [h, e]`) so head axes can be sharded by name.
+    With an `adapter`, also LoRA's `lora_a` [*in, r] (uniform +-1/sqrt(fan_in), as PEFT) and
+    `lora_b` [r, *out] (zeros: an adapted model starts equal to its base).
     """
 
     def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
                  in_axes: tuple[str, ...], out_axes: tuple[str, ...], cfg: ModelConfig, *,
-                 rngs: nnx.Rngs, use_bias: bool | None = None, init_scale: float = 1.0):
+                 rngs: nnx.Rngs, use_bias: bool | None = None, init_scale: float = 1.0,
+                 adapter: Adapter | None = None):
         self.num_contracted = len(in_shape)
         self.dtype = cfg.compute_dtype
         fan_in = math.prod(in_shape)
@@ -60,13 +107,36 @@ class Dense(nnx.Module):
         use_bias = cfg.use_bias if use_bias is None else use_bias
         self.bias = (_param(rngs, nnx.initializers.zeros, out_shape, out_axes, cfg.weight_dtype)
                      if use_bias else None)
+        self.adapter = adapter
+        if adapter is not None:
+            dtype, rank = jnp.dtype(adapter.dtype), adapter.rank
+            self.lora_a = _param(rngs, _fan_in_uniform(fan_in), in_shape + (rank,),
+                                 in_axes + ("lora_rank",), dtype)
+            self.lora_b = _param(rngs, nnx.initializers.zeros, (rank,) + out_shape,
+                                 ("lora_rank",) + out_axes, dtype)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
         y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
                           axes=self.num_contracted)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
-        return y
+        return self.add_adapter(y, x, dropout_key)
+
+    def add_adapter(self, y: jax.Array, x: jax.Array, dropout_key: jax.Array | None
+                    ) -> jax.Array:
+        """y + scale * ((dropout(x) A) B): y [..., *out], x [..., *in]; y itself without an
+        adapter. Dropout (inverted, rate `adapter.dropout`) only with a key: training."""
+        if self.adapter is None:
+            return y
+        x = x.astype(self.dtype)
+        rate = self.adapter.dropout
+        if dropout_key is not None and rate > 0:
+            keep = jax.random.bernoulli(dropout_key, 1.0 - rate, x.shape)
+            x = jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+        low = jnp.tensordot(x, self.lora_a[...].astype(self.dtype),
+                            axes=self.num_contracted)  # [..., r]
+        delta = jnp.tensordot(low, self.lora_b[...].astype(self.dtype), axes=1)  # [..., *out]
+        return y + (self.adapter.scale * delta).astype(y.dtype)
 
 
 class Norm(nnx.Module):
@@ -111,18 +181,22 @@ class Embed(nnx.Module):
 class Mlp(nnx.Module):
     """Plain (`act(x W_i) W_o`) or gated (`act(x W_i0) * (x W_i1) W_o`, SwiGLU / GeGLU) MLP."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, adapters: Adapters | None = None):
         self.activation = ACTIVATION_FUNCTIONS[cfg.mlp_activation]
-        up = lambda: Dense((cfg.d_model,), (cfg.d_ff,), ("embed",), ("mlp",), cfg, rngs=rngs)
+        up = lambda name: Dense((cfg.d_model,), (cfg.d_ff,), ("embed",), ("mlp",), cfg,
+                                rngs=rngs, adapter=adapter_for(adapters, name))
         if cfg.mlp_gated:
-            self.wi_0, self.wi_1 = up(), up()  # wi_0 goes through the activation
+            self.wi_0, self.wi_1 = up("wi_0"), up("wi_1")  # wi_0 goes through the activation
         else:
-            self.wi = up()
-        self.wo = Dense((cfg.d_ff,), (cfg.d_model,), ("mlp",), ("embed",), cfg, rngs=rngs)
+            self.wi = up("wi")
+        self.wo = Dense((cfg.d_ff,), (cfg.d_model,), ("mlp",), ("embed",), cfg, rngs=rngs,
+                        adapter=adapter_for(adapters, "wo"))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        """x: [b, l, d] -> [b, l, d]; `dropout_key` (training with LoRA dropout) gives each
+        projection's adapter its own key."""
         if hasattr(self, "wi"):
-            hidden = self.activation(self.wi(x))  # [b, l, f]
+            hidden = self.activation(self.wi(x, fold(dropout_key, 0)))  # [b, l, f]
         else:
             # One matmul for both up projections (XLA:CPU runs one [d, 2f] matmul faster than two
             # [d, f] ones, forward and backward); the parameters stay two [d, f] kernels.
@@ -134,8 +208,11 @@ class Mlp(nnx.Module):
             if self.wi_0.bias is not None:
                 bias = jnp.stack([self.wi_0.bias[...], self.wi_1.bias[...]])  # [2, f]
                 both = both + bias.astype(dtype)
-            hidden = self.activation(both[..., 0, :]) * both[..., 1, :]  # [b, l, f]
-        return self.wo(hidden)
+            # Adapters (if any) add their low-rank terms to each half; without, no-ops.
+            gate = self.wi_0.add_adapter(both[..., 0, :], x, fold(dropout_key, 1))  # [b, l, f]
+            up = self.wi_1.add_adapter(both[..., 1, :], x, fold(dropout_key, 2))
+            hidden = self.activation(gate) * up  # [b, l, f]
+        return self.wo(hidden, fold(dropout_key, 3))
 
 
 def apply_rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -242,44 +319,50 @@ class Attention(nnx.Module):
     that keys/values computed once are kept in a `KVCache`.
     """
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, rotary: bool):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, rotary: bool,
+                 adapters: Adapters | None = None):
         d, h, g, e = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.rotary = rotary
         self.rope_theta = cfg.rope_theta
         self.scale = e ** -0.5 if cfg.scale_attention else 1.0
         # Without score scaling (T5) the 1/sqrt(e) moves into the query initialisation.
         query_init_scale = 1.0 if cfg.scale_attention else e ** -0.5
-        self.q = Dense((d,), (h, e), ("embed",), ("heads", "kv"), cfg, rngs=rngs,
+        dense = lambda name, *shapes, **kwargs: Dense(*shapes, cfg, rngs=rngs, **kwargs,
+                                                      adapter=adapter_for(adapters, name))
+        self.q = dense("q", (d,), (h, e), ("embed",), ("heads", "kv"),
                        init_scale=query_init_scale)
-        self.k = Dense((d,), (g, e), ("embed",), ("kv_heads", "kv"), cfg, rngs=rngs)
-        self.v = Dense((d,), (g, e), ("embed",), ("kv_heads", "kv"), cfg, rngs=rngs)
-        self.o = Dense((h, e), (d,), ("heads", "kv"), ("embed",), cfg, rngs=rngs)
+        self.k = dense("k", (d,), (g, e), ("embed",), ("kv_heads", "kv"))
+        self.v = dense("v", (d,), (g, e), ("embed",), ("kv_heads", "kv"))
+        self.o = dense("o", (h, e), (d,), ("heads", "kv"), ("embed",))
 
     def __call__(self, x: jax.Array, context: jax.Array, *, mask: jax.Array | None,
                  bias: jax.Array | None = None, query_positions: jax.Array | None = None,
-                 key_positions: jax.Array | None = None) -> jax.Array:
+                 key_positions: jax.Array | None = None,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
         """x: [b, q, d] queries; context: [b, k, d] keys/values; mask: [b, 1, q, k] bool;
-        bias: [1 or b, h, q, k]; positions: [b, q] and [b, k] (rotary only)."""
-        return self.attend(x, self.project_kv(context, key_positions), mask=mask, bias=bias,
-                           query_positions=query_positions)
+        bias: [1 or b, h, q, k]; positions: [b, q] and [b, k] (rotary only); dropout_key:
+        LoRA dropout (training), split between the four projections."""
+        return self.attend(x, self.project_kv(context, key_positions, dropout_key), mask=mask,
+                           bias=bias, query_positions=query_positions, dropout_key=dropout_key)
 
-    def project_kv(self, context: jax.Array, positions: jax.Array | None = None) -> KVCache:
+    def project_kv(self, context: jax.Array, positions: jax.Array | None = None,
+                   dropout_key: jax.Array | None = None) -> KVCache:
         """context: [b, k, d]; positions: [b, k] (rotary only) -> keys/values [b, k, g, e]."""
-        key = self.k(context)  # [b, k, g, e]
+        key = self.k(context, fold(dropout_key, 1))  # [b, k, g, e]
         if self.rotary:
             key = apply_rotary(key, positions, self.rope_theta)
-        return KVCache(key=key, value=self.v(context))
+        return KVCache(key=key, value=self.v(context, fold(dropout_key, 2)))
 
     def attend(self, x: jax.Array, kv: KVCache, *, mask: jax.Array | None,
-               bias: jax.Array | None = None,
-               query_positions: jax.Array | None = None) -> jax.Array:
+               bias: jax.Array | None = None, query_positions: jax.Array | None = None,
+               dropout_key: jax.Array | None = None) -> jax.Array:
         """x: [b, q, d] queries over kv's [b, k, g, e] -> [b, q, d]."""
-        query = self.q(x)  # [b, q, h, e]
+        query = self.q(x, fold(dropout_key, 0))  # [b, q, h, e]
         if self.rotary:
             query = apply_rotary(query, query_positions, self.rope_theta)
         out = dot_product_attention(query, kv.key, kv.value, bias=bias, mask=mask,
                                     scale=self.scale)  # [b, q, h, e]
-        return self.o(out)  # [b, q, d]
+        return self.o(out, fold(dropout_key, 3))  # [b, q, d]
 
     def extend(self, x: jax.Array, cache: KVCache, index: jax.Array, *, mask: jax.Array,
                bias: jax.Array | None = None,

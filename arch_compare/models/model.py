@@ -9,6 +9,12 @@ trainer, the checkpoint code and the converters never see Flax modules:
     params = model.init(jax.random.key(0))
     logits = model.logits(params, batch)  # [batch, length, vocab]
 
+LoRA (`with_lora`): the same class with low-rank adapters beside the targeted kernels; the
+adapters' helpers (split, init, merge) are in `arch_compare.models.lora`:
+
+    adapted = model.with_lora(LoraConfig(rank=8, targets=("q", "v")))
+    logits = adapted.logits(params, batch, dropout_rng=key)  # dropout on the adapters' inputs
+
 Decoding (KV-cached, one code path for both architectures; `arch_compare.decoding` drives it):
 
     logits, cache = model.prefill(params, prompts, lengths, num_steps)  # [b, v]
@@ -35,9 +41,10 @@ from flax import nnx
 
 from arch_compare.models.config import ModelConfig
 from arch_compare.models.decode_cache import DecodeCache
-from arch_compare.models.layers import KVCache
+from arch_compare.models.layers import Adapters, KVCache
 from arch_compare.models.transformer import (AttentionInputs, BlockCache, DecoderOnlyNetwork,
                                              EncoderDecoderNetwork)
+from arch_compare.recipes import LoraConfig
 
 Params = dict[str, Any]
 Batch = Mapping[str, jax.Array]
@@ -103,14 +110,40 @@ class BaseModel:
 
     network_class: type[nnx.Module]
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, lora: LoraConfig | None = None):
         self.config = config
+        self.lora = lora  # LoRA adapters on the targeted projections (None: a plain model)
         # eval_shape: building the graph allocates nothing, so 70B configs are cheap to describe.
-        abstract = nnx.eval_shape(lambda: self.network_class(config, rngs=nnx.Rngs(0)))
+        abstract = nnx.eval_shape(lambda: self._build_network(nnx.Rngs(0)))
         self._graphdef, self._abstract_state = nnx.split(abstract)
 
+    def _build_network(self, rngs: nnx.Rngs) -> nnx.Module:
+        if self.lora is None:
+            return self.network_class(self.config, rngs=rngs)
+        # Adapters in the run's param_dtype; the frozen weights in lora.base_dtype when given.
+        adapters = Adapters(self.lora, self.config.param_dtype)
+        base = self.config.replace(param_dtype=self.lora.base_dtype or self.config.param_dtype)
+        return self.network_class(base, rngs=rngs, adapters=adapters)
+
+    def with_lora(self, lora: LoraConfig) -> "BaseModel":
+        """The same model with LoRA adapters (`lora.targets_kernel` says where): parameters
+        `lora_a` [*in, r] and `lora_b` [r, *out] beside each targeted kernel, adapters in the
+        config's `param_dtype`, the other weights in `lora.base_dtype` (None: `param_dtype`)."""
+        if not isinstance(lora, LoraConfig):
+            raise TypeError(f"with_lora takes a LoraConfig, got {type(lora).__name__}")
+        if self.lora is not None:
+            raise ValueError(f"{self!r} already has LoRA adapters ({self.lora}); adapters on "
+                             "adapters are not supported: merge first (models.lora.merge)")
+        return type(self)(self.config, lora)
+
+    def without_lora(self) -> "BaseModel":
+        """The plain model (what `models.lora.merge` returns parameters for)."""
+        return self if self.lora is None else type(self)(self.config)
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config.family}, params={self.param_count():,})"
+        lora = "" if self.lora is None else f", lora rank {self.lora.rank}"
+        return (f"{type(self).__name__}({self.config.family}, "
+                f"params={self.param_count():,}{lora})")
 
     def abstract_params(self) -> Params:
         """Parameter tree of `jax.ShapeDtypeStruct`s."""
@@ -122,6 +155,7 @@ class BaseModel:
         return jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
     def param_count(self) -> int:
+        """Every parameter, adapters included (`models.lora.adapter_count`: adapters only)."""
         return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(self.abstract_params()))
 
     def init(self, rng: jax.Array, shardings: Any = None) -> Params:
@@ -132,8 +166,7 @@ class BaseModel:
         ever holds the whole model. None leaves the placement to JAX (one device)."""
 
         def make(rng):
-            return nnx.state(self.network_class(self.config, rngs=nnx.Rngs(params=rng))
-                             ).to_pure_dict()
+            return nnx.state(self._build_network(nnx.Rngs(params=rng))).to_pure_dict()
 
         return jax.jit(make, out_shardings=shardings)(rng)
 
@@ -141,8 +174,17 @@ class BaseModel:
         """The Flax module bound to `params` (for code that needs the layers themselves)."""
         return nnx.merge(self._graphdef, params)
 
-    def logits(self, params: Params, batch: Batch) -> jax.Array:
+    def logits(self, params: Params, batch: Batch, *,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
+        """[b, l, v] logits of a converted batch. `dropout_rng` (training): LoRA dropout on
+        every adapter's input, masks independent per layer and projection; ignored without
+        adapters or with `lora.dropout` 0, so evaluation passes none."""
         raise NotImplementedError
+
+    def _dropout_key(self, dropout_rng: jax.Array | None) -> jax.Array | None:
+        if dropout_rng is None or self.lora is None or self.lora.dropout == 0:
+            return None
+        return dropout_rng
 
     def pooled_states(self, params: Params, batch: Batch) -> jax.Array:
         """One vector per prompt [b, d_model]: the network's final-norm hidden states of the
@@ -255,14 +297,16 @@ class DecoderOnlyModel(BaseModel):
             return None
         return self.config.max_length - max_new_tokens  # prompt and reply share the table
 
-    def logits(self, params: Params, batch: Batch) -> jax.Array:
+    def logits(self, params: Params, batch: Batch, *,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
         _require(batch, ("decoder_input_tokens",), type(self).__name__)
         tokens = batch["decoder_input_tokens"]  # [b, l]
         mask = _causal_mask(tokens.shape[1])
         if "decoder_segment_ids" in batch:
             segments = batch["decoder_segment_ids"]
             mask = mask & _segment_mask(segments, segments)
-        return self.network(params)(tokens, _positions(batch, "decoder", tokens), mask)
+        return self.network(params)(tokens, _positions(batch, "decoder", tokens), mask,
+                                    dropout_key=self._dropout_key(dropout_rng))
 
     def pooled_states(self, params: Params, batch: Batch) -> jax.Array:
         # The decoder's final-norm output over start token, inputs and their EOS; causal
@@ -313,7 +357,8 @@ class EncoderDecoderModel(BaseModel):
         tokens = batch["encoder_input_tokens"]  # the encoder input; 0 pads it
         return tokens, (tokens != self.config.pad_id).sum(axis=1)
 
-    def logits(self, params: Params, batch: Batch) -> jax.Array:
+    def logits(self, params: Params, batch: Batch, *,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
         _require(batch, ("encoder_input_tokens", "decoder_input_tokens"), type(self).__name__)
         inputs = batch["encoder_input_tokens"]  # [b, k]
         targets = batch["decoder_input_tokens"]  # [b, l]
@@ -329,9 +374,12 @@ class EncoderDecoderModel(BaseModel):
             decoder_mask = decoder_mask & _segment_mask(target_segments, target_segments)
             cross_mask = cross_mask & _segment_mask(target_segments, input_segments)
         network = self.network(params)
-        encoded = network.encode(inputs, _positions(batch, "encoder", inputs), encoder_mask)
+        key = self._dropout_key(dropout_rng)
+        encoded = network.encode(inputs, _positions(batch, "encoder", inputs), encoder_mask,
+                                 dropout_key=None if key is None else jax.random.fold_in(key, 0))
         return network.decode(encoded, cross_mask, targets,
-                              _positions(batch, "decoder", targets), decoder_mask)
+                              _positions(batch, "decoder", targets), decoder_mask,
+                              dropout_key=None if key is None else jax.random.fold_in(key, 1))
 
     def pooled_states(self, params: Params, batch: Batch) -> jax.Array:
         # The encoder's output (after its final norm) over the real input tokens.
@@ -375,5 +423,5 @@ MODEL_CLASSES: dict[str, type[BaseModel]] = {
 }
 
 
-def build_model(config: ModelConfig) -> BaseModel:
-    return MODEL_CLASSES[config.arch](config)
+def build_model(config: ModelConfig, lora: LoraConfig | None = None) -> BaseModel:
+    return MODEL_CLASSES[config.arch](config, lora)

@@ -21,8 +21,8 @@ from flax import nnx
 
 from arch_compare.models.config import REMAT_CHOICES, ModelConfig
 from arch_compare.partitioning import constrain
-from arch_compare.models.layers import (Attention, Dense, Embed, KVCache, Mlp, Norm,
-                                        RelativePositionBias)
+from arch_compare.models.layers import (Adapters, Attention, Dense, Embed, KVCache, Mlp, Norm,
+                                        RelativePositionBias, fold)
 
 
 @jax.tree_util.register_dataclass
@@ -63,25 +63,29 @@ RESIDUAL_AXES = ("batch", "length", "embed")
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, cross_attention: bool, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, cross_attention: bool, rngs: nnx.Rngs,
+                 adapters: Adapters | None = None):
         self.pre_self_attention_norm = Norm(cfg, rngs=rngs)
-        self.self_attention = Attention(cfg, rotary=cfg.position == "rotary", rngs=rngs)
+        self.self_attention = Attention(cfg, rotary=cfg.position == "rotary", rngs=rngs,
+                                        adapters=adapters)
         if cross_attention:
             self.pre_cross_attention_norm = Norm(cfg, rngs=rngs)
-            self.cross_attention = Attention(cfg, rotary=False, rngs=rngs)
+            self.cross_attention = Attention(cfg, rotary=False, rngs=rngs, adapters=adapters)
         self.pre_mlp_norm = Norm(cfg, rngs=rngs)
-        self.mlp = Mlp(cfg, rngs=rngs)
+        self.mlp = Mlp(cfg, rngs=rngs, adapters=adapters)
 
-    def __call__(self, x: jax.Array, inputs: AttentionInputs,
-                 cache: BlockCache | None = None) -> tuple[jax.Array, BlockCache | None]:
+    def __call__(self, x: jax.Array, inputs: AttentionInputs, cache: BlockCache | None = None,
+                 dropout_key: jax.Array | None = None) -> tuple[jax.Array, BlockCache | None]:
         """x: [b, l, d] -> ([b, l, d], cache). Without a cache, keys and values come from x
         (and the encoder output); with one, x's keys/values are appended at
-        `inputs.cache_index` and the cross-attention keys/values are read from it."""
+        `inputs.cache_index` and the cross-attention keys/values are read from it.
+        `dropout_key`: this layer's LoRA dropout key (training only)."""
         h = self.pre_self_attention_norm(x)
         if cache is None:
             attended = self.self_attention(h, h, mask=inputs.self_mask, bias=inputs.self_bias,
                                            query_positions=inputs.positions,
-                                           key_positions=inputs.positions)
+                                           key_positions=inputs.positions,
+                                           dropout_key=fold(dropout_key, 0))
         else:
             attended, self_kv = self.self_attention.extend(
                 h, cache.self_attention, inputs.cache_index, mask=inputs.self_mask,
@@ -90,44 +94,53 @@ class Block(nnx.Module):
         x = x + attended
         if hasattr(self, "cross_attention"):
             h = self.pre_cross_attention_norm(x)
-            cross_kv = (self.cross_attention.project_kv(inputs.encoded) if cache is None
-                        else cache.cross_attention)
-            x = x + self.cross_attention.attend(h, cross_kv, mask=inputs.cross_mask)
-        return x + self.mlp(self.pre_mlp_norm(x)), cache
+            cross_key = fold(dropout_key, 1)
+            cross_kv = (self.cross_attention.project_kv(inputs.encoded, dropout_key=cross_key)
+                        if cache is None else cache.cross_attention)
+            x = x + self.cross_attention.attend(h, cross_kv, mask=inputs.cross_mask,
+                                                dropout_key=cross_key)
+        return x + self.mlp(self.pre_mlp_norm(x), fold(dropout_key, 2)), cache
 
 
 class Stack(nnx.Module):
     """`num_layers` blocks with parameters stacked on a leading `layers` axis, then a final norm."""
 
     def __init__(self, cfg: ModelConfig, num_layers: int, *, cross_attention: bool,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, adapters: Adapters | None = None):
         @nnx.split_rngs(splits=num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def make_blocks(rngs: nnx.Rngs) -> Block:
-            return Block(cfg, cross_attention=cross_attention, rngs=rngs)
+            return Block(cfg, cross_attention=cross_attention, rngs=rngs, adapters=adapters)
 
         self.blocks = make_blocks(rngs)
+        self.num_layers = num_layers
         self.final_norm = Norm(cfg, rngs=rngs)
         # Unrolling compiles every layer separately (slower to compile) but lets XLA's cost
         # analysis see each one: it counts a loop body once whatever the trip count.
         self.unroll = True if not cfg.scan_layers else 1
         self.remat_policy = REMAT_POLICIES[cfg.remat]
 
-    def __call__(self, x: jax.Array, inputs: AttentionInputs, cache: BlockCache | None = None
-                 ) -> tuple[jax.Array, BlockCache | None]:
-        """x: [b, l, d] -> ([b, l, d], cache); the cache (if any) has a leading layers axis."""
+    def __call__(self, x: jax.Array, inputs: AttentionInputs, cache: BlockCache | None = None,
+                 dropout_key: jax.Array | None = None) -> tuple[jax.Array, BlockCache | None]:
+        """x: [b, l, d] -> ([b, l, d], cache); the cache (if any) has a leading layers axis.
+        `dropout_key` (LoRA dropout, training only) becomes one key per layer, scanned like the
+        parameters, so every layer draws its own masks."""
+        # [layers] keys; None (no dropout) adds nothing to the scan.
+        layer_keys = None if dropout_key is None else jax.random.split(dropout_key,
+                                                                       self.num_layers)
 
-        @nnx.scan(in_axes=(nnx.Carry, 0, None, 0), out_axes=(nnx.Carry, 0), unroll=self.unroll,
-                  transform_metadata={nnx.PARTITION_NAME: "layers"})
-        def run_block(x, block: Block, inputs: AttentionInputs, cache: BlockCache | None):
+        @nnx.scan(in_axes=(nnx.Carry, 0, None, 0, 0), out_axes=(nnx.Carry, 0),
+                  unroll=self.unroll, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def run_block(x, block: Block, inputs: AttentionInputs, cache: BlockCache | None,
+                      key: jax.Array | None):
             if self.remat_policy is None:
-                x, cache = block(x, inputs, cache)
+                x, cache = block(x, inputs, cache, key)
             else:  # keep what the policy saves; recompute the rest in the backward pass
-                x, cache = nnx.remat(lambda b, h, i, c: b(h, i, c), policy=self.remat_policy)(
-                    block, x, inputs, cache)
+                x, cache = nnx.remat(lambda b, h, i, c, k: b(h, i, c, k),
+                                     policy=self.remat_policy)(block, x, inputs, cache, key)
             return constrain(x, RESIDUAL_AXES), cache
 
-        x, cache = run_block(constrain(x, RESIDUAL_AXES), self.blocks, inputs, cache)
+        x, cache = run_block(constrain(x, RESIDUAL_AXES), self.blocks, inputs, cache, layer_keys)
         return self.final_norm(x), cache
 
     def extend(self, x: jax.Array, inputs: AttentionInputs, caches: Sequence[BlockCache],
@@ -162,7 +175,7 @@ class OutputHead(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.scale = cfg.d_model ** -0.5 if cfg.scale_decoder_outputs else None
-        if not cfg.tie_embeddings:
+        if not cfg.tie_embeddings:  # never adapted: LoRA targets the blocks' projections
             self.projection = Dense((cfg.d_model,), (cfg.vocab_size,), ("embed",), ("vocab",),
                                     cfg, use_bias=False, rngs=rngs)
 
@@ -176,17 +189,20 @@ class OutputHead(nnx.Module):
 
 
 class DecoderOnlyNetwork(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, adapters: Adapters | None = None):
         self.token_embed = Embed(cfg.vocab_size, "vocab", cfg, rngs=rngs)
         if cfg.position == "learned":
             self.position_embed = Embed(cfg.max_length, "position", cfg, rngs=rngs)
-        self.decoder = Stack(cfg, cfg.num_layers, cross_attention=False, rngs=rngs)
+        self.decoder = Stack(cfg, cfg.num_layers, cross_attention=False, rngs=rngs,
+                             adapters=adapters)
         self.output_head = OutputHead(cfg, rngs=rngs)
 
-    def __call__(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
         """tokens, positions: [b, l]; mask: [b, 1, l, l] -> logits [b, l, v]."""
         x, _ = self.decoder(self._embed(tokens, positions),
-                            AttentionInputs(self_mask=mask, positions=positions))
+                            AttentionInputs(self_mask=mask, positions=positions),
+                            dropout_key=dropout_key)
         return self.output_head(x, self.token_embed)
 
     def extend(self, cache: Sequence[BlockCache], index: jax.Array, tokens: jax.Array,
@@ -212,33 +228,39 @@ class EncoderDecoderNetwork(nnx.Module):
     """T5-style: a bidirectional encoder over inputs and a causal decoder over targets that
     cross-attends to the encoder output. The token embedding is shared by both stacks."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, adapters: Adapters | None = None):
         self.token_embed = Embed(cfg.vocab_size, "vocab", cfg, rngs=rngs)
         if cfg.position == "relative":
             self.encoder_relative_bias = RelativePositionBias(cfg, bidirectional=True, rngs=rngs)
             self.decoder_relative_bias = RelativePositionBias(cfg, bidirectional=False, rngs=rngs)
-        self.encoder = Stack(cfg, cfg.num_encoder_layers, cross_attention=False, rngs=rngs)
-        self.decoder = Stack(cfg, cfg.num_layers, cross_attention=True, rngs=rngs)
+        self.encoder = Stack(cfg, cfg.num_encoder_layers, cross_attention=False, rngs=rngs,
+                             adapters=adapters)
+        self.decoder = Stack(cfg, cfg.num_layers, cross_attention=True, rngs=rngs,
+                             adapters=adapters)
         self.output_head = OutputHead(cfg, rngs=rngs)
 
-    def encode(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+    def encode(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array,
+               dropout_key: jax.Array | None = None) -> jax.Array:
         """tokens, positions: [b, k]; mask: [b, 1, k, k] -> encoded [b, k, d]."""
         steps = jnp.arange(tokens.shape[1])
         bias = self._relative_bias("encoder_relative_bias", steps, steps)
         encoded, _ = self.encoder(
             self.token_embed(tokens),
-            AttentionInputs(self_mask=mask, self_bias=bias, positions=positions))
+            AttentionInputs(self_mask=mask, self_bias=bias, positions=positions),
+            dropout_key=dropout_key)
         return encoded
 
     def decode(self, encoded: jax.Array, cross_mask: jax.Array, tokens: jax.Array,
-               positions: jax.Array, mask: jax.Array) -> jax.Array:
+               positions: jax.Array, mask: jax.Array,
+               dropout_key: jax.Array | None = None) -> jax.Array:
         """encoded: [b, k, d]; cross_mask: [b, 1, l, k]; tokens, positions: [b, l];
         mask: [b, 1, l, l] -> logits [b, l, v]."""
         steps = jnp.arange(tokens.shape[1])
         bias = self._relative_bias("decoder_relative_bias", steps, steps)
         x, _ = self.decoder(self.token_embed(tokens),
                             AttentionInputs(self_mask=mask, self_bias=bias, positions=positions,
-                                            encoded=encoded, cross_mask=cross_mask))
+                                            encoded=encoded, cross_mask=cross_mask),
+                            dropout_key=dropout_key)
         return self.output_head(x, self.token_embed)
 
     def extend(self, cache: Sequence[BlockCache], index: jax.Array, cross_mask: jax.Array,
