@@ -11,10 +11,12 @@ For a `StudyConfig` it runs, in order, and records in the results database as it
    collected examples (one recipe for all), then evaluated: run
    `imitation/<model>/<source>/<amount>` (random: the first prompts) or
    `imitation/<model>/<source>/<strategy>/<amount>`, whose prompts the strategy chooses and
-   buys when the run starts (`study_sources.py`, `selection.py`);
+   buys when the run starts (`study_sources.py`, `selection.py`); each recipe of
+   `StudyConfig.recipes` that applies to a random-data cell adds a run after the cell's:
+   `imitation/<model>/<source>/<amount>/<label>` (`study_runs.py`, `study_recipes.py`);
 5. the target evaluated on the same tasks: run `target/<name>`;
 6. paired comparisons (imitation vs base, sources against each other, strategies against
-   random), from every stored prediction (`comparisons.py`).
+   random, recipes against full), from every stored prediction (`comparisons.py`).
 
 Planning and pricing (the runs, their budget and memory) live in `plan.py`. Each model's runs
 use `config.execution_for(model)`, its mesh resolved over the devices present; a run whose
@@ -39,28 +41,23 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Sequence
 
 import jax
 import numpy as np
 
-from arch_compare import optim
-from arch_compare.budget.flops import training_flops
 from arch_compare.budget import memory as memory_lib
 from arch_compare.budget.memory import MemoryShortfall
 from arch_compare.data.vocabularies import load_vocabulary
 from arch_compare.execution import ExecutionConfig
-from arch_compare.imitation import comparisons, evaluation, preflight, study_models
+from arch_compare.imitation import comparisons, preflight, study_models
 from arch_compare.imitation import plan as plan_lib, plan_memory
-from arch_compare.imitation.config import Evaluation, StudyConfig, StudyModel
+from arch_compare.imitation.config import StudyConfig
 from arch_compare.imitation.hosts import Processes
 from arch_compare.imitation.plan import PlannedRun, StudyDeclined, budget_table, confirm, plan
+from arch_compare.imitation.study_runs import RoleRuns
 from arch_compare.imitation.study_sources import StudySources
 from arch_compare.imitation.target_kinds import make_target
-from arch_compare.models.model import BaseModel
-from arch_compare.results import DATABASE_FILE, ResultsStore, Sample
-from arch_compare.trainer.data import DataConfig
-from arch_compare.trainer.loop import TrainConfig, train
+from arch_compare.results import DATABASE_FILE, ResultsStore
 
 log = logging.getLogger(__name__)
 __all__ = ["PlannedRun", "StudyDeclined", "StudyOutcome", "StudyRunner", "plan", "run_study"]
@@ -78,7 +75,10 @@ def database_path(config: StudyConfig) -> Path:
     return Path(config.database) if config.database else Path(config.directory) / DATABASE_FILE
 
 
-class StudyRunner:
+class StudyRunner(RoleRuns):
+    """Walks the plan, recording each run as it goes; what each role's run does is
+    `study_runs.RoleRuns`."""
+
     def __init__(self, config: StudyConfig, *, progress: bool = True, echo=print):
         self.config = config
         self.directory = Path(config.directory)
@@ -168,138 +168,6 @@ class StudyRunner:
                                   "per_device_evaluation_bytes": memory.evaluation_bytes,
                                   "device_bytes": memory.device_bytes,
                                   "devices": f"{self.devices.count} x {self.devices.kind}"}
-
-    # -- training and evaluation
-
-    def _train(self, study_model: StudyModel, execution: ExecutionConfig, run_dir: Path,
-               data: DataConfig, steps: int, optimizer: optim.OptimizerConfig,
-               initial: str | None, seed: int):
-        model = self.models.model(study_model, execution)
-        config = TrainConfig(model_dir=str(run_dir), data=data, train_steps=steps,
-                             optimizer=optimizer, checkpoint_period=max(1, steps // 4),
-                             keep_checkpoints=1, seed=seed, initial_checkpoint_path=initial,
-                             execution=execution)
-        began = time.perf_counter()
-        result = train(model, self.models.vocabulary(study_model), config,
-                       progress=self.progress and self.processes.writer)
-        seconds = time.perf_counter() - began
-        lengths = data.feature_lengths
-        tokens = steps * data.batch_size * (lengths["inputs"] + lengths["targets"])
-        inputs, targets = model.sequence_lengths(lengths)
-        flops = steps * data.batch_size * training_flops(model.config, inputs, targets,
-                                                         causal="full")
-        measured = {"train_seconds": seconds, "steps": steps, "tokens": tokens,
-                    "tokens_per_second": tokens / seconds if seconds else None,
-                    "flops": flops, "resumed_from_step": result.resumed_from,
-                    "loss": result.losses[max(result.losses)] if result.losses else None,
-                    "execution": getattr(result, "execution", None),
-                    "examples_cut": sum(split.cut for split in getattr(result, "data", ()))}
-        return result.state.params, measured
-
-    def _evaluate(self, run_id: str, predict: Callable[[Evaluation, Sequence], list[str]],
-                  scored: Callable[[Evaluation], dict] | None) -> dict:
-        """Every evaluation for one run: metrics and a few samples into the database (process 0
-        writes; every process computes, as the models' evaluation runs on all of them)."""
-        name = self.config.name
-        began = time.perf_counter()
-        for spec in self.config.evaluations:
-            if evaluation.is_scored(spec.task):
-                if scored is None:
-                    continue  # a chat target gives no log-likelihoods: n/a in the report
-                metrics = scored(spec)
-            else:
-                records = evaluation.task_records(spec.task, spec.split, spec.max_examples)
-                predictions = predict(spec, records)
-                metrics = evaluation.score_predictions(spec.task, records, predictions)
-                if self.store is not None:
-                    self.store.put_samples(name, [
-                        Sample(run_id, spec.task, str(record["id"]),
-                               str(record.get("prompt") or record["inputs"]), prediction,
-                               str(record["targets"]))
-                        for record, prediction in list(zip(records, predictions))[
-                            :self.config.samples_per_task]])
-                    self.store.put_predictions(name, run_id, spec.task, [
-                        (str(record["id"]), text) for record, text in zip(records, predictions)])
-            if self.store is not None:
-                self.store.put_metrics(name, run_id, spec.task, metrics,
-                                       {metric: spec.kind_of(metric) for metric in metrics})
-        return {"eval_seconds": time.perf_counter() - began}
-
-    def _model_evaluation(self, run_id: str, study_model: StudyModel,
-                          execution: ExecutionConfig, params) -> dict:
-        model = self.models.model(study_model, execution)
-        vocabulary = self.models.vocabulary(study_model)
-        config = self.config
-        progress = self.progress and self.processes.writer
-
-        def predict(spec: Evaluation, records):
-            return evaluation.model_predictions(
-                model, params, vocabulary, spec.task, spec.split, spec.max_examples,
-                feature_lengths=config.eval_feature_lengths, batch_size=config.eval_batch_size,
-                max_new_tokens=config.decode_max_tokens, progress=progress)
-
-        def scored(spec: Evaluation):
-            return evaluation.scored_metrics(
-                model, params, vocabulary, spec.task, spec.split,
-                feature_lengths=config.eval_feature_lengths, batch_size=config.eval_batch_size,
-                output_path=str(self.directory / "runs" / run_id / "eval"),
-                progress=progress)
-
-        return self._evaluate(run_id, predict, scored)
-
-    def _run_base(self, planned: PlannedRun, execution: ExecutionConfig) -> dict:
-        study_model = planned.model
-        if study_model.pretraining is None:
-            model = self.models.model(study_model, execution)
-            params = self._base_params(study_model, model, execution)
-            measured = {}
-        else:
-            pre = study_model.pretraining
-            optimizer = optim.OptimizerConfig("adamw", optim.ScheduleConfig(
-                pre.learning_rate, warmup_steps=min(pre.warmup_steps, pre.steps - 1)))
-            data = DataConfig(pre.task, pre.feature_lengths, batch_size=pre.batch_size,
-                              seed=pre.seed)
-            params, measured = self._train(study_model, execution, self.base_dir(study_model),
-                                           data, pre.steps, optimizer, None, pre.seed)
-        return measured | self._model_evaluation(planned.run.run_id, study_model, execution,
-                                                 params)
-
-    def _base_params(self, study_model: StudyModel, model: BaseModel,
-                     execution: ExecutionConfig):
-        """The base weights (given or pre-trained here), read straight onto the run's mesh."""
-        return study_models.params_from(self.base_checkpoint(study_model), model, execution,
-                                 f"base model {study_model.name!r}")
-
-    def base_dir(self, study_model: StudyModel) -> Path:
-        return self.directory / "runs" / "base" / study_model.name
-
-    def base_checkpoint(self, study_model: StudyModel) -> str:
-        if study_model.base_checkpoint is not None:
-            return study_model.base_checkpoint
-        return str(self.base_dir(study_model))
-
-    def _run_imitation(self, planned: PlannedRun, execution: ExecutionConfig, task: str) -> dict:
-        run, study_model, training = planned.run, planned.model, self.config.training
-        data = DataConfig(task, training.feature_lengths, batch_size=training.batch_size,
-                          seed=training.seed)
-        params, measured = self._train(
-            study_model, execution, self.directory / "runs" / run.run_id, data, planned.steps,
-            training.optimizer_for(planned.steps), self.base_checkpoint(study_model),
-            training.seed)
-        return measured | self._model_evaluation(run.run_id, study_model, execution, params)
-
-    def _run_target(self, planned: PlannedRun) -> dict:
-        """Process 0 asks the target; the others have nothing to compute."""
-        if not self.processes.writer:
-            return {}
-        cache = self.directory / "runs" / planned.run.run_id / "answers.jsonl"
-        cache.parent.mkdir(parents=True, exist_ok=True)
-
-        def predict(spec: Evaluation, records):
-            return evaluation.target_predictions(self.target, records, self.config.generation,
-                                                 cache, progress=self.progress)
-
-        return self._evaluate(planned.run.run_id, predict, None)
 
     def _data_tokens(self, planned: PlannedRun, task: str) -> dict:
         vocabularies = {"model": self.models.vocabulary(planned.model)}
