@@ -1,5 +1,11 @@
 """What one fine-tuning run costs: FLOPs, memory, chips, hours and dollars.
 
+Each run has a fine-tuning recipe (arch_compare/recipes.py; `full` by default), which sets what
+trains (parameters, gradients, optimizer state), the FLOPs of a token (LoRA's frozen weights get
+no weight gradients) and of a step (L2-SP's penalty). The examples priced are the run's total,
+mixed-in text included (a study multiplies a `mix` run's steps); a `wise` run trains nothing and
+is priced by the evaluations its caller adds (`RunEstimate.evaluation_flops`).
+
 Time is FLOPs / (chips x peak x MFU). Model FLOPs utilisation depends on framework, architecture
 and chip, so it is a parameter; the defaults below are published figures, each with its source, and
 `calibrate` replaces them with what a measured run achieved.
@@ -12,10 +18,12 @@ import math
 
 from arch_compare.budget import flops as flops_lib
 from arch_compare.budget import memory as memory_lib
+from arch_compare.budget import recipes as recipes_lib
 from arch_compare.budget.hardware import Chip, get_chip
-from arch_compare.budget.parameters import count_parameters
+from arch_compare.budget.parameters import count_parameters, parameter_tensors
 from arch_compare.models.config import ModelConfig
 from arch_compare.models.zoo import get_preset
+from arch_compare.recipes import FULL, Recipe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +55,10 @@ def default_utilisation(chip: Chip, cfg: ModelConfig) -> Utilisation:
 class RunSpec:
     """One training run to price: a model, an amount of data and the hardware it runs on.
 
-    Give `tokens` (input plus target tokens, split in the ratio of the lengths) or `examples`.
-    `chips=None` picks the fewest chips that hold the run, rounded up to a power of two.
+    Give `tokens` (input plus target tokens, split in the ratio of the lengths) or `examples`:
+    every example trained on (a `mix` run's mixed-in text included). `chips=None` picks the
+    fewest chips that hold the run, rounded up to a power of two. `recipe`: how it fine-tunes
+    (`wise`: no training; its FLOPs are the evaluations the caller adds).
     """
 
     model: str | ModelConfig
@@ -65,8 +75,12 @@ class RunSpec:
     sharding: str = "fsdp"
     epochs: float = 1.0
     activation_dtype: str = "bfloat16"  # mixed-precision training's compute dtype
+    recipe: Recipe = FULL
 
     def __post_init__(self):
+        if not isinstance(self.recipe, Recipe):
+            raise ValueError(f"recipe must be an arch_compare.recipes.Recipe, got "
+                             f"{self.recipe!r}")
         if (self.tokens is None) == (self.examples is None):
             raise ValueError("give exactly one of tokens or examples")
         amount = self.tokens if self.tokens is not None else self.examples
@@ -118,6 +132,8 @@ class RunEstimate:
     mfu: float
     mfu_source: str
     evaluation_flops: float = 0.0  # forward passes of the evaluations that follow the run
+    trainable_params: int = 0  # what the recipe trains (optimizer state is theirs alone)
+    penalty_flops: float = 0.0  # l2sp's elementwise work, included in train_flops
 
     @property
     def total_flops(self) -> float:
@@ -137,18 +153,31 @@ class RunEstimate:
         return None if price is None else self.chip_hours * price
 
     @property
+    def per_chip_bytes(self) -> int:
+        """Memory one chip holds on `chips` chips: the state split over them (fsdp) or whole on
+        each (data), and the batch split down to one example per chip."""
+        memory = self.memory_bytes
+        state = memory["total"] - memory["activations"]
+        batch_ways = min(self.chips, self.spec.batch_size)
+        return math.ceil((state / self.chips if self.spec.sharding == "fsdp" else state)
+                         + memory["activations"] / batch_ways)
+
+    @property
     def fits(self) -> bool:
         return self.min_chips is not None and self.chips >= self.min_chips
 
     def to_dict(self) -> dict:
         spec = self.spec
         return {
-            "model": spec.model_name, "arch": spec.config.arch,
-            "params": self.params["total"], "params_by_group": self.params,
-            "tokens": spec.num_examples * (spec.input_length + spec.target_length) * spec.epochs,
+            "model": spec.model_name, "arch": spec.config.arch, "recipe": spec.recipe.name,
+            "recipe_kind": spec.recipe.kind, "params": self.params["total"],
+            "params_by_group": self.params, "trainable_params": self.trainable_params,
+            "tokens": (spec.num_examples * (spec.input_length + spec.target_length) * spec.epochs
+                       if spec.recipe.trains else 0.0),
             "examples": spec.num_examples, "epochs": spec.epochs,
             "input_length": spec.input_length, "target_length": spec.target_length,
             "train_flops": self.train_flops, "evaluation_flops": self.evaluation_flops,
+            "penalty_flops": self.penalty_flops, "per_chip_bytes": self.per_chip_bytes,
             "forward_flops_per_example": self.forward_flops_per_example,
             "inference_flops_per_token": self.inference_flops_per_token,
             "memory_bytes": self.memory_bytes, "optimizer": spec.optimizer,
@@ -160,14 +189,27 @@ class RunEstimate:
         }
 
 
+def _wise_memory(cfg: ModelConfig) -> memory_lib.TrainingMemory:
+    """A `wise` run interpolates two float32 copies of the weights (base and fine-tuned)."""
+    params = sum(t.size for t in parameter_tensors(cfg))
+    return memory_lib.TrainingMemory(weights=2 * params * memory_lib.FLOAT32_BYTES, gradients=0,
+                                     optimizer_state=0, activations=0)
+
+
 def estimate_run(spec: RunSpec, catalogue: dict[str, Chip] | None = None) -> RunEstimate:
-    cfg = spec.config
+    cfg, recipe = spec.config, spec.recipe
     chip = get_chip(spec.hardware, catalogue)
     forward = flops_lib.forward_flops(cfg, spec.input_length, spec.target_length)
-    per_example = flops_lib.training_flops(cfg, spec.input_length, spec.target_length,
-                                           remat=spec.remat)
-    train_memory = memory_lib.training_memory(cfg, spec.input_length, spec.target_length,
-                                              spec.batch_size, spec.optimizer, spec.remat)
+    if recipe.trains:
+        per_example = flops_lib.training_flops(cfg, spec.input_length, spec.target_length,
+                                               remat=spec.remat, recipe=recipe)
+        train_memory = memory_lib.training_memory(cfg, spec.input_length, spec.target_length,
+                                                  spec.batch_size, spec.optimizer, spec.remat,
+                                                  recipe)
+    else:
+        per_example, train_memory = 0.0, _wise_memory(cfg)
+    steps = math.ceil(spec.num_examples * spec.epochs / spec.batch_size)
+    penalty = recipes_lib.penalty_flops_per_step(cfg, recipe) * steps
     needed = memory_lib.min_chips(train_memory, chip.hbm_bytes, spec.batch_size, spec.sharding)
     chips = spec.chips or (2 ** math.ceil(math.log2(needed)) if needed else 1)
     utilisation = (Utilisation(spec.mfu, "given") if spec.mfu is not None
@@ -179,17 +221,19 @@ def estimate_run(spec: RunSpec, catalogue: dict[str, Chip] | None = None) -> Run
     return RunEstimate(
         spec=spec, chip=chip, params=count_parameters(cfg).to_dict(),
         forward_flops_per_example=forward.to_dict(),
-        train_flops=per_example * spec.num_examples * spec.epochs,
+        train_flops=per_example * spec.num_examples * spec.epochs + penalty,
         inference_flops_per_token=forward.total / (spec.input_length + spec.target_length),
         memory_bytes=memory, min_chips=needed, chips=chips,
-        mfu=utilisation.mfu, mfu_source=utilisation.source)
+        mfu=utilisation.mfu, mfu_source=utilisation.source,
+        trainable_params=recipes_lib.trainable_parameters(cfg, recipe), penalty_flops=penalty)
 
 
 def realised_mfu(cfg: ModelConfig, tokens_per_second: float, input_length: int,
-                 target_length: int, chip: Chip, chips: int, remat: bool = False) -> float:
+                 target_length: int, chip: Chip, chips: int, remat: bool = False,
+                 recipe: Recipe = FULL) -> float:
     """The MFU a measured run achieved: its model FLOPs per second over the chips' peak."""
     if tokens_per_second <= 0 or chips <= 0:
         raise ValueError("tokens_per_second and chips must be positive")
-    flops_per_token = flops_lib.training_flops(cfg, input_length, target_length, remat=remat) / (
-        input_length + target_length)
+    flops_per_token = flops_lib.training_flops(cfg, input_length, target_length, remat=remat,
+                                               recipe=recipe) / (input_length + target_length)
     return tokens_per_second * flops_per_token / (chips * chip.peak_flops_per_second)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from arch_compare.budget.flops import kernel_tokens
+from arch_compare.budget.recipes import adapted_kernel_path, adapter_tensors, kernel_name
 from arch_compare.models.config import DTYPE_BYTES, ModelConfig
+from arch_compare.recipes import LoraConfig
 
 if TYPE_CHECKING:
     from arch_compare.budget.device_memory import ParameterShard
@@ -125,7 +128,10 @@ class _Activations:
 
 
 def _activations(cfg: ModelConfig, cut: _Split, shards: tuple[ParameterShard, ...],
-                 input_length: int, target_length: int) -> _Activations:
+                 input_length: int, target_length: int,
+                 kernel_dtype: str | None = None) -> _Activations:
+    """`kernel_dtype`: the dtype the kernels are held in (None: `param_dtype`; LoRA's frozen
+    base may differ)."""
     c = dtype_bytes(cfg.dtype)
     stacks, tokens = _stacks(cfg, input_length, target_length)
     remat = cfg.remat != "none"
@@ -148,7 +154,7 @@ def _activations(cfg: ModelConfig, cut: _Split, shards: tuple[ParameterShard, ..
         saved += queries * _norm_bytes(cfg, cut.stored)  # the stack's final norm
     saved *= cut.rows
     working *= cut.rows
-    if cfg.dtype != cfg.param_dtype:
+    if cfg.dtype != (kernel_dtype or cfg.param_dtype):
         # Dense casts each kernel to the compute dtype; the backward pass reads the cast copy,
         # so without remat the scan keeps every layer's copies (the output head's always).
         saved += _kernel_bytes(shards, cfg, stacked=False)
@@ -158,6 +164,32 @@ def _activations(cfg: ModelConfig, cut: _Split, shards: tuple[ParameterShard, ..
             working += _kernel_bytes(shards, cfg, stacked=True) // max(
                 1, cfg.num_layers + cfg.num_encoder_layers)
     return _Activations(saved, working)
+
+
+def _adapter_activations(cfg: ModelConfig, lora: LoraConfig, cut: _Split, input_length: int,
+                         target_length: int) -> _Activations:
+    """What LoRA's unmerged adapters keep beyond full training's activations: per targeted
+    projection and token `x @ A` (rank numbers, unsplit: B's gradient reads it), and with dropout
+    the dropped input and its mask (the input is split by `tensor` where the kernel's input is
+    the heads or the MLP's hidden units: o, wo). Rematerialised: one layer's, while it recomputes."""
+    per_layer: dict[str, int] = {}  # stack -> bytes per example of one layer's adapters
+    layers_of: dict[str, int] = {}
+    for tensor in adapter_tensors(cfg, lora):
+        if not tensor.path.endswith("/lora_a"):
+            continue
+        tokens = kernel_tokens(cfg, tensor.path, input_length, target_length)
+        fan_in = tensor.matrix_shape[-2]
+        if kernel_name(adapted_kernel_path(tensor)) in ("o", "wo"):
+            fan_in = split(fan_in, cut.tensor)
+        per_token = lora.rank * cut.stored
+        if lora.dropout:
+            per_token += fan_in * (cut.stored + MASK_BYTES)
+        stack = tensor.path.split("/")[0]
+        per_layer[stack] = per_layer.get(stack, 0) + tokens * per_token
+        layers_of[stack] = tensor.shape[0] if tensor.stacked else 1
+    if cfg.remat != "none":
+        return _Activations(0, cut.rows * max(per_layer.values(), default=0))
+    return _Activations(cut.rows * sum(layers_of[s] * b for s, b in per_layer.items()), 0)
 
 
 def _logits_bytes(cfg: ModelConfig, cut: _Split, input_length: int, target_length: int) -> int:

@@ -12,6 +12,13 @@ The batch splits over data x fsdp, microbatches divide the activations again, an
 the head, MLP and vocabulary dimensions of the activations when it divides them. Under fsdp each
 weight is gathered whole (over fsdp) for its matmul and its gradient is whole until reduce-scattered;
 the estimate adds the two for the output projection and for one layer, at the moments XLA holds them.
+
+Recipes (`recipe=`): only what trains has gradients and optimizer state. LoRA's adapters are split
+as the kernel they adapt (`A` takes its input axes' split, `B` its output axes'), its frozen base
+is held in `lora.base_dtype` (else `param_dtype`) and gathered whole under fsdp without a whole
+gradient; its activations add what the unmerged adapters keep (`device_activations`). L2-SP adds
+the anchor, a copy of the weights in `param_dtype` split like them (the penalty is elementwise on
+the local pieces: nothing is gathered).
 """
 
 from __future__ import annotations
@@ -21,11 +28,14 @@ import functools
 import math
 from typing import TYPE_CHECKING
 
-from arch_compare.budget.device_activations import (_Split, _activations, _block_bytes,
-                                                    _logits_bytes, _stacks, dtype_bytes,
-                                                    saved_number_bytes, split)
+from arch_compare.budget import recipes as recipes_lib
+from arch_compare.budget.device_activations import (_adapter_activations, _Split, _activations,
+                                                    _block_bytes, _logits_bytes, _stacks,
+                                                    dtype_bytes, saved_number_bytes, split)
+from arch_compare.budget.parameters import parameter_tensors
 from arch_compare.mesh_config import MESH_AXES, MeshConfig
 from arch_compare.models.config import ModelConfig
+from arch_compare.recipes import FULL, LoraConfig, Recipe
 
 if TYPE_CHECKING:
     from jax.sharding import AbstractMesh
@@ -85,6 +95,29 @@ def parameter_shards(cfg: ModelConfig, mesh: MeshConfig) -> tuple[ParameterShard
     return tuple(shards)
 
 
+def adapter_shards(cfg: ModelConfig, mesh: MeshConfig,
+                   lora: LoraConfig) -> tuple[ParameterShard, ...]:
+    """LoRA's `A` and `B` for each targeted kernel, split as that kernel is on `mesh` (the rank
+    axis, logical name None, whole)."""
+    kernels = {tensor.path: tensor for tensor in parameter_tensors(cfg)}
+    wanted = {recipes_lib.adapted_kernel_path(t) for t in recipes_lib.adapter_tensors(cfg, lora)}
+    r, shards = lora.rank, []
+    for kernel in parameter_shards(cfg, mesh):
+        if kernel.path not in wanted:
+            continue
+        tensor = kernels[kernel.path]
+        cut = tensor.stacked + tensor.fan_in  # layer and input axes | output axes
+        prefix = kernel.path.rsplit("/", 1)[0]
+        shards.append(ParameterShard(f"{prefix}/lora_a", (*kernel.axes[:cut], None),
+                                     (*kernel.shape[:cut], r), (*kernel.shard_shape[:cut], r)))
+        layers = tensor.stacked
+        shards.append(ParameterShard(
+            f"{prefix}/lora_b", (*kernel.axes[:layers], None, *kernel.axes[cut:]),
+            (*kernel.shape[:layers], r, *kernel.shape[cut:]),
+            (*kernel.shard_shape[:layers], r, *kernel.shard_shape[cut:])))
+    return tuple(shards)
+
+
 def _ways(entry, layout) -> int:
     """How many pieces a PartitionSpec entry cuts its dimension into."""
     axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
@@ -135,8 +168,9 @@ class _Gathered:
     layer: int  # the largest stack's one layer: gathered weights and their unsharded gradients
 
 
-def _gathered(cfg: ModelConfig, mesh: MeshConfig,
-              shards: tuple[ParameterShard, ...]) -> _Gathered:
+def _gathered(cfg: ModelConfig, mesh: MeshConfig, shards: tuple[ParameterShard, ...],
+              trained: bool = True) -> _Gathered:
+    """`trained` False (LoRA's frozen base): the gathered weights have no gradient."""
     if mesh.fsdp == 1:
         return _Gathered(0, 0)
     # the tensor split alone: what an all-gather over fsdp rebuilds
@@ -156,7 +190,7 @@ def _gathered(cfg: ModelConfig, mesh: MeshConfig,
     # The weight and its gradient, both in the compute dtype: Dense casts each kernel before its
     # matmul, and XLA gathers the cast copy (a bfloat16 step's gathered output projection and
     # its gradient measured at 2 bytes a number, on CPU too).
-    per_number = 2 * dtype_bytes(cfg.dtype)
+    per_number = (2 if trained else 1) * dtype_bytes(cfg.dtype)
     return _Gathered(output * per_number, max(stacks.values(), default=0) * per_number)
 
 
@@ -186,10 +220,11 @@ class DeviceTrainingMemory:
     rematerialised: int
     gathered_output: int  # fsdp: the vocabulary projection and its gradient, whole
     gathered_layer: int  # fsdp: one layer's weights and their gradients, whole
+    anchor: int = 0  # l2sp: the base weights, split like the weights
 
     @property
     def state(self) -> int:
-        return self.weights + self.gradients + self.optimizer_state
+        return self.weights + self.gradients + self.optimizer_state + self.anchor
 
     @property
     def total(self) -> int:
@@ -218,25 +253,40 @@ def _check_batch(mesh: MeshConfig, batch_size: int, microbatches: int) -> int:
 
 def per_device_training_memory(cfg: ModelConfig, mesh: MeshConfig, input_length: int,
                                target_length: int, batch_size: int, optimizer: str = "adamw",
-                               microbatches: int = 1, platform: str = "gpu"
-                               ) -> DeviceTrainingMemory:
+                               microbatches: int = 1, platform: str = "gpu",
+                               recipe: Recipe = FULL) -> DeviceTrainingMemory:
     """Bytes one device of `mesh` holds at the peak of a training step of `batch_size` examples
     (the global batch) with `cfg`'s dtypes and remat policy, on `platform` ("gpu" and "tpu" alike;
-    "cpu" differs for bfloat16, see `saved_number_bytes`)."""
+    "cpu" differs for bfloat16, see `saved_number_bytes`), for a run of `recipe` (ValueError for
+    `wise`, which trains nothing)."""
     if optimizer not in OPTIMIZER_FLOATS:
         raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZER_FLOATS)}")
+    if not recipe.trains:
+        raise ValueError(f"recipe {recipe.name!r} ({recipe.kind}) trains nothing: it has no "
+                         f"training step (see per_device_inference_memory)")
     cut = _Split(_check_batch(mesh, batch_size, microbatches), mesh.tensor,
                  saved_number_bytes(cfg, platform))
     shards = parameter_shards(cfg, mesh)
     param_bytes = dtype_bytes(cfg.param_dtype)
-    weights = sum(shard.shard_size for shard in shards) * param_bytes
-    activations = _activations(cfg, cut, shards, input_length, target_length)
-    gathered = _gathered(cfg, mesh, shards)
+    lora = recipe.lora if recipe.kind == "lora" else None
+    kernel_dtype = recipes_lib.frozen_dtype(cfg, recipe, cfg.param_dtype)
+    trained = adapter_shards(cfg, mesh, lora) if lora else shards
+    trained_bytes = sum(shard.shard_size for shard in trained) * param_bytes
+    weights = trained_bytes + (sum(shard.shard_size for shard in shards)
+                               * dtype_bytes(kernel_dtype) if lora else 0)
+    activations = _activations(cfg, cut, shards, input_length, target_length, kernel_dtype)
+    if lora:
+        adapters = _adapter_activations(cfg, lora, cut, input_length, target_length)
+        activations = dataclasses.replace(activations, saved=activations.saved + adapters.saved,
+                                          working=activations.working + adapters.working)
+    gathered = _gathered(cfg, mesh, shards, trained=lora is None)
     return DeviceTrainingMemory(
         weights=weights,
-        gradients=weights,
-        optimizer_state=OPTIMIZER_FLOATS[optimizer](shards) * param_bytes,
-        accumulated_gradients=weights if microbatches > 1 else 0,
+        gradients=trained_bytes,
+        optimizer_state=OPTIMIZER_FLOATS[optimizer](trained) * param_bytes,
+        accumulated_gradients=trained_bytes if microbatches > 1 else 0,
+        anchor=(sum(shard.shard_size for shard in shards) * param_bytes
+                if recipe.kind == "l2sp" else 0),
         activations=activations.saved,
         logits=_logits_bytes(cfg, cut, input_length, target_length),
         rematerialised=activations.working,

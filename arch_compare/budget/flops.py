@@ -15,13 +15,23 @@ Conventions (the usual ones of Kaplan et al. 2020 and the PaLM appendix, made ex
   from the encoder states, so those two matmuls scale with the input length.
 - A training step is one forward and a backward of twice its cost (gradients for activations and
   for weights); rematerialisation recomputes the forward once more.
+- Recipes (`training_flops(..., recipe=)`): `full`, `mix` and `l2sp` train every weight, so a
+  token costs the same (mix's extra tokens are extra examples; L2-SP's penalty is per step, see
+  `budget/recipes.py`). `lora` freezes the weights: each frozen matmul runs forward and its
+  input gradient (2 + 2 per weight per token, no weight gradient), the attention scores keep
+  their forward and backward (3x), and each adapter (`x @ A @ B`, 2 x rank x (fan_in + fan_out)
+  FLOPs per token forward) adds its forward, input-gradient and weight-gradient matmuls (3x).
+  Every frozen matmul's input gradient is counted, the first layer's too (which nothing trained
+  below it needs): an overcount of one layer's projections out of the model's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from arch_compare.budget import recipes as recipes_lib
 from arch_compare.models.config import ModelConfig
+from arch_compare.recipes import FULL, LoraConfig, Recipe
 
 CAUSAL_CONVENTIONS = {"halved": 0.5, "full": 1.0}
 SOFTMAX_FLOPS_PER_SCORE = 3
@@ -100,11 +110,41 @@ def forward_flops(cfg: ModelConfig, input_length: int, target_length: int,
     return stacks + ForwardFlops(0.0, 0.0, 0.0, logits)
 
 
+def kernel_tokens(cfg: ModelConfig, path: str, input_length: int, target_length: int) -> int:
+    """Tokens one layer's copy of the kernel at `path` multiplies in one example: the encoder's
+    on inputs, the decoder's on targets (encoder-decoder: cross-attention's k and v on the
+    encoder states, inputs) or on inputs + targets (decoder-only)."""
+    if path.startswith("encoder/"):
+        return input_length
+    if not cfg.is_encoder_decoder:
+        return input_length + target_length
+    if "/cross_attention/" in path and recipes_lib.kernel_name(path) in ("k", "v"):
+        return input_length
+    return target_length
+
+
+def adapter_forward_flops(cfg: ModelConfig, lora: LoraConfig, input_length: int,
+                          target_length: int) -> float:
+    """Forward FLOPs of LoRA's adapters over one example: `x @ A` then `@ B`, 2 x tokens x size
+    for each of `A` and `B` (per layer: 2 x tokens x rank x (fan_in + fan_out))."""
+    return float(sum(2 * tensor.size * kernel_tokens(cfg, tensor.path, input_length, target_length)
+                     for tensor in recipes_lib.adapter_tensors(cfg, lora)))
+
+
 def training_flops(cfg: ModelConfig, input_length: int, target_length: int,
-                   causal: str = "halved", remat: bool = False) -> float:
-    """FLOPs of forward + backward for one example; `remat` adds one more forward."""
-    forward = forward_flops(cfg, input_length, target_length, causal).total
-    return forward * (4 if remat else 3)
+                   causal: str = "halved", remat: bool = False, recipe: Recipe = FULL) -> float:
+    """FLOPs of forward + backward for one example of a run of `recipe`; `remat` adds one more
+    forward. ValueError for a recipe that trains nothing (`wise`: price its evaluations)."""
+    forward = forward_flops(cfg, input_length, target_length, causal)
+    if not recipe.trains:
+        raise ValueError(f"recipe {recipe.name!r} ({recipe.kind}) trains nothing: it has no "
+                         f"training FLOPs, only its evaluations' forward passes")
+    if recipe.kind != "lora":
+        return forward.total * (4 if remat else 3)
+    adapters = adapter_forward_flops(cfg, recipe.lora, input_length, target_length)
+    weights = forward.total - forward.attention_scores  # projections, MLP and logits: frozen
+    train = 3 * forward.attention_scores + 2 * weights + 3 * adapters
+    return train + (forward.total + adapters if remat else 0.0)
 
 
 def inference_flops_per_token(cfg: ModelConfig, input_length: int, target_length: int,

@@ -12,6 +12,11 @@ Conventions, stated because every estimator picks its own:
   once each kernel is seen as the matrix its matmul uses (`Tensor.matrix_shape`, fan-in x fan-out,
   as t5x factors by logical axes): where the two largest dimensions are both at least 128, one row
   and one column of statistics instead of a full copy.
+- Recipes (`recipe=`, arch_compare/recipes.py): only what trains has gradients and optimizer
+  state. `lora` holds the frozen weights in `lora.base_dtype` (else float32) and trains float32
+  adapters; its activations are full training's plus what the unmerged adapters keep per targeted
+  projection and token (`x @ A`, rank numbers, for B's gradient; with dropout the dropped input
+  and its mask too). `l2sp` adds the anchor, a float32 copy of the weights sharded like them.
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from arch_compare.budget import recipes as recipes_lib
+from arch_compare.budget.flops import kernel_tokens
 from arch_compare.budget.parameters import Tensor, parameter_tensors
 from arch_compare.models.config import ModelConfig
+from arch_compare.recipes import FULL, Recipe
 
 FLOAT32_BYTES = 4
 ADAFACTOR_MIN_DIM_TO_FACTOR = 128  # optax.adafactor's default
@@ -49,13 +57,19 @@ OPTIMIZER_STATE = {"adamw": _adamw_state, "adafactor": _adafactor_state}
 SHARDINGS = ("fsdp", "data")
 
 
-def optimizer_state_bytes(cfg: ModelConfig, optimizer: str) -> int:
+def optimizer_state_numbers(cfg: ModelConfig, optimizer: str, recipe: Recipe = FULL) -> int:
+    """float32 numbers of optimizer state a run of `recipe` keeps: for what it trains only."""
     if optimizer not in OPTIMIZER_STATE:
         raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZER_STATE)}")
-    return OPTIMIZER_STATE[optimizer](parameter_tensors(cfg)) * FLOAT32_BYTES
+    return OPTIMIZER_STATE[optimizer](recipes_lib.trainable_tensors(cfg, recipe))
+
+
+def optimizer_state_bytes(cfg: ModelConfig, optimizer: str, recipe: Recipe = FULL) -> int:
+    return optimizer_state_numbers(cfg, optimizer, recipe) * FLOAT32_BYTES
 
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+MASK_BYTES = 1  # a dropout mask: one bool per number
 
 
 def _block_activations(cfg: ModelConfig, keys: int, cross_keys: int) -> int:
@@ -73,15 +87,16 @@ def _block_activations(cfg: ModelConfig, keys: int, cross_keys: int) -> int:
 class TrainingMemory:
     """Bytes for one training step over the whole global batch (before sharding)."""
 
-    weights: int
+    weights: int  # trained and frozen
     gradients: int
     optimizer_state: int
     activations: int
+    anchor: int = 0  # l2sp: the base weights the penalty pulls toward
 
     @property
     def state(self) -> int:
         """What sharding over fsdp divides: everything but the activations."""
-        return self.weights + self.gradients + self.optimizer_state
+        return self.weights + self.gradients + self.optimizer_state + self.anchor
 
     @property
     def total(self) -> int:
@@ -89,6 +104,29 @@ class TrainingMemory:
 
     def to_dict(self) -> dict[str, int]:
         return {**dataclasses.asdict(self), "total": self.total}
+
+
+def adapter_activation_bytes(cfg: ModelConfig, recipe: Recipe, input_length: int,
+                             target_length: int, batch_size: int, remat: bool = False) -> int:
+    """What LoRA's unmerged adapters keep for the backward pass, beyond full training's
+    activations: per targeted projection and token `x @ A` (rank numbers, for B's gradient), and
+    with dropout the dropped input (fan-in numbers) and its mask. Rematerialised: one layer's."""
+    if recipe.kind != "lora":
+        return 0
+    lora, act = recipe.lora, DTYPE_BYTES[cfg.dtype]
+    per_layer: dict[str, int] = {}  # stack -> bytes per example of one layer's adapters
+    for tensor in recipes_lib.adapter_tensors(cfg, lora):
+        if not tensor.path.endswith("/lora_a"):
+            continue
+        tokens = kernel_tokens(cfg, tensor.path, input_length, target_length)
+        fan_in = tensor.matrix_shape[-2]
+        numbers = lora.rank + (fan_in if lora.dropout else 0)
+        per_token = numbers * act + (fan_in * MASK_BYTES if lora.dropout else 0)
+        layers = math.prod(tensor.shape[:tensor.stacked])
+        stack = tensor.path.split("/")[0]
+        per_layer[stack] = per_layer.get(stack, 0) + tokens * per_token * (1 if remat else layers)
+    kept = max(per_layer.values(), default=0) if remat else sum(per_layer.values())
+    return batch_size * kept
 
 
 def activation_bytes(cfg: ModelConfig, input_length: int, target_length: int, batch_size: int,
@@ -115,13 +153,26 @@ def activation_bytes(cfg: ModelConfig, input_length: int, target_length: int, ba
 
 
 def training_memory(cfg: ModelConfig, input_length: int, target_length: int, batch_size: int,
-                    optimizer: str = "adamw", remat: bool = False) -> TrainingMemory:
-    params = sum(t.size for t in parameter_tensors(cfg))
+                    optimizer: str = "adamw", remat: bool = False,
+                    recipe: Recipe = FULL) -> TrainingMemory:
+    """One step of a run of `recipe` (ValueError for `wise`, which trains nothing)."""
+    if not recipe.trains:
+        raise ValueError(f"recipe {recipe.name!r} ({recipe.kind}) trains nothing: price its "
+                         f"evaluations (inference memory)")
+    trained = sum(t.size for t in recipes_lib.trainable_tensors(cfg, recipe)) * FLOAT32_BYTES
+    frozen_dtype = recipes_lib.frozen_dtype(cfg, recipe, "float32")
+    frozen = sum(t.size for t in recipes_lib.frozen_tensors(cfg, recipe)) * DTYPE_BYTES[
+        frozen_dtype]
+    anchor = (sum(t.size for t in parameter_tensors(cfg)) * FLOAT32_BYTES
+              if recipe.kind == "l2sp" else 0)
     return TrainingMemory(
-        weights=params * FLOAT32_BYTES,
-        gradients=params * FLOAT32_BYTES,
-        optimizer_state=optimizer_state_bytes(cfg, optimizer),
-        activations=activation_bytes(cfg, input_length, target_length, batch_size, remat))
+        weights=trained + frozen,
+        gradients=trained,
+        optimizer_state=optimizer_state_bytes(cfg, optimizer, recipe),
+        activations=(activation_bytes(cfg, input_length, target_length, batch_size, remat)
+                     + adapter_activation_bytes(cfg, recipe, input_length, target_length,
+                                                batch_size, remat)),
+        anchor=anchor)
 
 
 def kv_cache_bytes(cfg: ModelConfig, input_length: int, target_length: int,
@@ -200,7 +251,8 @@ def _batch_splits(mesh: MeshConfig, batch_size: int, microbatches: int) -> bool:
 
 def training_fits(cfg: ModelConfig, mesh: MeshConfig, input_length: int, target_length: int,
                   batch_size: int, optimizer: str = "adamw", microbatches: int = 1,
-                  device_bytes: int | None = None, platform: str = "gpu") -> bool:
+                  device_bytes: int | None = None, platform: str = "gpu",
+                  recipe: Recipe = FULL) -> bool:
     """True when the batch splits over `mesh` into `microbatches` and the per-device estimate
     fits in `USABLE_HBM_FRACTION` of `device_bytes` (None, unknown: only the split is checked).
     Suits `arch_compare.execution.resolve_mesh`'s `fits` callback."""
@@ -209,7 +261,7 @@ def training_fits(cfg: ModelConfig, mesh: MeshConfig, input_length: int, target_
     if device_bytes is None:
         return True
     memory = per_device_training_memory(cfg, mesh, input_length, target_length, batch_size,
-                                        optimizer, microbatches, platform)
+                                        optimizer, microbatches, platform, recipe)
     return memory.total <= usable_bytes(device_bytes)
 
 
@@ -225,7 +277,7 @@ def _mesh_words(mesh: MeshConfig) -> str:
 def fitting_alternatives(cfg: ModelConfig, mesh: MeshConfig, input_length: int,
                          target_length: int, batch_size: int, optimizer: str,
                          microbatches: int, device_bytes: int, limit: int = 3,
-                         platform: str = "gpu"
+                         platform: str = "gpu", recipe: Recipe = FULL
                          ) -> list[tuple[MeshConfig, int, DeviceTrainingMemory]]:
     """Up to `limit` (mesh, microbatches, estimate) over the same number of devices that fit:
     first more microbatches on the same mesh, then other meshes (in `candidate_meshes` order,
@@ -241,7 +293,7 @@ def fitting_alternatives(cfg: ModelConfig, mesh: MeshConfig, input_length: int,
             if per_device % micro or (candidate, micro) == (mesh, microbatches):
                 continue
             memory = per_device_training_memory(cfg, candidate, input_length, target_length,
-                                                batch_size, optimizer, micro, platform)
+                                                batch_size, optimizer, micro, platform, recipe)
             if memory.total <= usable_bytes(device_bytes):
                 found.append((candidate, micro, memory))
                 break  # the fewest microbatches this mesh needs
@@ -253,18 +305,19 @@ def fitting_alternatives(cfg: ModelConfig, mesh: MeshConfig, input_length: int,
 def check_training_fits(cfg: ModelConfig, mesh: MeshConfig, input_length: int,
                         target_length: int, batch_size: int, optimizer: str = "adamw",
                         microbatches: int = 1, device_bytes: int | None = None,
-                        platform: str = "gpu") -> DeviceTrainingMemory:
-    """The per-device estimate, or MemoryShortfall when it exceeds the usable share of
+                        platform: str = "gpu", recipe: Recipe = FULL) -> DeviceTrainingMemory:
+    """The per-device estimate (of a run of `recipe`), or MemoryShortfall when it exceeds the usable share of
     `device_bytes` (None: unknown, as on CPU; nothing is refused). `platform`: see
     `device_memory.saved_number_bytes` (pass `jax.default_backend()` for the devices present)."""
     memory = per_device_training_memory(cfg, mesh, input_length, target_length, batch_size,
-                                        optimizer, microbatches, platform)
+                                        optimizer, microbatches, platform, recipe)
     if device_bytes is None or memory.total <= usable_bytes(device_bytes):
         return memory
     parts = ", ".join(f"{name} {_gib(value)}" for name, value in memory.to_dict().items()
                       if name != "total")
     alternatives = fitting_alternatives(cfg, mesh, input_length, target_length, batch_size,
-                                        optimizer, microbatches, device_bytes, platform=platform)
+                                        optimizer, microbatches, device_bytes, platform=platform,
+                                        recipe=recipe)
     if alternatives:
         advice = "; would fit: " + "; ".join(
             f"mesh {_mesh_words(m)} with {micro} microbatch{'es' if micro > 1 else ''} "
@@ -273,7 +326,7 @@ def check_training_fits(cfg: ModelConfig, mesh: MeshConfig, input_length: int,
         advice = (f"; no mesh over {mesh.num_devices} devices and no microbatch count fits: "
                   f"use more devices, a smaller batch or model, remat, bfloat16 or adafactor")
     raise MemoryShortfall(
-        f"{cfg.family} training needs {_gib(memory.total)} per device on mesh "
+        f"{cfg.family} training{'' if recipe.kind == 'full' else f' ({recipe.kind})'} needs {_gib(memory.total)} per device on mesh "
         f"{_mesh_words(mesh)} with {microbatches} microbatch{'es' if microbatches > 1 else ''} "
         f"(batch {batch_size}, lengths {input_length} + {target_length}, {optimizer}, "
         f"{cfg.dtype} compute, {cfg.param_dtype} params, remat {cfg.remat}), but "

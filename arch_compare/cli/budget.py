@@ -9,6 +9,13 @@ With --target-price ROW (a row of budgets/targets.yaml) and --prompts/--prompt-t
 (--batch: bought through the batch interface, at the row's batch discount); on its own it prices
 just the collection.
 
+With --recipe (full, mix, l2sp, lora, wise; arch_compare/recipes.py) each run is priced for that
+fine-tuning recipe: what trains (parameters, optimizer state), the frozen weights' dtype, LoRA's
+cheaper backward pass, L2-SP's anchor copy, mixing's extra text (--mix-rate: --tokens/--examples
+are then the imitation data, and the mixed-in text is added on a line of its own), and `wise`'s
+evaluation-only runs, one per --wise-alphas value (--tokens/--examples are then the evaluated
+examples, priced as forward passes).
+
 Exits 1, as `study --plan` does, when a priced run does not fit its chips' memory, with a line
 naming each such run and what would fit (more chips, --remat, fsdp sharding, another chip); the
 table is still printed.
@@ -32,10 +39,17 @@ from arch_compare.budget.cost import RunEstimate
 from arch_compare.budget.memory import OPTIMIZER_STATE, SHARDINGS
 from arch_compare.budget.targets import CollectionCost, collection_cost, get_price
 from arch_compare.cli.tables import format_table
+from arch_compare.models.config import DTYPES
+from arch_compare.recipes import FULL, LORA_TARGETS, RECIPE_KINDS, LoraConfig, Recipe
 
-COLUMNS = ("model", "arch", "params", "tokens", "train_flops", "hardware", "chips", "fits",
-           "hours", "chip_hours", "cost_usd", "mfu")
-TEXT_COLUMNS = ("model", "arch", "hardware")
+COLUMNS = ("model", "arch", "params", "recipe", "trainable", "opt_state", "mem/chip", "tokens",
+           "train_flops", "eval_flops", "hardware", "chips", "fits", "hours", "chip_hours",
+           "cost_usd", "mfu")
+TEXT_COLUMNS = ("model", "arch", "recipe", "hardware")
+# --recipe's settings: flag -> the recipe kind it belongs to.
+RECIPE_FLAGS = {"lora_rank": "lora", "lora_alpha": "lora", "lora_dropout": "lora",
+                "lora_targets": "lora", "lora_base_dtype": "lora", "mix_rate": "mix",
+                "l2sp_weight": "l2sp", "wise_alphas": "wise"}
 
 for _configurable in (StudyGrid, Setup, Evaluation):
     gin.external_configurable(_configurable, module="arch_compare.budget")
@@ -56,6 +70,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--remat", action="store_true", help="rematerialise activations")
     parser.add_argument("--sharding", choices=SHARDINGS, default="fsdp")
     parser.add_argument("--epochs", type=float, default=1.0)
+    recipe = parser.add_argument_group("the fine-tuning recipe (arch_compare/recipes.py)")
+    recipe.add_argument("--recipe", choices=RECIPE_KINDS, default="full",
+                        help="how each --model run fine-tunes (default full)")
+    recipe.add_argument("--lora-rank", type=int, help="lora: adapter rank (default 8)")
+    recipe.add_argument("--lora-alpha", type=float, help="lora: scale alpha / rank (default 16)")
+    recipe.add_argument("--lora-dropout", type=float, help="lora: adapter input dropout")
+    recipe.add_argument("--lora-targets", help=f"lora: comma-separated projections from "
+                        f"{','.join(LORA_TARGETS)} (default q,k,v,o)")
+    recipe.add_argument("--lora-base-dtype", choices=DTYPES,
+                        help="lora: dtype of the frozen base weights (default float32)")
+    recipe.add_argument("--mix-rate", type=float, help="mix: fraction of the examples that are "
+                        "pre-training text; --tokens/--examples are the imitation data")
+    recipe.add_argument("--l2sp-weight", type=float, help="l2sp: lambda of the penalty")
+    recipe.add_argument("--wise-alphas", help="wise: comma-separated weights of the fine-tuned "
+                        "model, one evaluation-only run each; --tokens/--examples are then the "
+                        "evaluated examples")
     parser.add_argument("--study", type=Path, help="gin file binding StudyGrid (see budgets/)")
     parser.add_argument("--measured-tokens-per-second", type=float,
                         help="with --study: calibrate MFU from a measured run of --model on "
@@ -85,7 +115,11 @@ def _human(value: float | None, unit: str = "") -> str:
 def _table_row(row: dict) -> dict[str, str]:
     return {
         "model": row["model"], "arch": row["arch"], "params": _human(row["params"]),
+        "recipe": row["recipe"], "trainable": _human(row["trainable_params"]),
+        "opt_state": _human(row["memory_bytes"]["optimizer_state"], "B"),
+        "mem/chip": _human(row["per_chip_bytes"], "B"),
         "tokens": _human(row["tokens"]), "train_flops": _human(row["train_flops"]),
+        "eval_flops": _human(row["evaluation_flops"]),
         "hardware": row["hardware"], "chips": str(row["chips"]),
         "fits": ("yes" if row["fits"] else "no: needs " + (
             "more memory per chip" if row["min_chips"] is None else f"{row['min_chips']} chips")),
@@ -148,21 +182,84 @@ def _run_study(args, catalogue) -> tuple[list[RunEstimate], list[str], Collectio
     return list(study.runs), footer, study.collection
 
 
-def _run_models(args, catalogue) -> tuple[list[RunEstimate], list[str], None]:
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(value) for value in text.split(","))
+    except ValueError:
+        raise ValueError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
 
+
+def recipe_of(args) -> Recipe:
+    """The recipe the flags describe; ValueError for a setting of another kind's (--lora-rank
+    without --recipe lora) and for a recipe's missing or invalid setting."""
+    misplaced = [f"--{name.replace('_', '-')}" for name, kind in RECIPE_FLAGS.items()
+                 if getattr(args, name, None) is not None and kind != args.recipe]
+    if misplaced:
+        kinds = sorted({RECIPE_FLAGS[flag[2:].replace("-", "_")] for flag in misplaced})
+        raise ValueError(f"{', '.join(misplaced)} set(s) a recipe of kind {' or '.join(kinds)}: "
+                         f"give --recipe {kinds[0]} (the recipe is {args.recipe!r})")
+    kind = args.recipe
+    if kind == "full":
+        return FULL
+    if kind == "lora":
+        settings = {name: getattr(args, f"lora_{name}") for name in
+                    ("rank", "alpha", "dropout", "base_dtype")
+                    if getattr(args, f"lora_{name}") is not None}
+        if args.lora_targets is not None:
+            settings["targets"] = tuple(name.strip() for name in args.lora_targets.split(","))
+        return Recipe("lora", "lora", lora=LoraConfig(**settings))
+    if kind == "mix":
+        if args.mix_rate is None:
+            raise ValueError("--recipe mix needs --mix-rate R (the fraction of pre-training text)")
+        return Recipe("mix", "mix", mix_rate=args.mix_rate)
+    if kind == "l2sp":
+        if args.l2sp_weight is None:
+            raise ValueError("--recipe l2sp needs --l2sp-weight LAMBDA")
+        return Recipe("l2sp", "l2sp", l2sp_weight=args.l2sp_weight)
+    if args.wise_alphas is None:
+        raise ValueError("--recipe wise needs --wise-alphas A,B,... (weights in [0, 1])")
+    return Recipe("wise", "wise", wise_alphas=_floats(args.wise_alphas, "--wise-alphas"))
+
+
+def _run_models(args, catalogue) -> tuple[list[RunEstimate], list[str], None]:
     if not args.model:
         raise ValueError("give --model PRESET (repeatable) or --study FILE")
     if args.tokens is None and args.examples is None:
         raise ValueError("give --tokens N or --examples N")
-    rows = []
+    recipe = recipe_of(args)
+    factor = recipe.steps_factor()  # mix: the imitation data plus the mixed-in text
+    rows, footer = [], []
     for model in args.model:
-        spec = RunSpec(model, tokens=args.tokens, examples=args.examples,
+        spec = RunSpec(model, tokens=None if args.tokens is None else args.tokens * factor,
+                       examples=None if args.examples is None else args.examples * factor,
                        input_length=args.input_length, target_length=args.target_length,
                        hardware=args.hardware, chips=args.chips, mfu=args.mfu,
                        optimizer=args.optimizer, batch_size=args.batch_size, remat=args.remat,
-                       sharding=args.sharding, epochs=args.epochs)
-        rows.append(estimate_run(spec, catalogue))
-    return rows, [], None
+                       sharding=args.sharding, epochs=args.epochs, recipe=recipe)
+        run = estimate_run(spec, catalogue)
+        if recipe.kind != "wise":
+            rows.append(run)
+            continue
+        # one evaluation-only run per alpha: forward passes over the given examples
+        evaluation = (spec.num_examples * spec.epochs
+                      * run.forward_flops_per_example["total"])
+        for label in recipe.labels():
+            rows.append(dataclasses.replace(
+                run, spec=dataclasses.replace(spec, recipe=dataclasses.replace(
+                    recipe, name=label)), evaluation_flops=evaluation))
+    if recipe.kind == "mix":
+        length = args.input_length + args.target_length
+        tokens = args.tokens if args.tokens is not None else args.examples * length
+        extra = (tokens * factor - tokens) * args.epochs
+        line = (f"the extra tokens of mixing: {extra:,.0f} tokens ({extra / length:,.0f} "
+                f"examples of {args.input_length} + {args.target_length}) of pre-training text "
+                f"per model: mix rate {recipe.mix_rate:g} makes the {tokens * args.epochs:,.0f} "
+                f"imitation tokens {factor:.4g}x as many")
+        if args.format == "table":
+            footer.append(line)
+        else:  # keeps stdout machine-readable
+            print(line, file=sys.stderr)
+    return rows, footer, None
 
 
 # Changes to a run's set-up that lower its memory, tried in order when no chip count fits.
@@ -222,6 +319,10 @@ def _collection_lines(cost: CollectionCost, runs: list[RunEstimate]) -> list[str
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.study and (args.recipe != "full" or any(
+            getattr(args, name) is not None for name in RECIPE_FLAGS)):
+        raise ValueError("--recipe and its settings price --model runs; a study grid's runs "
+                         "are priced as its gin file describes them")
     catalogue = load_catalogue(args.hardware_file)
     collection = _collection(args)
     if collection is not None and not args.study and not args.model:
