@@ -12,6 +12,7 @@ API on the Agg canvas, no pyplot state):
 
 from __future__ import annotations
 
+import textwrap
 from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure as MplFigure
@@ -43,8 +44,10 @@ def _no_cost_reason(grid: "RecipeGrid", attribute: str) -> str:
     """Why a cost column has no point: the measured dollars' notes, else "not recorded"."""
     if attribute != "measured_usd":
         return "not recorded"
-    notes = sorted({cost.measured_note for cost in grid.costs.values()})
-    return "; ".join(notes[:3]) + (" …" if len(notes) > 3 else "")
+    # One reason per device (a wise run repeats its full run's), "not measured" only alone.
+    notes = {cost.measured_note.removeprefix("its full run: ") for cost in grid.costs.values()}
+    notes = sorted(notes - {"not measured"} or notes)
+    return textwrap.fill("; ".join(notes[:3]) + (" …" if len(notes) > 3 else ""), 36)
 
 
 def compute_figures(data: StudyData, grid: "RecipeGrid") -> list[Figure]:
@@ -82,8 +85,7 @@ def compute_figures(data: StudyData, grid: "RecipeGrid") -> list[Figure]:
                         axes.axhline(target_value, color="black", ls="--", lw=1.2)
                 else:
                     axes.text(0.5, 0.5, f"n/a: {_no_cost_reason(grid, attribute)}",
-                              ha="center", va="center", fontsize=7, wrap=True,
-                              transform=axes.transAxes)
+                              ha="center", va="center", fontsize=7, transform=axes.transAxes)
                     axes.set_xticks([])
                     axes.set_yticks([])
                 axes.grid(True, alpha=0.3)
@@ -119,7 +121,7 @@ def _log_axis(axes, attribute: str) -> None:
     axes.xaxis.set_minor_formatter(NullFormatter())
     dollars = attribute != "flops"
     axes.xaxis.set_major_formatter(FuncFormatter(
-        lambda x, _: (f"${x:.2g}" if dollars else fmt.scientific(x).replace(".00", ""))))
+        lambda x, _: (f"${x:.3g}" if dollars else fmt.scientific(x).replace(".00", ""))))
 
 
 def _family(grid: "RecipeGrid", model: str) -> str:
