@@ -11,7 +11,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from arch_compare.budget.flops import kernel_tokens
-from arch_compare.budget.recipes import adapted_kernel_path, adapter_tensors, kernel_name
+from arch_compare.budget.recipes import adapter_tensors, kernel_name
 from arch_compare.models.config import DTYPE_BYTES, ModelConfig
 from arch_compare.recipes import LoraConfig
 
@@ -179,7 +179,7 @@ def _adapter_activations(cfg: ModelConfig, lora: LoraConfig, cut: _Split, input_
             continue
         tokens = kernel_tokens(cfg, tensor.path, input_length, target_length)
         fan_in = tensor.matrix_shape[-2]
-        if kernel_name(adapted_kernel_path(tensor)) in ("o", "wo"):
+        if kernel_name(tensor.path) in ("o", "wo"):
             fan_in = split(fan_in, cut.tensor)
         per_token = lora.rank * cut.stored
         if lora.dropout:

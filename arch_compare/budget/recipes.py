@@ -28,10 +28,11 @@ ADAPTER_NAMES = ("lora_a", "lora_b")
 
 
 def kernel_name(path: str) -> str | None:
-    """The projection a kernel's path names (`decoder/blocks/self_attention/q/kernel` -> `q`),
-    None for any other parameter."""
+    """The projection a kernel's or an adapter's path names
+    (`decoder/blocks/self_attention/q/kernel` or `.../q/lora_a` -> `q`), None for any other
+    parameter."""
     parts = path.split("/")
-    return parts[-2] if len(parts) >= 2 and parts[-1] == "kernel" else None
+    return parts[-2] if len(parts) >= 2 and parts[-1] in ("kernel", *ADAPTER_NAMES) else None
 
 
 def adapter_tensors(cfg: ModelConfig, lora: LoraConfig) -> tuple[Tensor, ...]:
@@ -40,7 +41,7 @@ def adapter_tensors(cfg: ModelConfig, lora: LoraConfig) -> tuple[Tensor, ...]:
     tensors, seen = [], set()
     for kernel in parameter_tensors(cfg):
         name = kernel_name(kernel.path)
-        if name is None or not lora.targets_kernel(name):
+        if name is None or not kernel.path.endswith("/kernel") or not lora.targets_kernel(name):
             continue
         seen.add(name)
         layers = kernel.shape[:kernel.stacked]
