@@ -203,8 +203,8 @@ def regression_figure(data: StudyData, grid: "RecipeGrid") -> Figure | None:
     _legend(axes_grid[0][columns - 1], handles)
     return Figure("recipes_regression_vs_style",
                   "Capability regression (base minus fine-tuned; up: more capability lost) "
-                  "against style gained (fine-tuned minus base; right: more of the target's "
-                  "style), one point per imitation run, coloured by recipe and marked by "
+                  "against style gained (fine-tuned minus base; right: the style metric rose), "
+                  "one point per imitation run, coloured by recipe and marked by "
                   "family; bars are the paired-bootstrap 95% intervals against the base run "
-                  "(none where the task keeps no per-example outputs). Lower right is better.",
+                  "(none where the task keeps no per-example outputs).",
                   _png(figure))

@@ -109,7 +109,7 @@ class RecipeGrid:
         return self._change(run, key, -1)
 
     def gain(self, run: Run, key: MetricKey) -> Change:
-        """Style gained: the run minus base (positive: moved toward the target's style)."""
+        """Style gained: the run minus base (positive: the style metric rose)."""
         return self._change(run, key, +1)
 
     def against_full(self, run: Run, key: MetricKey) -> Comparison | None:
@@ -180,8 +180,8 @@ def recipe_table(grid: RecipeGrid) -> Table | None:
         numeric=(False, False, True, False, *(True,) * (len(capability) + len(style) + 4)),
         caption="Recipes side by side at equal imitation data (the same answers bought). "
                 "Regression: base minus fine-tuned on a capability metric (positive: capability "
-                "lost); style gain: fine-tuned minus base on a style metric (positive: closer to "
-                "the target's style); each with the paired-bootstrap 95% interval on the same "
+                "lost); style gain: fine-tuned minus base on a style metric (positive: the "
+                "metric rose); each with the paired-bootstrap 95% interval on the same "
                 f"evaluation examples ({tables.SIGNIFICANT}: the interval excludes 0; no paired "
                 "interval: the task keeps no per-example outputs, so only the stored values "
                 "differ). Est.: the budget module's estimate before the run; measured $: "
