@@ -112,9 +112,8 @@ def forward_flops(cfg: ModelConfig, input_length: int, target_length: int,
 
 def kernel_tokens(cfg: ModelConfig, path: str, input_length: int, target_length: int) -> int:
     """Tokens one layer's copy of the kernel (or LoRA adapter) at `path` multiplies in one
-    example: the encoder's
-    on inputs, the decoder's on targets (encoder-decoder: cross-attention's k and v on the
-    encoder states, inputs) or on inputs + targets (decoder-only)."""
+    example: the encoder's on inputs, the decoder's on targets (encoder-decoder: cross-attention's
+    k and v on the encoder states, inputs) or on inputs + targets (decoder-only)."""
     if path.startswith("encoder/"):
         return input_length
     if not cfg.is_encoder_decoder:
