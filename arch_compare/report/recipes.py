@@ -313,8 +313,8 @@ def sections(data: StudyData) -> tuple[Section, ...]:
                   "colour per model, one line style per data source, one marker per recipe, "
                   "lines across the amounts of imitation data; bars are 95% intervals over the "
                   "evaluation examples, the model's base run a dotted line of its colour and "
-                  "the target a dashed black one. The further up (capability, style) a "
-                  "model's line climbs per dollar, the more of the gap it closes per dollar."),
+                  "the target a dashed black one. The further toward the target's line a "
+                  "model's line moves per dollar, the more of the gap it closes per dollar."),
         Figures(tuple(compute)) if compute else Paragraph("No run has both a cost and a "
                                                           "metric.")))
     blocks: list = [Paragraph(_introduction(grid))]
