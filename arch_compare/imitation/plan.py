@@ -23,7 +23,7 @@ from arch_compare.budget.flops import forward_flops
 from arch_compare.budget.parameters import count_parameters
 from arch_compare.imitation import collection_cost, evaluation, study_cells
 from arch_compare.imitation.config import StudyConfig, StudyModel
-from arch_compare.recipes import Recipe
+from arch_compare.recipes import FULL, Recipe
 from arch_compare.results import Run
 from arch_compare_tasks import catalogue  # noqa: F401  (registers the shipped tasks)
 
@@ -186,7 +186,8 @@ def estimate(config: StudyConfig, planned: PlannedRun,
     spec = RunSpec(model.config, examples=max(planned.steps, 1) * batch,
                    input_length=lengths["inputs"], target_length=lengths["targets"],
                    hardware=config.budget.hardware, chips=config.budget.chips,
-                   batch_size=batch, optimizer=config.training.optimizer.name)
+                   batch_size=batch, optimizer=config.training.optimizer.name,
+                   recipe=planned.recipe or FULL)
     priced = estimate_run(spec)
     train_flops = priced.train_flops if planned.steps else 0.0
     evaluation_flops = _evaluation_flops(config, model, examples)
@@ -197,7 +198,9 @@ def estimate(config: StudyConfig, planned: PlannedRun,
             "evaluation_flops": evaluation_flops, "hardware": summary["hardware"],
             "chips": summary["chips"], "chip_hours": summary["chip_hours"],
             "hours": summary["hours"], "cost_usd": summary["cost_usd"], "mfu": summary["mfu"],
-            "mfu_source": summary["mfu_source"]}
+            "mfu_source": summary["mfu_source"],
+            # What trains: every weight, LoRA's adapters, or nothing (wise, a given base).
+            "trainable_parameters": summary["trainable_params"] if planned.steps else 0}
 
 
 def estimates(config: StudyConfig, planned: list[PlannedRun]) -> dict[str, dict | None]:

@@ -14,6 +14,7 @@ from arch_compare.execution import ExecutionConfig, NoMeshFits, mesh_description
 from arch_compare.imitation.config import StudyConfig
 from arch_compare.imitation.plan import PlannedRun, plan, training_shape
 from arch_compare.partitioning import MeshConfig
+from arch_compare.recipes import FULL, Recipe
 
 GIB = 2 ** 30
 
@@ -60,12 +61,13 @@ def _usable(device_bytes: float | None) -> float | None:
 
 
 def _training_shortfall(cfg, mesh: MeshConfig, lengths, batch: int, optimizer: str,
-                        microbatches: int, devices: Devices) -> str | None:
+                        microbatches: int, devices: Devices, recipe: Recipe) -> str | None:
     """None when a training step fits one device of `devices`, else the budget module's
     explanation (MemoryShortfall) of what is missing and what would fit."""
     try:
         memory_lib.check_training_fits(cfg, mesh, lengths["inputs"], lengths["targets"], batch,
-                                       optimizer, microbatches, devices.memory_bytes)
+                                       optimizer, microbatches, devices.memory_bytes,
+                                       recipe=recipe)
     except ValueError as shortfall:  # MemoryShortfall, or a batch that does not split
         return str(shortfall)
     return None
@@ -100,13 +102,14 @@ def run_memory(config: StudyConfig, planned: PlannedRun, devices: Devices) -> Ru
     cfg = execution.apply(model.config)
     trains = planned.steps > 0
     lengths, batch, optimizer = training_shape(config, planned)
+    recipe = planned.recipe or FULL  # lora: frozen weights, adapters' optimizer state only
 
     def shortfall(mesh: MeshConfig) -> str | None:
         if mesh.num_devices > devices.count:
             return (f"the mesh {mesh_description(mesh)} needs {mesh.num_devices} devices; "
                     f"{devices.count} {devices.kind} are there")
         return ((trains and _training_shortfall(cfg, mesh, lengths, batch, optimizer,
-                                                execution.microbatches, devices))
+                                                execution.microbatches, devices, recipe))
                 or _evaluation_shortfall(cfg, mesh, config, devices))
 
     try:
@@ -122,7 +125,7 @@ def run_memory(config: StudyConfig, planned: PlannedRun, devices: Devices) -> Ru
         if trains:
             training = memory_lib.per_device_training_memory(
                 cfg, mesh, lengths["inputs"], lengths["targets"], batch, optimizer,
-                execution.microbatches).total
+                execution.microbatches, recipe=recipe).total
         evaluation_bytes = _inference_bytes(cfg, mesh, config)
     except ValueError:  # a batch does not split over the mesh: the shortfall says so
         pass

@@ -6,9 +6,9 @@ trains on, with which training settings, and which weights it is evaluated with.
   the run; both are registry tasks, so they share the `inputs` / `targets` features a mixture
   keeps. The plan gave the run 1 / (1 - mix_rate) times the full run's steps.
 - `l2sp`: the trainer's penalty toward the base weights (`TrainConfig.l2sp_weight`).
-- `lora`: the model built with adapters and the trainer told which weights train
-  (`TrainConfig.lora`); evaluated with the adapters merged into the weights, and the adapters
-  written in PEFT's layout next to the run where the family exports (else logged, not fatal).
+- `lora`: the trainer builds the adapters and trains only them (`TrainConfig.lora`); the run
+  is evaluated with them merged into the weights, and they are written in PEFT's layout next to
+  the run where the family exports (else logged, not fatal).
 - `wise`: no training; base and full weights interpolated leaf by leaf in float32.
 """
 
@@ -30,13 +30,9 @@ from arch_compare_tasks import catalogue
 log = logging.getLogger(__name__)
 
 
-def training_model(model: BaseModel, recipe: Recipe) -> BaseModel:
-    """The model a recipe trains: with LoRA's adapters for `lora`, else the model itself."""
-    return model.with_lora(recipe.lora) if recipe.kind == "lora" else model
-
-
 def train_options(recipe: Recipe) -> dict:
-    """The TrainConfig fields a recipe sets (none for `full` and `mix`: mixing is in the data)."""
+    """The TrainConfig fields a recipe sets (none for `full` and `mix`: mixing is in the data);
+    the trainer builds a `lora` run's adapters on the plain model it is given."""
     if recipe.kind == "lora":
         return {"lora": recipe.lora}
     if recipe.kind == "l2sp":
@@ -74,20 +70,23 @@ def interpolate(base, full, alpha: float):
     return _interpolate(base, full, float(alpha))
 
 
-def merged(model: BaseModel, params):
-    """A LoRA run's weights with `scale * A @ B` added to each adapted kernel: the plain model's
-    parameter tree, evaluated and served like any other."""
+def merged(model: BaseModel, recipe: Recipe, params):
+    """A LoRA run's weights (the trained tree: frozen base and adapters) with `scale * A @ B`
+    added to each adapted kernel: the plain `model`'s parameter tree, evaluated and served like
+    any other."""
     from arch_compare.models import lora
-    return lora.merge(model, params)
+    return lora.merge(model.with_lora(recipe.lora), params)
 
 
-def export_adapters(model: BaseModel, params, directory: Path, base: str) -> str | None:
-    """The adapters in PEFT's layout (`adapter_config.json`, `adapter_model.safetensors`) in
-    `directory`, for the base at `base`; None (and a warning) where this family or these
-    weights cannot be exported: the run's evaluation does not depend on it."""
+def export_adapters(model: BaseModel, recipe: Recipe, params, directory: Path,
+                    base: str) -> str | None:
+    """The adapters of a LoRA run's trained tree in PEFT's layout (`adapter_config.json`,
+    `adapter_model.safetensors`) in `directory`, for the base at `base`; None (and a warning)
+    where this family or these weights cannot be exported: the run's evaluation does not depend
+    on it."""
     try:
         from arch_compare.models.hf.peft import save_peft_adapters
-        save_peft_adapters(model, params, directory, base)
+        save_peft_adapters(model.with_lora(recipe.lora), params, directory, base)
     except Exception as error:  # noqa: BLE001  (any failure: logged, the run goes on)
         log.warning("PEFT adapters of %s not exported: %s: %s", directory.parent,
                     type(error).__name__, error)

@@ -32,7 +32,7 @@ class RoleRuns:
                data: DataConfig, steps: int, optimizer: optim.OptimizerConfig,
                initial: str | None, seed: int, recipe: Recipe = FULL):
         """Train `steps` steps as `recipe` says: (the whole parameter tree, measured)."""
-        model = study_recipes.training_model(self.models.model(study_model, execution), recipe)
+        model = self.models.model(study_model, execution)
         config = TrainConfig(model_dir=str(run_dir), data=data, train_steps=steps,
                              optimizer=optimizer, checkpoint_period=max(1, steps // 4),
                              keep_checkpoints=1, seed=seed, initial_checkpoint_path=initial,
@@ -45,7 +45,7 @@ class RoleRuns:
         tokens = steps * data.batch_size * (lengths["inputs"] + lengths["targets"])
         inputs, targets = model.sequence_lengths(lengths)
         flops = steps * data.batch_size * training_flops(model.config, inputs, targets,
-                                                         causal="full")
+                                                         causal="full", recipe=recipe)
         splits = getattr(result, "data", ())
         measured = {"train_seconds": seconds, "steps": steps, "tokens": tokens,
                     "tokens_per_second": tokens / seconds if seconds else None,
@@ -53,6 +53,7 @@ class RoleRuns:
                     "loss": result.losses[max(result.losses)] if result.losses else None,
                     "execution": getattr(result, "execution", None),
                     "examples_cut": sum(split.cut for split in splits),
+                    "trainable_parameters": getattr(result, "trainable_params", None),
                     # What it trained on: each task of its data (a mixture's two) and its size.
                     "data": [{"task": split.task.split("#")[0], "examples": split.examples,
                               "cut": split.cut} for split in splits]}
@@ -158,8 +159,9 @@ class RoleRuns:
         if recipe.kind == "lora":  # evaluated (and served) with the adapters merged in
             if self.processes.writer:
                 measured["peft_adapters"] = study_recipes.export_adapters(
-                    model, params, run_dir / "peft_adapters", self.base_checkpoint(study_model))
-            params = study_recipes.merged(model, params)
+                    model, recipe, params, run_dir / "peft_adapters",
+                    self.base_checkpoint(study_model))
+            params = study_recipes.merged(model, recipe, params)
         return measured | self._model_evaluation(run.run_id, study_model, execution, params)
 
     def _run_wise(self, planned: PlannedRun, execution: ExecutionConfig) -> dict:
@@ -172,6 +174,7 @@ class RoleRuns:
                                         execution, f"{planned.run.run_id} interpolates run "
                                         f"{planned.full_run}")
         params = study_recipes.interpolate(base, full, alpha)
+        del base, full  # the evaluation holds one copy of the weights, as any run's does
         measured = {"steps": 0, "flops": 0.0, "train_seconds": 0.0,
                     "interpolated": {"base": self.base_checkpoint(study_model),
                                      "full": planned.full_run, "alpha": alpha}}
