@@ -5,6 +5,11 @@ called from Python. A run directory (`model_dir`) holds `model_config.json`, `ex
 (the mesh, dtypes, remat policy and microbatches that ran), `checkpoints/`, `metrics.jsonl` and
 `tensorboard/`; running again with the same directory resumes from the newest checkpoint.
 
+Recipes (`recipes.py` at the package root names them; `trainer/recipes.py` is their step side):
+`lora` trains low-rank adapters on frozen base weights read from `initial_checkpoint_path`;
+`l2sp_weight > 0` adds the L2-SP penalty toward those base weights, a second copy of them held
+on the devices (sharded like the parameters) and re-read on resume, never checkpointed.
+
 The loop never waits for the device between steps: step N+1 is dispatched before step N's metrics
 are read (each read is a sync point), and the next batches are prepared on a background thread
 (`prefetch.Prefetcher`). Before a checkpoint or an evaluation at step N, the metrics of every step
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -28,10 +34,12 @@ from tqdm import tqdm
 
 from arch_compare import optim, partitioning
 from arch_compare.budget.flops import training_flops
+from arch_compare.configs import from_fields
 from arch_compare.execution import ExecutionConfig
 from arch_compare.models.loading import load_params
-from arch_compare.models.model import BaseModel
-from arch_compare.trainer import placement
+from arch_compare.models.model import BaseModel, build_model
+from arch_compare.recipes import LoraConfig
+from arch_compare.trainer import placement, recipes
 from arch_compare.trainer.checkpoints import Checkpoints
 from arch_compare.trainer.data import BatchIterator, DataConfig, SplitStats, provider_examples
 from arch_compare.trainer.interrupts import StopRequests
@@ -65,10 +73,35 @@ class TrainConfig:
     initial_checkpoint_path: str | None = None
     peak_flops_per_device: float | None = None  # for MFU; None leaves it out
     prefetch_batches: int = 2  # batches prepared ahead on a background thread
+    # LoRA: adapters trained on the frozen weights of initial_checkpoint_path (a dict works too).
+    lora: LoraConfig | None = None
+    # L2-SP: this times ||theta - theta_base||^2 added to the loss (0: none); theta_base is
+    # initial_checkpoint_path's weights.
+    l2sp_weight: float = 0.0
+
+    def _check_recipe(self) -> None:
+        weight = self.l2sp_weight
+        if (isinstance(weight, bool) or not isinstance(weight, (int, float))
+                or not math.isfinite(weight) or weight < 0):
+            raise ValueError(f"TrainConfig.l2sp_weight must be a finite number >= 0, got "
+                             f"{weight!r}")
+        if self.lora is not None and weight > 0:
+            raise ValueError(f"TrainConfig: lora and l2sp_weight={weight} are separate recipes "
+                             f"(adapters have no base weights to be pulled toward)")
+        if self.initial_checkpoint_path:
+            return
+        if self.lora is not None:
+            raise ValueError("TrainConfig.lora needs initial_checkpoint_path: the base weights "
+                             "the adapters are trained on (frozen)")
+        if weight > 0:
+            raise ValueError(f"TrainConfig.l2sp_weight={weight} needs initial_checkpoint_path: "
+                             f"the base weights the penalty pulls toward")
 
     def __post_init__(self):
         object.__setattr__(self, "execution",
                            ExecutionConfig.coerce(self.execution, "TrainConfig.execution"))
+        object.__setattr__(self, "lora", from_fields(self.lora, LoraConfig, "TrainConfig.lora"))
+        self._check_recipe()
         for name in ("train_steps", "checkpoint_period", "keep_checkpoints", "prefetch_batches"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
@@ -83,19 +116,39 @@ class TrainResult:
     state: TrainState
     losses: dict[int, float]  # step -> loss, for the steps this call ran
     resumed_from: int | None
-    execution: dict  # what ran: MODEL_DIR/execution.json (placement.place's record)
+    execution: dict  # what ran: MODEL_DIR/execution.json (placement.place's record + recipe)
     # Per task of the training data: its examples and how many had text cut before tokenizing.
     data: tuple[SplitStats, ...] = ()
+    trainable_params: int = 0  # elements that trained: all, or LoRA's adapters
 
 
 def _initial_params(model: BaseModel, config: TrainConfig, shardings: Any):
-    """Random or loaded parameters, placed as `shardings` says."""
+    """Random or loaded parameters, placed as `shardings` says (`model` without adapters)."""
     path = config.initial_checkpoint_path
     if not path:
         return model.init(jax.random.key(config.seed), shardings=shardings)
     # Any checkpoint kind (another run's directory, native, HF), checked against the model.
     # Read shard by shard into place: no whole copy of the model on the host.
     return load_params(model, path, shardings=shardings)
+
+
+def _initial_lora_params(base: BaseModel, model: BaseModel, config: TrainConfig, shardings: Any,
+                         recipe: recipes.StepRecipe):
+    """The base weights (frozen, read straight into `lora.base_dtype` when given) and fresh
+    adapters from the run's seed, each created in its shards."""
+    from arch_compare.models import lora as lora_lib  # noqa: PLC0415
+
+    frozen_shardings, adapter_shardings = recipe.split(shardings)
+    dtype = config.lora.base_dtype
+    reader = base if dtype is None else build_model(base.config.replace(param_dtype=dtype))
+    frozen = load_params(reader, config.initial_checkpoint_path, shardings=frozen_shardings)
+    adapters = lora_lib.init_adapters(model, jax.random.key(config.seed),
+                                      shardings=adapter_shardings)
+    return recipe.join(frozen, adapters)
+
+
+def _with_anchor(train_step, anchor, state, batch):
+    return train_step(state, batch, anchor)  # positional: the jitted step's in_shardings
 
 
 def _model_flops_per_step(model: BaseModel, data: DataConfig) -> float:
@@ -169,33 +222,49 @@ def train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, *
 
 def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, progress: bool,
            stop: StopRequests) -> TrainResult:
-    model = placement.model_for(model, config.execution)
+    base = model = placement.model_for(model, config.execution)
+    if config.lora is not None:
+        model = base.with_lora(config.lora)
     # Mesh resolved and memory checked before anything is created or compiled.
     where = placement.place(model, config.execution, config.data.feature_lengths,
                             config.data.batch_size, config.optimizer.name)
     execution = where.execution
-    optimizer = optim.make_optimizer(config.optimizer, model.logical_axes())
+    recipe = recipes.step_recipe(config.lora, config.l2sp_weight, config.seed)
+    # The optimizer (and its weight-decay mask) of the trainable weights only.
+    optimizer = optim.make_optimizer(config.optimizer, recipe.split(model.logical_axes())[1])
     schedule = optim.make_schedule(config.optimizer.schedule)
     checkpoints = Checkpoints(config.model_dir, model.config, keep=config.keep_checkpoints)
-    placement.write_record(config.model_dir, where.record)
+    abstract_params = recipes.state_abstract_params(model, config.lora, recipe)
+    record = {**where.record, "recipe": recipes.run_record(
+        model, config.lora, config.l2sp_weight, recipe, abstract_params)}
+    placement.write_record(config.model_dir, record)
 
     state_shardings = placement.train_state_shardings(model, optimizer, where.param_shardings,
-                                                      where.mesh)
+                                                      where.mesh, recipe)
     resumed_from, position = None, 0
     if checkpoints.latest_step is not None:
         state, position = checkpoints.restore(jax.tree.map(
             lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-            abstract_train_state(optimizer, model.abstract_params()), state_shardings))
+            abstract_train_state(optimizer, abstract_params, recipe), state_shardings))
         resumed_from = int(state.step)
     else:
-        params = _initial_params(model, config, where.param_shardings)
+        params = (_initial_params(model, config, where.param_shardings) if config.lora is None
+                  else _initial_lora_params(base, model, config, where.param_shardings, recipe))
         state = partitioning.on_mesh(where.mesh, jax.jit(
-            make_init_state(optimizer), out_shardings=state_shardings, donate_argnums=0))(params)
+            make_init_state(optimizer, recipe), out_shardings=state_shardings,
+            donate_argnums=0))(params)
 
     provider = seqio_provider(config.data.task, vocabulary)
     converter = model.feature_converter(vocabulary, pack=config.data.pack)
     train_step = placement.jit_train_step(model, optimizer, schedule, execution.microbatches,
-                                          state_shardings, where.batch_sharding, where.mesh)
+                                          state_shardings, where.batch_sharding, where.mesh,
+                                          recipe)
+    if recipe.has_anchor:
+        # L2-SP's base weights: read again (also on resume; never checkpointed), sharded like
+        # the parameters, read by every step.
+        anchor = load_params(model, config.initial_checkpoint_path,
+                             shardings=where.param_shardings)
+        train_step = functools.partial(_with_anchor, train_step, anchor)
     eval_step = partitioning.on_mesh(where.mesh, jax.jit(make_eval_step(model)))
     flops_per_step = _model_flops_per_step(model, config.data)
     peak = (config.peak_flops_per_device * where.mesh.devices.size
@@ -264,4 +333,5 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
         bar.close()
         writer.close()
         checkpoints.close()
-    return TrainResult(state, losses, resumed_from, where.record, tuple(data.stats))
+    return TrainResult(state, losses, resumed_from, record, tuple(data.stats),
+                       record["recipe"]["trainable_params"])

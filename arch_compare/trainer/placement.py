@@ -31,6 +31,7 @@ from arch_compare.models import build_model
 from arch_compare.models.config import ModelConfig
 from arch_compare.models.model import BaseModel
 from arch_compare.partitioning import MeshConfig
+from arch_compare.trainer.recipes import FULL, StepRecipe
 from arch_compare.trainer.steps import TrainState, abstract_train_state, make_train_step
 
 log = logging.getLogger(__name__)
@@ -135,23 +136,30 @@ def _contains(path: tuple, part: tuple) -> bool:
     return any(path[i:i + n] == part for i in range(len(path) - n + 1))
 
 
-def train_state_shardings(model: BaseModel, optimizer, param_shardings: Any, mesh: Mesh):
+def train_state_shardings(model: BaseModel, optimizer, param_shardings: Any, mesh: Mesh,
+                          recipe: StepRecipe = FULL):
     """Shardings of the whole `TrainState`: the step replicated, parameters by the table, the
-    optimizer state like the parameters it belongs to."""
+    optimizer state like the (trainable) parameters it belongs to."""
     abstract_params = model.abstract_params()
-    abstract_state = abstract_train_state(optimizer, abstract_params)
+    abstract_state = abstract_train_state(optimizer, abstract_params, recipe)
     return TrainState(NamedSharding(mesh, PartitionSpec()), param_shardings,
-                      opt_state_shardings(abstract_state.opt_state, abstract_params,
-                                          param_shardings, mesh))
+                      opt_state_shardings(abstract_state.opt_state,
+                                          recipe.split(abstract_params)[1],
+                                          recipe.split(param_shardings)[1], mesh))
 
 
 def jit_train_step(model: BaseModel, optimizer, schedule, microbatches: int, state_shardings,
-                   batch_sharding: NamedSharding, mesh: Mesh):
+                   batch_sharding: NamedSharding, mesh: Mesh, recipe: StepRecipe = FULL):
     """The compiled training step exactly as `train` runs it (also what the memory benchmark
-    measures): state donated, laid out by `state_shardings`, traced with `mesh` in context."""
+    measures): state donated, laid out by `state_shardings`, traced with `mesh` in context. With
+    an L2-SP penalty the step takes the anchor third, laid out like the parameters (not
+    donated: every step reads it)."""
+    in_shardings = (state_shardings, batch_sharding)
+    if recipe.has_anchor:
+        in_shardings += (state_shardings.params,)
     return partitioning.on_mesh(mesh, jax.jit(
-        make_train_step(model, optimizer, schedule, microbatches),
-        in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
+        make_train_step(model, optimizer, schedule, microbatches, recipe),
+        in_shardings=in_shardings, out_shardings=(state_shardings, None),
         donate_argnums=(0,)))
 
 

@@ -3,6 +3,11 @@
 The loss is the token-level cross-entropy summed over `decoder_loss_weights` (zero on prompts and
 padding) and divided by the number of weighted tokens of the whole global batch, so splitting a
 batch into microbatches, or over devices, does not change it.
+
+A `recipes.StepRecipe` says which weights train (gradients and optimizer state exist for those
+only), whether an L2-SP penalty toward an anchor is added, and the dropout key of each step; the
+default (`recipes.FULL`) trains every weight with nothing added, and its program is the one this
+module compiled before recipes existed.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from arch_compare.models.model import BaseModel
+from arch_compare.trainer.recipes import FULL, StepRecipe, l2sp_gradient, l2sp_penalty
 
 Batch = dict[str, jax.Array]
 
@@ -44,9 +50,12 @@ def cross_entropy_and_correct(logits: jax.Array, targets: jax.Array
     return losses, correct
 
 
-def weighted_sums(model: BaseModel, params, batch: Batch) -> dict[str, jax.Array]:
-    """Summed loss, correct predictions and weight of one (micro)batch."""
-    logits = model.logits(params, batch).astype(jnp.float32)  # [b, l, v]
+def weighted_sums(model: BaseModel, params, batch: Batch, dropout_rng: jax.Array | None = None
+                  ) -> dict[str, jax.Array]:
+    """Summed loss, correct predictions and weight of one (micro)batch (with dropout when a key
+    is given: only models with adapters take one)."""
+    logits = (model.logits(params, batch) if dropout_rng is None else
+              model.logits(params, batch, dropout_rng=dropout_rng)).astype(jnp.float32)  # [b, l, v]
     targets = batch["decoder_target_tokens"]  # [b, l]
     weights = batch["decoder_loss_weights"].astype(jnp.float32)  # [b, l]
     losses, correct = cross_entropy_and_correct(logits, targets)  # [b, l] each
@@ -61,50 +70,71 @@ def _split_microbatches(batch: Batch, microbatches: int) -> Batch:
 
 
 def make_train_step(model: BaseModel, optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule, microbatches: int = 1):
-    """`train_step(state, batch) -> (state, metrics)`; jit it with the run's shardings."""
+                    schedule: optax.Schedule, microbatches: int = 1,
+                    recipe: StepRecipe = FULL):
+    """`train_step(state, batch) -> (state, metrics)`, or `train_step(state, batch, anchor)`
+    when `recipe` has an L2-SP penalty (`anchor`: the base weights, a tree like the params);
+    jit it with the run's shardings. `optimizer` is that of the trainable weights only."""
 
-    def sums_and_grads(params, batch):
-        def summed_loss(p):
-            sums = weighted_sums(model, p, batch)
+    def sums_and_grads(trainable, frozen, batch, rng):
+        def summed_loss(t):
+            sums = weighted_sums(model, recipe.join(frozen, t), batch, rng)
             return sums["loss_sum"], sums
-        (_, sums), grads = jax.value_and_grad(summed_loss, has_aux=True)(params)
+        (_, sums), grads = jax.value_and_grad(summed_loss, has_aux=True)(trainable)
         return sums, grads
 
-    def train_step(state: TrainState, batch: Batch):
+    def train_step(state: TrainState, batch: Batch, anchor: Any = None):
+        if recipe.has_anchor != (anchor is not None):
+            raise ValueError("train_step: pass the L2-SP anchor exactly when the recipe has a "
+                             "penalty")
+        frozen, trainable = recipe.split(state.params)
+        rng = recipe.dropout_key(state.step)  # None without dropout
         if microbatches == 1:
-            sums, grads = sums_and_grads(state.params, batch)
+            sums, grads = sums_and_grads(trainable, frozen, batch, rng)
         else:
-            def accumulate(carry, microbatch):
-                sums, grads = sums_and_grads(state.params, microbatch)
+            def accumulate(carry, inputs):
+                microbatch, index = inputs
+                key = None if rng is None else jax.random.fold_in(rng, index)
+                sums, grads = sums_and_grads(trainable, frozen, microbatch, key)
                 return jax.tree.map(jnp.add, carry, (sums, grads)), None
             micro = _split_microbatches(batch, microbatches)
-            shapes = jax.eval_shape(sums_and_grads, state.params,
-                                    jax.tree.map(lambda x: x[0], micro))
+            # The microbatch's index only where a dropout key needs it (no extra scan input).
+            indices = None if rng is None else jnp.arange(microbatches)
+            shapes = jax.eval_shape(sums_and_grads, trainable, frozen,
+                                    jax.tree.map(lambda x: x[0], micro), rng)
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-            (sums, grads), _ = jax.lax.scan(accumulate, zeros, micro)
+            (sums, grads), _ = jax.lax.scan(accumulate, zeros, (micro, indices))
         weight = jnp.maximum(sums["weight"], 1.0)
         grads = jax.tree.map(lambda g: g / weight, grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        extra = {}
+        if anchor is not None:
+            # After the normalisation: the penalty is per step, not per token or microbatch.
+            _, anchored = recipe.split(anchor)
+            extra["l2sp_penalty"] = l2sp_penalty(trainable, anchored, recipe.l2sp_weight)
+            grads = jax.tree.map(jnp.add, grads,
+                                 l2sp_gradient(trainable, anchored, recipe.l2sp_weight))
+        updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
+        params = recipe.join(frozen, optax.apply_updates(trainable, updates))
         metrics = {"loss": sums["loss_sum"] / weight, "accuracy": sums["correct"] / weight,
                    "tokens": sums["weight"], "grad_norm": optax.global_norm(grads),
-                   "learning_rate": schedule(state.step)}
+                   "learning_rate": schedule(state.step), **extra}
         return TrainState(state.step + 1, params, opt_state), metrics
 
     return train_step
 
 
-def make_init_state(optimizer: optax.GradientTransformation):
-    """`init_state(params) -> TrainState` at step 0; jit it with the state's shardings as
-    `out_shardings` so the optimizer state is created sharded, never whole on one device."""
-    return lambda params: TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+def make_init_state(optimizer: optax.GradientTransformation, recipe: StepRecipe = FULL):
+    """`init_state(params) -> TrainState` at step 0, the optimizer state of the trainable weights
+    only; jit it with the state's shardings as `out_shardings` so the optimizer state is created
+    sharded, never whole on one device."""
+    return lambda params: TrainState(jnp.zeros((), jnp.int32), params,
+                                     optimizer.init(recipe.split(params)[1]))
 
 
-def abstract_train_state(optimizer: optax.GradientTransformation, abstract_params: Any
-                         ) -> TrainState:
+def abstract_train_state(optimizer: optax.GradientTransformation, abstract_params: Any,
+                         recipe: StepRecipe = FULL) -> TrainState:
     """The state's shapes and dtypes (`jax.ShapeDtypeStruct`s), without computing anything."""
-    return jax.eval_shape(make_init_state(optimizer), abstract_params)
+    return jax.eval_shape(make_init_state(optimizer, recipe), abstract_params)
 
 
 def make_eval_step(model: BaseModel):

@@ -1,0 +1,204 @@
+"""The trainer side of the fine-tuning recipes: L2-SP's penalty and LoRA's trainable subset."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from arch_compare import optim
+from arch_compare.models import build_model, get_preset
+from arch_compare.models.native import save_model
+from arch_compare.trainer.data import DataConfig
+from arch_compare.trainer.loop import TrainConfig
+from arch_compare.trainer.recipes import (FULL, StepRecipe, join_trees, l2sp_gradient,
+                                          l2sp_penalty, split_tree)
+from arch_compare.trainer.steps import make_init_state, make_train_step
+from tests.trainer.conftest import LENGTHS, TASK
+
+ADAMW = optim.OptimizerConfig("adamw", optim.ScheduleConfig(3e-3))
+
+
+def random_batch(seed: int, batch: int = 4, length: int = 24, vocab: int = 256) -> dict:
+    """A decoder-only batch of random tokens, some positions weighted 0 (as prompts are)."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, vocab, (batch, length + 1)).astype(np.int32)
+    weights = (rng.random((batch, length)) < 0.7).astype(np.int32)
+    return {"decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
+            "decoder_loss_weights": weights}
+
+
+def recording_optimizer() -> optax.GradientTransformation:
+    """Leaves the parameters alone and keeps the step's gradients as its state: what the
+    optimizer was handed, exactly."""
+    return optax.GradientTransformation(
+        lambda params: jax.tree.map(jnp.zeros_like, params),
+        lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
+
+
+@pytest.fixture(scope="module")
+def gpt2_tiny():
+    model = build_model(get_preset("gpt2-tiny"))
+    return model, model.init(jax.random.key(0)), model.init(jax.random.key(1))
+
+
+# -------------------------------------------------------------------------------------------------
+# Trees and the penalty
+
+
+def test_split_and_join_are_inverse_and_keep_every_leaf_once():
+    tree = {"a": {"kernel": 1, "lora_a": 2, "lora_b": 3}, "b": {"scale": 4}, "c": (5, 6)}
+    frozen, trained = split_tree(tree, lambda path: path[-1].startswith("lora"))
+    assert frozen == {"a": {"kernel": 1}, "b": {"scale": 4}, "c": (5, 6)}
+    assert trained == {"a": {"lora_a": 2, "lora_b": 3}}
+    assert join_trees(frozen, trained) == tree
+    assert FULL.split(tree) == ({}, tree) and FULL.join({}, tree) is tree
+
+
+def test_penalty_and_gradient_match_numpy(gpt2_tiny):
+    _, params, anchor = gpt2_tiny
+    weight = 0.37
+    expected = weight * sum(np.sum((np.asarray(p, np.float64) - np.asarray(a, np.float64)) ** 2)
+                            for p, a in zip(jax.tree.leaves(params), jax.tree.leaves(anchor)))
+    assert float(l2sp_penalty(params, anchor, weight)) == pytest.approx(expected, rel=1e-5)
+    by_autodiff = jax.grad(lambda p: l2sp_penalty(p, anchor, weight))(params)
+    for got, auto, p, a in zip(jax.tree.leaves(l2sp_gradient(params, anchor, weight)),
+                               jax.tree.leaves(by_autodiff), jax.tree.leaves(params),
+                               jax.tree.leaves(anchor)):
+        reference = 2 * weight * (np.asarray(p, np.float64) - np.asarray(a, np.float64))
+        np.testing.assert_allclose(got, reference, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(got, auto, rtol=1e-6, atol=1e-9)
+
+
+def test_the_step_adds_the_penalty_gradient_after_normalising(gpt2_tiny):
+    """The optimizer gets the token loss's gradient plus 2 * weight * (theta - theta_base),
+    unscaled by tokens or microbatches; the metric is the penalty itself."""
+    model, params, anchor = gpt2_tiny
+    microbatches = 2
+    optimizer, schedule, weight = recording_optimizer(), optim.make_schedule(ADAMW.schedule), 0.05
+    batch = random_batch(0)
+    state = make_init_state(optimizer)(params)
+    plain = jax.jit(make_train_step(model, optimizer, schedule, microbatches))
+    penalised = jax.jit(make_train_step(model, optimizer, schedule, microbatches,
+                                        StepRecipe(l2sp_weight=weight)))
+    plain_state, plain_metrics = plain(state, batch)
+    l2sp_state, l2sp_metrics = penalised(state, batch, anchor)
+    for got, token_grad, p, a in zip(*map(jax.tree.leaves, (
+            l2sp_state.opt_state, plain_state.opt_state, params, anchor))):
+        expected = np.asarray(token_grad, np.float64) + 2 * weight * (
+            np.asarray(p, np.float64) - np.asarray(a, np.float64))
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    assert float(l2sp_metrics["loss"]) == float(plain_metrics["loss"])  # the token loss only
+    assert float(l2sp_metrics["l2sp_penalty"]) == pytest.approx(
+        float(l2sp_penalty(params, anchor, weight)), rel=1e-6)
+
+
+def test_weight_zero_runs_the_penalty_and_equals_full_fine_tuning():
+    """Step for step: the same losses (to 1e-6) and weights (to 1e-6, against moves of 1e-2).
+    Not bitwise: with the penalty's add in the program XLA fuses the step's elementwise
+    arithmetic differently, and from the second step (the first with nonzero Adam moments)
+    weights differ by float32 rounding. LLaMA, not GPT-2: attention's key bias has an exactly
+    zero gradient, so Adam amplifies that rounding noise into lr-sized, noise-directed moves of
+    that bias (which change no output)."""
+    model = build_model(get_preset("llama-tiny"))
+    params, anchor = model.init(jax.random.key(0)), model.init(jax.random.key(1))
+    optimizer = optim.make_optimizer(ADAMW, model.logical_axes())
+    schedule = optim.make_schedule(ADAMW.schedule)
+    full = jax.jit(make_train_step(model, optimizer, schedule))
+    zero = jax.jit(make_train_step(model, optimizer, schedule, recipe=StepRecipe(l2sp_weight=0.)))
+    full_state, zero_state = make_init_state(optimizer)(params), make_init_state(optimizer)(params)
+    losses = []
+    for step in range(4):
+        full_state, full_metrics = full(full_state, random_batch(step))
+        zero_state, zero_metrics = zero(zero_state, random_batch(step), anchor)
+        assert float(zero_metrics["loss"]) == pytest.approx(float(full_metrics["loss"]), rel=1e-6)
+        assert float(zero_metrics["l2sp_penalty"]) == 0.0
+        losses.append(float(full_metrics["loss"]))
+    jax.tree.map(lambda z, f: np.testing.assert_allclose(z, f, rtol=0, atol=1e-6), zero_state,
+                 full_state)
+    assert len(set(losses)) == 4 and largest_move(full_state.params, params) > 5e-3  # it trained
+
+
+def test_step_refuses_a_missing_or_unexpected_anchor(gpt2_tiny):
+    model, params, anchor = gpt2_tiny
+    optimizer = recording_optimizer()
+    state = make_init_state(optimizer)(params)
+    step = make_train_step(model, optimizer, optim.make_schedule(ADAMW.schedule))
+    with pytest.raises(ValueError, match="anchor exactly when"):
+        step(state, random_batch(0), anchor)
+    with pytest.raises(ValueError, match="anchor exactly when"):
+        make_train_step(model, optimizer, optim.make_schedule(ADAMW.schedule),
+                        recipe=StepRecipe(l2sp_weight=1.0))(state, random_batch(0))
+
+
+# -------------------------------------------------------------------------------------------------
+# The config
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"l2sp_weight": -1.0}, "l2sp_weight must be a finite number >= 0"),
+    ({"l2sp_weight": float("nan")}, "l2sp_weight must be a finite number >= 0"),
+    ({"l2sp_weight": 0.5}, "l2sp_weight=0.5 needs initial_checkpoint_path"),
+    ({"lora": {"rank": 4}}, "lora needs initial_checkpoint_path"),
+    ({"lora": {"rank": 4}, "l2sp_weight": 1.0, "initial_checkpoint_path": "x"},
+     "separate recipes"),
+    ({"lora": {"rnak": 4}, "initial_checkpoint_path": "x"}, "unknown key.*rnak"),
+])
+def test_recipe_fields_are_validated(fields, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(model_dir="unused", data=DataConfig(TASK, LENGTHS, 4), train_steps=1,
+                    optimizer=ADAMW, **fields)
+
+
+# -------------------------------------------------------------------------------------------------
+# Whole runs
+
+
+@pytest.fixture(scope="module")
+def base_checkpoint(tmp_path_factory):
+    """gpt2-tiny's random weights (seed 5) as a native checkpoint: the base of every run here."""
+    model = build_model(get_preset("gpt2-tiny"))
+    params = model.init(jax.random.key(5))
+    path = tmp_path_factory.mktemp("base") / "gpt2-tiny"
+    save_model(path, model, params)
+    return str(path), params
+
+
+def largest_move(params, base) -> float:
+    return max(float(np.max(np.abs(np.asarray(p) - np.asarray(b))))
+               for p, b in zip(jax.tree.leaves(params), jax.tree.leaves(base)))
+
+
+def test_a_large_l2sp_weight_keeps_every_weight_near_the_base_and_resumes_exactly(
+        tmp_path, run_training, base_checkpoint):
+    path, base = base_checkpoint
+    steps = 8
+    free = run_training(tmp_path / "free", "gpt2-tiny", steps=steps,
+                        initial_checkpoint_path=path)
+    held = run_training(tmp_path / "held", "gpt2-tiny", steps=steps, l2sp_weight=1e4,
+                        initial_checkpoint_path=path)
+    # Adam moves a weight by about the learning rate (3e-3) per step, so the free run drifts by
+    # up to steps x lr; the penalty's gradient (2e4 per unit of drift) swamps the token loss's
+    # after a step and pulls every weight back toward its base.
+    free_move, held_move = largest_move(free.state.params, base), largest_move(held.state.params,
+                                                                               base)
+    assert held_move < 4e-3 and free_move > 5 * held_move, (held_move, free_move)
+    lines = [json.loads(line) for line in (tmp_path / "held" / "metrics.jsonl").read_text()
+             .splitlines()]
+    assert all(line["l2sp_penalty"] >= 0 for line in lines) and lines[0]["l2sp_penalty"] == 0.0
+    record = json.loads((tmp_path / "held" / "execution.json").read_text())["recipe"]
+    count = sum(leaf.size for leaf in jax.tree.leaves(base))
+    assert record["l2sp_weight"] == 1e4 and record["lora"] is None
+    assert record["trainable_params"] == held.trainable_params == count == record["params"]
+
+    # Stopped at step 4 and resumed: the anchor is read again, the steps are the same bits.
+    run_training(tmp_path / "resumed", "gpt2-tiny", steps=4, l2sp_weight=1e4,
+                 initial_checkpoint_path=path)
+    resumed = run_training(tmp_path / "resumed", "gpt2-tiny", steps=steps, l2sp_weight=1e4,
+                           initial_checkpoint_path=path)
+    assert resumed.resumed_from == 4
+    assert [resumed.losses[s] for s in range(5, steps + 1)] == [
+        held.losses[s] for s in range(5, steps + 1)]
+    jax.tree.map(np.testing.assert_array_equal, resumed.state, held.state)
