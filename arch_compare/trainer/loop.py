@@ -227,7 +227,8 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
         model = base.with_lora(config.lora)
     # Mesh resolved and memory checked before anything is created or compiled.
     where = placement.place(model, config.execution, config.data.feature_lengths,
-                            config.data.batch_size, config.optimizer.name)
+                            config.data.batch_size, config.optimizer.name,
+                            recipe=recipes.budget_recipe(config.lora, config.l2sp_weight))
     execution = where.execution
     recipe = recipes.step_recipe(config.lora, config.l2sp_weight, config.seed)
     # The optimizer (and its weight-decay mask) of the trainable weights only.

@@ -31,6 +31,8 @@ from arch_compare.models import build_model
 from arch_compare.models.config import ModelConfig
 from arch_compare.models.model import BaseModel
 from arch_compare.partitioning import MeshConfig
+from arch_compare.recipes import FULL as FULL_RECIPE
+from arch_compare.recipes import Recipe
 from arch_compare.trainer.recipes import FULL, StepRecipe
 from arch_compare.trainer.steps import TrainState, abstract_train_state, make_train_step
 
@@ -68,7 +70,7 @@ class Placement:
 
 
 def _shortfall(args: Callable[[MeshConfig], tuple], num_devices: int, batch_size: int,
-               microbatches: int, device_bytes: int | None) -> str:
+               microbatches: int, device_bytes: int | None, recipe: Recipe) -> str:
     """Why no mesh over `num_devices` fits, mesh by mesh (for `resolve_mesh`'s error)."""
     reasons = []
     for mesh in candidate_meshes(num_devices):
@@ -77,17 +79,19 @@ def _shortfall(args: Callable[[MeshConfig], tuple], num_devices: int, batch_size
             reasons.append(f"{mesh_description(mesh)}: batch {batch_size} does not split over "
                            f"data x fsdp x microbatches = {ways}")
         else:
-            needed = memory.per_device_training_memory(*args(mesh)).total
+            needed = memory.per_device_training_memory(*args(mesh), recipe=recipe).total
             reasons.append(f"{mesh_description(mesh)}: {needed / 2**30:.2f} GiB per device of "
                            f"{memory.usable_bytes(device_bytes) / 2**30:.2f} GiB usable")
     return "; ".join(reasons)
 
 
 def place(model: BaseModel, execution: ExecutionConfig, feature_lengths, batch_size: int,
-          optimizer: str, devices: Sequence[jax.Device] | None = None) -> Placement:
-    """Resolve the mesh and check memory for `model` (already `model_for(model, execution)`):
-    MemoryShortfall when the budget's per-device estimate exceeds the device's memory, NoMeshFits
-    when no 'auto' mesh holds the run, ValueError when the batch does not split over the mesh."""
+          optimizer: str, devices: Sequence[jax.Device] | None = None,
+          recipe: Recipe = FULL_RECIPE) -> Placement:
+    """Resolve the mesh and check memory for `model` (already `model_for(model, execution)`,
+    with its adapters for a LoRA run): MemoryShortfall when the budget's per-device estimate of a
+    run of `recipe` exceeds the device's memory, NoMeshFits when no 'auto' mesh holds the run,
+    ValueError when the batch does not split over the mesh."""
     devices = list(jax.devices() if devices is None else devices)
     device_bytes = memory.device_memory_bytes(devices[0])
     inputs, targets = model.sequence_lengths(feature_lengths)
@@ -98,15 +102,17 @@ def place(model: BaseModel, execution: ExecutionConfig, feature_lengths, batch_s
 
     mesh_config = resolve_mesh(
         execution, len(devices),
-        lambda mesh: memory.training_fits(*args(mesh), device_bytes=device_bytes),
-        lambda: _shortfall(args, len(devices), batch_size, microbatches, device_bytes))
+        lambda mesh: memory.training_fits(*args(mesh), device_bytes=device_bytes,
+                                          recipe=recipe),
+        lambda: _shortfall(args, len(devices), batch_size, microbatches, device_bytes, recipe))
     if mesh_config.num_devices < len(devices):
         log.warning("the mesh %s uses %d of %d devices", mesh_description(mesh_config),
                     mesh_config.num_devices, len(devices))
     if device_bytes is None:
         log.debug("%s reports no memory size; skipping the memory check", devices[0])
     try:  # with device_bytes None this only estimates (and checks the batch split)
-        estimate = memory.check_training_fits(*args(mesh_config), device_bytes=device_bytes)
+        estimate = memory.check_training_fits(*args(mesh_config), device_bytes=device_bytes,
+                                              recipe=recipe)
     except memory.MemoryShortfall:
         raise
     except ValueError as error:  # the batch does not split over this mesh and microbatches

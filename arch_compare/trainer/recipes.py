@@ -30,6 +30,9 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from arch_compare.recipes import FULL as FULL_RECIPE
+from arch_compare.recipes import Recipe
+
 Path = tuple[str, ...]
 # Folded into the run's seed for the adapters' dropout, so its stream is not the
 # parameter initialisation's (which uses the seed's key itself).
@@ -159,6 +162,16 @@ def step_recipe(lora, l2sp_weight: float, seed: int) -> StepRecipe:
     if l2sp_weight > 0:
         return StepRecipe(l2sp_weight=float(l2sp_weight))
     return FULL
+
+
+def budget_recipe(lora, l2sp_weight: float) -> Recipe:
+    """The `arch_compare.recipes.Recipe` the budget prices a run of these settings as (the
+    memory check before it starts)."""
+    if lora is not None:
+        return Recipe("lora", "lora", lora=lora)
+    if l2sp_weight > 0:
+        return Recipe("l2sp", "l2sp", l2sp_weight=float(l2sp_weight))
+    return FULL_RECIPE
 
 
 def state_abstract_params(model, lora, recipe: StepRecipe) -> Any:

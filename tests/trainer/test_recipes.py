@@ -184,6 +184,7 @@ def test_a_large_l2sp_weight_keeps_every_weight_near_the_base_and_resumes_exactl
     # after a step and pulls every weight back toward its base.
     free_move, held_move = largest_move(free.state.params, base), largest_move(held.state.params,
                                                                                base)
+    print(f"largest move from the base: l2sp {held_move:.2e}, free {free_move:.2e}")
     assert held_move < 4e-3 and free_move > 5 * held_move, (held_move, free_move)
     lines = [json.loads(line) for line in (tmp_path / "held" / "metrics.jsonl").read_text()
              .splitlines()]
@@ -192,6 +193,9 @@ def test_a_large_l2sp_weight_keeps_every_weight_near_the_base_and_resumes_exactl
     count = sum(leaf.size for leaf in jax.tree.leaves(base))
     assert record["l2sp_weight"] == 1e4 and record["lora"] is None
     assert record["trainable_params"] == held.trainable_params == count == record["params"]
+    # The memory check priced the anchor: one more float32 copy of the weights (one device).
+    assert (held.execution["estimated_bytes_per_device"]
+            - free.execution["estimated_bytes_per_device"]) == 4 * count
 
     # Stopped at step 4 and resumed: the anchor is read again, the steps are the same bits.
     run_training(tmp_path / "resumed", "gpt2-tiny", steps=4, l2sp_weight=1e4,
