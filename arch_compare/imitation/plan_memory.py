@@ -151,12 +151,12 @@ def memory_table(config: StudyConfig, rows: list[RunMemory], devices: Devices) -
     lines = [f"Memory plan of study {config.name!r} on {devices.count} x {devices.kind} "
              f"({device} GiB each, {memory_lib.USABLE_HBM_FRACTION:.0%} usable; budget module "
              f"per-device estimates, GiB):",
-             f"  {'run':<40} {'mesh':<22} {'dtype':<9} {'params':<9} {'remat':<12} "
+             f"  {'run':<46} {'mesh':<22} {'dtype':<9} {'params':<9} {'remat':<12} "
              f"{'micro':>5} {'train':>7} {'eval':>7} {'device':>7}  fits"]
     for row in rows:
         ex = row.execution
         mesh = "auto (none fits)" if ex.auto_mesh else mesh_description(ex.mesh)
-        lines.append(f"  {row.run_id:<40} {mesh:<22} {ex.dtype:<9} {ex.param_dtype:<9} "
+        lines.append(f"  {row.run_id:<46} {mesh:<22} {ex.dtype:<9} {ex.param_dtype:<9} "
                      f"{ex.remat:<12} {ex.microbatches:>5} {_gib(row.training_bytes):>7} "
                      f"{_gib(row.evaluation_bytes):>7} {_gib(row.device_bytes):>7}  "
                      f"{'yes' if row.fits else 'NO'}")

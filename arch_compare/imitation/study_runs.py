@@ -175,7 +175,7 @@ class RoleRuns:
                                         f"{planned.full_run}")
         params = study_recipes.interpolate(base, full, alpha)
         del base, full  # the evaluation holds one copy of the weights, as any run's does
-        measured = {"steps": 0, "flops": 0.0, "train_seconds": 0.0,
+        measured = {"steps": 0, "flops": 0.0, "train_seconds": 0.0, "trainable_parameters": 0,
                     "interpolated": {"base": self.base_checkpoint(study_model),
                                      "full": planned.full_run, "alpha": alpha}}
         return measured | self._model_evaluation(planned.run.run_id, study_model, execution,

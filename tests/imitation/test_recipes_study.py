@@ -6,6 +6,7 @@ evaluated with its merged weights, `mix` trained on both tasks, the comparisons 
 run, and a database written before recipes."""
 
 import dataclasses
+import json
 import sqlite3
 from pathlib import Path
 
@@ -170,6 +171,22 @@ def test_every_recipe_run_is_a_row_with_its_label(recipes_study):
     assert measured["wise@0.5"]["flops"] == 0 and measured["wise@0.5"]["interpolated"] == {
         "base": str(recipes_study.directory / "runs" / "base" / "gpt2-tiny"), "full": CELL,
         "alpha": 0.5}
+    # What trained, as the trainer counted it, is what the budget priced: every weight, LoRA's
+    # adapters (a small share of them), nothing for wise.
+    trained = {run_id: (run.measured["trainable_parameters"],
+                        run.estimate["trainable_parameters"]) for run_id, run in runs.items()
+               if run.role == "imitation"}
+    assert all(ours == priced for ours, priced in trained.values()), trained
+    lora, full = trained[f"{CELL}/lora"][0], trained[CELL][0]
+    assert 0 < lora < full / 10 and full == runs[CELL].parameters
+    assert trained[f"{CELL}/wise@0.5"] == (0, 0)
+    assert runs[f"{CELL}/lora"].estimate["train_flops"] < runs[CELL].estimate["train_flops"]
+    # The adapters exported in PEFT's layout beside the run, for the base they were trained on.
+    exported = Path(measured["lora"]["peft_adapters"])
+    assert exported == recipes_study.directory / "runs" / CELL / "lora" / "peft_adapters"
+    adapter_config = json.loads((exported / "adapter_config.json").read_text())
+    assert (adapter_config["r"], adapter_config["lora_alpha"]) == (4, 8.0)
+    assert (exported / "adapter_model.safetensors").stat().st_size > 0
 
 
 def test_mix_trained_on_the_imitation_data_and_the_pre_training_text(recipes_study):
