@@ -78,15 +78,25 @@ def merged(model: BaseModel, recipe: Recipe, params):
     return lora.merge(model.with_lora(recipe.lora), params)
 
 
-def export_adapters(model: BaseModel, recipe: Recipe, params, directory: Path,
+def host_adapters(params):
+    """The adapters half of a LoRA run's trained tree as host arrays, whole on every process (a
+    collective: every process calls it, so process 0 can write them even where the adapters are
+    sharded over several hosts)."""
+    from jax.experimental import multihost_utils
+
+    from arch_compare.models import lora
+    return multihost_utils.process_allgather(lora.split(params)[1], tiled=True)
+
+
+def export_adapters(model: BaseModel, recipe: Recipe, adapters, directory: Path,
                     base: str) -> str | None:
-    """The adapters of a LoRA run's trained tree in PEFT's layout (`adapter_config.json`,
+    """A LoRA run's adapters (`host_adapters`) in PEFT's layout (`adapter_config.json`,
     `adapter_model.safetensors`) in `directory`, for the base at `base`; None (and a warning)
     where this family or these weights cannot be exported: the run's evaluation does not depend
     on it."""
     try:
         from arch_compare.models.hf.peft import save_peft_adapters
-        save_peft_adapters(model.with_lora(recipe.lora), params, directory, base)
+        save_peft_adapters(model.with_lora(recipe.lora), adapters, directory, base)
     except Exception as error:  # noqa: BLE001  (any failure: logged, the run goes on)
         log.warning("PEFT adapters of %s not exported: %s: %s", directory.parent,
                     type(error).__name__, error)

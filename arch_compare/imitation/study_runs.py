@@ -157,9 +157,10 @@ class RoleRuns:
             training.optimizer_for(planned.steps), self.base_checkpoint(study_model),
             training.seed, recipe)
         if recipe.kind == "lora":  # evaluated (and served) with the adapters merged in
+            adapters = study_recipes.host_adapters(params)  # on every process
             if self.processes.writer:
                 measured["peft_adapters"] = study_recipes.export_adapters(
-                    model, recipe, params, run_dir / "peft_adapters",
+                    model, recipe, adapters, run_dir / "peft_adapters",
                     self.base_checkpoint(study_model))
             params = study_recipes.merged(model, recipe, params)
         return measured | self._model_evaluation(run.run_id, study_model, execution, params)

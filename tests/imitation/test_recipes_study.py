@@ -228,6 +228,28 @@ def test_interpolation_is_exact_at_the_ends_and_linear_between():
     assert np.asarray(half["b"]).tolist() == [1.5, 1.5, 1.5]
 
 
+WISE_SHARDED = """
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from arch_compare.imitation import study_recipes
+mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("fsdp", "tensor"))
+sharding = NamedSharding(mesh, P("fsdp", "tensor"))
+base = {"w": jax.device_put(jnp.arange(32.0).reshape(4, 8), sharding)}
+full = {"w": jax.device_put(-jnp.arange(32.0).reshape(4, 8), sharding)}
+got = study_recipes.interpolate(base, full, 0.25)["w"]
+print(json.dumps({"same": got.sharding.is_equivalent_to(sharding, 2),
+                  "shards": len(got.addressable_shards),
+                  "close": bool(np.allclose(np.asarray(got), 0.5 * np.arange(32.0).reshape(4, 8)))}))
+"""
+
+
+def test_interpolation_keeps_the_weights_shardings():
+    from tests.multidevice_helpers import run_with_fake_devices
+    assert run_with_fake_devices(WISE_SHARDED, num_devices=4) == {
+        "same": True, "shards": 4, "close": True}
+
+
 def test_lora_is_evaluated_with_its_merged_weights(recipes_study, recipes_config):
     captured = recipes_study.captured
     model, recipe = captured["model"], captured["recipe"]
