@@ -235,7 +235,8 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
     optimizer = optim.make_optimizer(config.optimizer, recipe.split(model.logical_axes())[1])
     schedule = optim.make_schedule(config.optimizer.schedule)
     checkpoints = Checkpoints(config.model_dir, model.config, keep=config.keep_checkpoints)
-    abstract_params = recipes.state_abstract_params(model, config.lora, recipe)
+    # A LoRA model's frozen weights are in lora.base_dtype (when given), its adapters not.
+    abstract_params = model.abstract_params()
     record = {**where.record, "recipe": recipes.run_record(
         model, config.lora, config.l2sp_weight, recipe, abstract_params)}
     placement.write_record(config.model_dir, record)

@@ -174,18 +174,6 @@ def budget_recipe(lora, l2sp_weight: float) -> Recipe:
     return FULL_RECIPE
 
 
-def state_abstract_params(model, lora, recipe: StepRecipe) -> Any:
-    """The `TrainState.params` shapes and dtypes: the model's, with the frozen weights in
-    `lora.base_dtype` when a LoRA run names one."""
-    abstract = model.abstract_params()
-    if lora is None or lora.base_dtype is None:
-        return abstract
-    frozen, adapters = recipe.split(abstract)
-    frozen = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, jnp.dtype(lora.base_dtype)),
-                          frozen)
-    return recipe.join(frozen, adapters)
-
-
 def run_record(model, lora, l2sp_weight: float, recipe: StepRecipe, abstract_params: Any
                ) -> dict:
     """What MODEL_DIR/execution.json says about the recipe: what trained, in which dtypes."""
