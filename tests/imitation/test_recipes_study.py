@@ -309,6 +309,16 @@ def test_every_recipe_run_is_compared_with_its_base_and_its_full_run(recipes_stu
         recipes_study.lines)
 
 
+def test_running_the_study_again_skips_every_done_recipe_run(recipes_study, recipes_config):
+    from arch_compare.imitation.study import StudyRunner
+    outcome = StudyRunner(recipes_config, progress=False, echo=lambda *_: None).run(yes=True)
+    assert (outcome.done, outcome.skipped, outcome.failed) == (0, len(recipes_study.runs), [])
+    with ResultsStore(outcome.database, read_only=True) as store:  # the same rows, no more
+        assert {run.run_id: run.measured for run in store.runs("recipes")} == {
+            run_id: run.measured for run_id, run in recipes_study.runs.items()}
+        assert len(store.comparisons("recipes")) == len(recipes_study.comparisons)
+
+
 # --- the results database --------------------------------------------------------------------------
 
 def test_a_database_written_before_recipes_reads_full_and_takes_labels(tmp_path):
