@@ -15,8 +15,9 @@ from arch_compare.recipes import LoraConfig
 from arch_compare.trainer.data import DataConfig
 from arch_compare.trainer.loop import TrainConfig
 from arch_compare.trainer.recipes import (FULL, StepRecipe, join_trees, l2sp_gradient,
-                                          l2sp_penalty, split_tree)
+                                          l2sp_penalty, split_tree, step_recipe)
 from arch_compare.trainer.steps import make_init_state, make_train_step
+from tests.multidevice_helpers import run_with_fake_devices
 from tests.trainer.conftest import LENGTHS, TASK
 
 ADAMW = optim.OptimizerConfig("adamw", optim.ScheduleConfig(3e-3))
@@ -240,8 +241,7 @@ def test_lora_trains_only_the_adapters_holds_the_base_in_bfloat16_and_resumes_ex
     count = lora.adapter_count(model)
     assert straight.trainable_params == count == sum(leaf.size for leaf in
                                                      jax.tree.leaves(adapters))
-    moments = [leaf for path_, leaf in jax.tree_util.tree_leaves_with_path(straight.state.opt_state)
-               if leaf.ndim > 0]
+    moments = [leaf for leaf in jax.tree.leaves(straight.state.opt_state) if leaf.ndim > 0]
     assert sum(leaf.size for leaf in moments) == 2 * count
     assert sorted(leaf.shape for leaf in moments) == sorted(
         2 * [leaf.shape for leaf in jax.tree.leaves(adapters)])
@@ -258,3 +258,107 @@ def test_lora_trains_only_the_adapters_holds_the_base_in_bfloat16_and_resumes_ex
     assert resumed.resumed_from == 4
     assert [resumed.losses[s] for s in range(5, steps + 1)] == losses[4:]
     jax.tree.map(np.testing.assert_array_equal, resumed.state, straight.state)
+
+
+def lora_step_setup(config: LoraConfig):
+    """llama-tiny with adapters: the step recipe, its optimizer and a fresh state."""
+    plain = build_model(get_preset("llama-tiny"))
+    model = plain.with_lora(config)
+    base = plain.init(jax.random.key(0))
+    recipe = step_recipe(config, 0.0, seed=3)
+    optimizer = optim.make_optimizer(ADAMW, recipe.split(model.logical_axes())[1])
+    params = lora.join(base, lora.init_adapters(model, jax.random.key(1)))
+    return model, recipe, optimizer, base, lambda: make_init_state(optimizer, recipe)(params)
+
+
+def test_lora_microbatches_give_the_same_steps_and_dropout_keys_depend_on_seed_and_step():
+    model, recipe, optimizer, base, fresh = lora_step_setup(
+        LoraConfig(rank=4, targets=("q", "v", "mlp")))
+    schedule = optim.make_schedule(ADAMW.schedule)
+    results = {}
+    for microbatches in (1, 2):
+        step = jax.jit(make_train_step(model, optimizer, schedule, microbatches, recipe))
+        state = fresh()
+        losses = []
+        for number in range(3):
+            state, metrics = step(state, random_batch(number))
+            losses.append(float(metrics["loss"]))
+        results[microbatches] = (state, losses)
+    (whole, whole_losses), (split, split_losses) = results[1], results[2]
+    assert split_losses == pytest.approx(whole_losses, rel=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), split, whole)
+    jax.tree.map(np.testing.assert_array_equal, lora.split(split.params)[0], base)
+    assert largest_move(lora.split(whole.params)[1],
+                        lora.split(fresh().params)[1]) > 1e-3  # the adapters moved
+
+    # Dropout: a key from the seed and the step (and the microbatch), nothing else.
+    model, recipe, optimizer, _, fresh = lora_step_setup(
+        LoraConfig(rank=4, targets=("q", "v", "mlp"), dropout=0.5))
+    assert recipe.dropout_seed == 3
+    step = jax.jit(make_train_step(model, optimizer, schedule, 2, recipe))
+    trained = step(step(fresh(), random_batch(0))[0], random_batch(1))
+    again = step(step(fresh(), random_batch(0))[0], random_batch(1))
+    jax.tree.map(np.testing.assert_array_equal, trained, again)
+    assert float(trained[1]["loss"]) != pytest.approx(split_losses[1], rel=1e-4)
+
+
+MULTIDEVICE_SOURCE = """
+import json
+import jax, numpy as np
+from arch_compare import optim
+from arch_compare.data.vocabularies import vocabulary_for_model
+from arch_compare.execution import ExecutionConfig
+from arch_compare.models import build_model, get_preset, lora
+from arch_compare.models.native import save_model
+from arch_compare.partitioning import MeshConfig
+from arch_compare.recipes import LoraConfig
+from arch_compare.trainer.data import DataConfig
+from arch_compare.trainer.loop import TrainConfig, train
+import arch_compare_tasks.catalogue
+
+root, vocabulary_path = {root!r}, {vocabulary!r}
+config = get_preset("llama-tiny", {{"num_heads": 8, "head_dim": 8, "num_kv_heads": 8}})
+model = build_model(config)
+save_model(f"{{root}}/base", model, model.init(jax.random.key(5)))
+report, adapters = {{}}, {{}}
+for mesh in [(1, 1, 1), (2, 2, 2)]:
+    name = "x".join(map(str, mesh))
+    result = train(model, vocabulary_for_model(config, vocabulary_path), TrainConfig(
+        model_dir=f"{{root}}/{{name}}", train_steps=3, checkpoint_period=3,
+        data=DataConfig("imitation_sharegpt_fixture", {{"inputs": 64, "targets": 32}},
+                        batch_size=8),
+        optimizer=optim.OptimizerConfig("adamw", optim.ScheduleConfig(1e-2)),
+        execution=ExecutionConfig(mesh=MeshConfig(*mesh), microbatches=2),
+        initial_checkpoint_path=f"{{root}}/base",
+        lora=LoraConfig(rank=4, dropout=0.1, targets=("q", "v", "mlp"))), progress=False)
+    trained = lora.split(result.state.params)[1]
+    adapters[name] = jax.tree.map(np.asarray, trained)
+    q_b = trained["decoder"]["blocks"]["self_attention"]["q"]["lora_b"]
+    mu = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(result.state.opt_state)[0]
+          if "mu" in jax.tree_util.keystr(path) and "['q']['lora_b']" in jax.tree_util.keystr(path)]
+    report[name] = {{"losses": [result.losses[s] for s in (1, 2, 3)],
+                    "q_b_global": list(q_b.shape),
+                    "q_b_shard": list(q_b.addressable_shards[0].data.shape),
+                    "mu_q_b_shard": list(mu[0].addressable_shards[0].data.shape),
+                    "devices": len(q_b.sharding.device_set)}}
+report["largest_adapter_difference"] = max(
+    float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(adapters["1x1x1"]),
+                                                   jax.tree.leaves(adapters["2x2x2"])))
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.scale  # two LoRA runs on 8 fake devices: 102 s on 2 cores at load 6 (others)
+def test_a_lora_run_on_eight_devices_equals_one_device(tmp_path, sentencepiece_model_path):
+    """Adapters sharded by the same rules (q's B [layers, rank, heads, kv]: heads over tensor),
+    dropout masks the same on any mesh (JAX's partitionable threefry), microbatches on."""
+    report = run_with_fake_devices(MULTIDEVICE_SOURCE.format(
+        root=str(tmp_path), vocabulary=str(sentencepiece_model_path)))
+    single, sharded = report["1x1x1"], report["2x2x2"]
+    assert sharded["losses"] == pytest.approx(single["losses"], abs=1e-5)
+    assert report["largest_adapter_difference"] < 1e-5
+    assert single["losses"][-1] < single["losses"][0]
+    layers, rank, heads, kv = sharded["q_b_global"]
+    assert sharded["devices"] == 8 and single["devices"] == 1
+    assert sharded["q_b_shard"] == [layers, rank, heads // 2, kv]
+    assert sharded["mu_q_b_shard"] == sharded["q_b_shard"]
