@@ -75,7 +75,12 @@ def merged(model: BaseModel, recipe: Recipe, params):
     added to each adapted kernel: the plain `model`'s parameter tree, evaluated and served like
     any other."""
     from arch_compare.models import lora
-    return lora.merge(model.with_lora(recipe.lora), params)
+    # Merged in the plain model's parameter dtype, not the frozen base's (`lora.base_dtype` may
+    # be narrower): a bfloat16 kernel would round much of the adapters' small update away, and
+    # the run is then evaluated in the same dtypes as every other run.
+    dtype = model.config.param_dtype
+    widened = jax.tree.map(lambda leaf: leaf.astype(dtype), params)
+    return lora.merge(model.with_lora(recipe.lora), widened)
 
 
 def host_adapters(params):

@@ -286,6 +286,32 @@ def test_lora_is_evaluated_with_its_merged_weights(recipes_study, recipes_config
         assert again == recipes_study.predictions[f"{CELL}/lora", task], task
 
 
+def test_a_bfloat16_base_is_merged_in_the_models_parameter_dtype():
+    """The adapters' update is added in float32 (the run's param_dtype), not rounded into the
+    frozen bfloat16 base: the merged kernel is the base widened plus scale * A @ B."""
+    from arch_compare.models import build_model
+    from arch_compare.models.zoo import get_preset
+    from arch_compare.recipes import LoraConfig, Recipe
+    model = build_model(get_preset("gpt2-tiny"))
+    recipe = Recipe("lora", "lora", lora=LoraConfig(rank=2, alpha=2.0, targets=("q",),
+                                                     base_dtype="bfloat16"))
+    params = traverse_util.flatten_dict(model.with_lora(recipe.lora).init(jax.random.key(0)))
+    where = next(path[:-1] for path in params if path[-1] == "lora_b")
+    params[(*where, "lora_b")] = jax.random.normal(jax.random.key(1),
+                                                   params[(*where, "lora_b")].shape) * 1e-3
+    assert params[(*where, "kernel")].dtype == "bfloat16"
+    merged = traverse_util.flatten_dict(study_recipes.merged(
+        model, recipe, traverse_util.unflatten_dict(params)))
+    assert {str(leaf.dtype) for leaf in merged.values()} == {"float32"}
+    a, b = (np.asarray(params[(*where, name)], np.float64) for name in ("lora_a", "lora_b"))
+    kernel = np.asarray(params[(*where, "kernel")].astype("float32"), np.float64)
+    # scale alpha / rank = 1; [layers, d_model, heads, head_dim]
+    delta = np.einsum("...dr,...rhe->...dhe", a, b)
+    np.testing.assert_allclose(np.asarray(merged[(*where, "kernel")], np.float64),
+                               kernel + delta, rtol=1e-6, atol=1e-8)
+    assert np.abs(delta).max() > 0
+
+
 def test_every_recipe_run_is_compared_with_its_base_and_its_full_run(recipes_study):
     headline = {("demo_facts_known", "fact_accuracy"), ("demo_style", "list_when_target_lists"),
                 ("demo_style", "length_pearson")}
