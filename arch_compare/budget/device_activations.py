@@ -68,36 +68,71 @@ def saved_number_bytes(cfg: ModelConfig, platform: str) -> int:
     return max(c, FLOAT32_BYTES) if platform == "cpu" else c
 
 
-def _norm_bytes(cfg: ModelConfig, stored: int) -> int:
+@dataclasses.dataclass(frozen=True)
+class _Kept:
+    """Which arrays the backward pass reads only for a weight's gradient, so a frozen weight does
+    not keep them (autodiff saves no residual for a gradient nobody asks for): a norm's
+    normalised input (its scale's gradient) and a projection's input (its kernel's). Full
+    training keeps all; LoRA keeps a kernel's input only where an adapter reads it (its A's
+    gradient) and no norm's normalised input. Checked against `jax.ad_checkpoint`'s saved
+    residuals of a LoRA model (q, v adapters on LLaMA: eight [d]-sized arrays fewer per token
+    and layer)."""
+
+    norm_scales: bool = True
+    kernels: frozenset | None = None  # projection names whose inputs are kept (None: all)
+    head: bool = True  # the output projection trains
+
+    def kernel(self, *names: str) -> bool:
+        return self.kernels is None or any(name in self.kernels for name in names)
+
+
+KEEP_ALL = _Kept()
+UP_PROJECTIONS = ("wi", "wi_0", "wi_1")
+
+
+def _norm_bytes(cfg: ModelConfig, stored: int, kept: _Kept = KEEP_ALL,
+                output: bool = True) -> int:
     """Per token: the norm runs in float32 and keeps its float32 input, centred/scaled copies
-    (three [d]) and two per-token statistics, plus its output cast to the compute dtype."""
-    return 3 * cfg.d_model * FLOAT32_BYTES + 2 * FLOAT32_BYTES + cfg.d_model * stored
+    (three [d]; one is the normalised input only its scale's gradient reads) and two per-token
+    statistics, plus its output cast to the compute dtype (`output`: a consumer's weight
+    gradient reads it)."""
+    copies = 3 if kept.norm_scales else 2
+    return (copies * cfg.d_model * FLOAT32_BYTES + 2 * FLOAT32_BYTES
+            + (cfg.d_model * stored if output else 0))
 
 
-def _attention_bytes(cfg: ModelConfig, cut: _Split, queries: int, keys: int) -> int:
-    """One attention layer: queries and outputs [h, e] per query, keys and values [g, e] per key,
-    the scores in float32 and the probabilities in the compute dtype [h, keys] per query, and
-    the softmax's two per-head statistics."""
+def _attention_bytes(cfg: ModelConfig, cut: _Split, queries: int, keys: int,
+                     kept: _Kept = KEEP_ALL) -> int:
+    """One attention layer: queries and outputs [h, e] per query (the outputs for o's gradient),
+    keys and values [g, e] per key, the scores in float32 and the probabilities in the compute
+    dtype [h, keys] per query, and the softmax's two per-head statistics."""
     c = cut.stored
     h, g, e = cut.heads(cfg.num_heads), cut.heads(cfg.num_kv_heads), cfg.head_dim
-    per_query = 2 * h * e * c + h * keys * (FLOAT32_BYTES + c) + 2 * h * FLOAT32_BYTES
+    vectors = 2 if kept.kernel("o") else 1
+    per_query = vectors * h * e * c + h * keys * (FLOAT32_BYTES + c) + 2 * h * FLOAT32_BYTES
     return queries * per_query + keys * 2 * g * e * c
 
 
-def _mlp_bytes(cfg: ModelConfig, cut: _Split) -> int:
+def _mlp_bytes(cfg: ModelConfig, cut: _Split, kept: _Kept = KEEP_ALL) -> int:
+    """The activation's arrays; the last (its output) is wo's input, kept for wo's gradient."""
     f = split(cfg.d_ff, cut.tensor)
     arrays = MLP_ARRAYS[cfg.mlp_activation] + (2 if cfg.mlp_gated else 0)
+    arrays -= 0 if kept.kernel("wo") else 1
     return f * arrays * cut.stored + (f * MASK_BYTES if cfg.mlp_activation == "relu"
                                                  else 0)
 
 
-def _block_bytes(cfg: ModelConfig, cut: _Split, queries: int, cross_keys: int) -> int:
-    """Bytes one block keeps per example for its backward pass (no rematerialisation)."""
-    norms = 3 if cross_keys else 2
-    total = queries * (norms * _norm_bytes(cfg, cut.stored) + _mlp_bytes(cfg, cut))
-    total += _attention_bytes(cfg, cut, queries, queries)
+def _block_bytes(cfg: ModelConfig, cut: _Split, queries: int, cross_keys: int,
+                 kept: _Kept = KEEP_ALL) -> int:
+    """Bytes one block keeps per example for its backward pass (no rematerialisation). The
+    self-attention norm feeds q, k and v; the cross-attention norm q only (k and v read the
+    encoder's output); the MLP norm the up projections."""
+    norm = lambda *readers: _norm_bytes(cfg, cut.stored, kept, kept.kernel(*readers))
+    norms = norm("q", "k", "v") + norm(*UP_PROJECTIONS) + (norm("q") if cross_keys else 0)
+    total = queries * (norms + _mlp_bytes(cfg, cut, kept))
+    total += _attention_bytes(cfg, cut, queries, queries, kept)
     if cross_keys:
-        total += _attention_bytes(cfg, cut, queries, cross_keys)
+        total += _attention_bytes(cfg, cut, queries, cross_keys, kept)
     return total
 
 
@@ -129,17 +164,17 @@ class _Activations:
 
 def _activations(cfg: ModelConfig, cut: _Split, shards: tuple[ParameterShard, ...],
                  input_length: int, target_length: int,
-                 kernel_dtype: str | None = None) -> _Activations:
+                 kernel_dtype: str | None = None, kept: _Kept = KEEP_ALL) -> _Activations:
     """`kernel_dtype`: the dtype the kernels are held in (None: `param_dtype`; LoRA's frozen
-    base may differ)."""
+    base may differ); `kept`: what frozen weights spare (see `_Kept`)."""
     c = dtype_bytes(cfg.dtype)
     stacks, tokens = _stacks(cfg, input_length, target_length)
     remat = cfg.remat != "none"
     saved = working = 0
-    for layers, queries, cross_keys in stacks:
+    for index, (layers, queries, cross_keys) in enumerate(stacks):
         if not queries:
             continue
-        block = _block_bytes(cfg, cut, queries, cross_keys)
+        block = _block_bytes(cfg, cut, queries, cross_keys, kept)
         h = cut.heads(cfg.num_heads)
         attentions = [queries] + ([cross_keys] if cross_keys else [])
         if remat:  # each block's input, and one block recomputed at a time
@@ -151,7 +186,10 @@ def _activations(cfg: ModelConfig, cut: _Split, shards: tuple[ParameterShard, ..
             saved += layers * block
             # masks broadcast over heads once, outside the layer scan: bool and float32 bias
             saved += sum(h * queries * keys * (FLOAT32_BYTES + MASK_BYTES) for keys in attentions)
-        saved += queries * _norm_bytes(cfg, cut.stored)  # the stack's final norm
+        # the stack's final norm: the decoder's feeds the output projection, an encoder's the
+        # cross-attention's k and v
+        output = kept.head if index == len(stacks) - 1 else kept.kernel("k", "v")
+        saved += queries * _norm_bytes(cfg, cut.stored, kept, output)
     saved *= cut.rows
     working *= cut.rows
     if cfg.dtype != (kernel_dtype or cfg.param_dtype):
@@ -192,11 +230,13 @@ def _adapter_activations(cfg: ModelConfig, lora: LoraConfig, cut: _Split, input_
     return _Activations(cut.rows * sum(layers_of[s] * b for s, b in per_layer.items()), 0)
 
 
-def _logits_bytes(cfg: ModelConfig, cut: _Split, input_length: int, target_length: int) -> int:
+def _logits_bytes(cfg: ModelConfig, cut: _Split, input_length: int, target_length: int,
+                  kept: _Kept = KEEP_ALL) -> int:
     """The loss takes the logits in float32: the softmax's saved exponentials and the logits
     (then their gradient) are live together; in a narrower compute dtype the matmul's own
-    output comes first."""
+    output comes first, unless the output projection is frozen (measured against XLA for LoRA:
+    then one bfloat16 logits array fewer)."""
     _, tokens = _stacks(cfg, input_length, target_length)
     c = dtype_bytes(cfg.dtype)
-    per_number = 2 * FLOAT32_BYTES + (c if c != FLOAT32_BYTES else 0)
+    per_number = 2 * FLOAT32_BYTES + (c if c != FLOAT32_BYTES and kept.head else 0)
     return cut.rows * tokens * split(cfg.vocab_size, cut.tensor) * per_number

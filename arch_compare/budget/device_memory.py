@@ -29,9 +29,10 @@ import math
 from typing import TYPE_CHECKING
 
 from arch_compare.budget import recipes as recipes_lib
-from arch_compare.budget.device_activations import (_adapter_activations, _Split, _activations,
-                                                    _block_bytes, _logits_bytes, _stacks,
-                                                    dtype_bytes, saved_number_bytes, split)
+from arch_compare.budget.device_activations import (KEEP_ALL, _adapter_activations, _Kept,
+                                                    _Split, _activations, _block_bytes,
+                                                    _logits_bytes, _stacks, dtype_bytes,
+                                                    saved_number_bytes, split)
 from arch_compare.budget.parameters import parameter_tensors
 from arch_compare.mesh_config import MESH_AXES, MeshConfig
 from arch_compare.models.config import ModelConfig
@@ -116,6 +117,12 @@ def adapter_shards(cfg: ModelConfig, mesh: MeshConfig,
             (*kernel.shape[:layers], r, *kernel.shape[cut:]),
             (*kernel.shard_shape[:layers], r, *kernel.shard_shape[cut:])))
     return tuple(shards)
+
+
+def lora_kept(cfg: ModelConfig, lora: LoraConfig) -> _Kept:
+    """What a LoRA step keeps for weight gradients: the inputs of the adapted projections."""
+    names = {recipes_lib.kernel_name(t.path) for t in recipes_lib.adapter_tensors(cfg, lora)}
+    return _Kept(norm_scales=False, kernels=frozenset(names), head=False)
 
 
 def _ways(entry, layout) -> int:
@@ -221,10 +228,14 @@ class DeviceTrainingMemory:
     gathered_output: int  # fsdp: the vocabulary projection and its gradient, whole
     gathered_layer: int  # fsdp: one layer's weights and their gradients, whole
     anchor: int = 0  # l2sp: the base weights, split like the weights
+    # l2sp: the penalty's gradient, like the gradients; it does not depend on the backward pass,
+    # and XLA computes it beside (measured: one more weights-sized buffer at the peak)
+    penalty_gradient: int = 0
 
     @property
     def state(self) -> int:
-        return self.weights + self.gradients + self.optimizer_state + self.anchor
+        return (self.weights + self.gradients + self.optimizer_state + self.anchor
+                + self.penalty_gradient)
 
     @property
     def total(self) -> int:
@@ -274,7 +285,8 @@ def per_device_training_memory(cfg: ModelConfig, mesh: MeshConfig, input_length:
     trained_bytes = sum(shard.shard_size for shard in trained) * param_bytes
     weights = trained_bytes + (sum(shard.shard_size for shard in shards)
                                * dtype_bytes(kernel_dtype) if lora else 0)
-    activations = _activations(cfg, cut, shards, input_length, target_length, kernel_dtype)
+    kept = lora_kept(cfg, lora) if lora else KEEP_ALL
+    activations = _activations(cfg, cut, shards, input_length, target_length, kernel_dtype, kept)
     if lora:
         adapters = _adapter_activations(cfg, lora, cut, input_length, target_length)
         activations = dataclasses.replace(activations, saved=activations.saved + adapters.saved,
@@ -285,10 +297,10 @@ def per_device_training_memory(cfg: ModelConfig, mesh: MeshConfig, input_length:
         gradients=trained_bytes,
         optimizer_state=OPTIMIZER_FLOATS[optimizer](trained) * param_bytes,
         accumulated_gradients=trained_bytes if microbatches > 1 else 0,
-        anchor=(sum(shard.shard_size for shard in shards) * param_bytes
-                if recipe.kind == "l2sp" else 0),
+        anchor=trained_bytes if recipes_lib.has_anchor(recipe) else 0,
+        penalty_gradient=trained_bytes if recipes_lib.has_anchor(recipe) else 0,
         activations=activations.saved,
-        logits=_logits_bytes(cfg, cut, input_length, target_length),
+        logits=_logits_bytes(cfg, cut, input_length, target_length, kept),
         rematerialised=activations.working,
         gathered_output=gathered.output,
         gathered_layer=gathered.layer)

@@ -16,7 +16,8 @@ Conventions, stated because every estimator picks its own:
   state. `lora` holds the frozen weights in `lora.base_dtype` (else float32) and trains float32
   adapters; its activations are full training's plus what the unmerged adapters keep per targeted
   projection and token (`x @ A`, rank numbers, for B's gradient; with dropout the dropped input
-  and its mask too). `l2sp` adds the anchor, a float32 copy of the weights sharded like them.
+  and its mask too). `l2sp` adds the anchor, a float32 copy of the weights sharded like them,
+  and the penalty's gradient (float32, like the gradients).
 """
 
 from __future__ import annotations
@@ -92,11 +93,13 @@ class TrainingMemory:
     optimizer_state: int
     activations: int
     anchor: int = 0  # l2sp: the base weights the penalty pulls toward
+    penalty_gradient: int = 0  # l2sp: the penalty's gradient, computed beside the loss's
 
     @property
     def state(self) -> int:
         """What sharding over fsdp divides: everything but the activations."""
-        return self.weights + self.gradients + self.optimizer_state + self.anchor
+        return (self.weights + self.gradients + self.optimizer_state + self.anchor
+                + self.penalty_gradient)
 
     @property
     def total(self) -> int:
@@ -164,7 +167,7 @@ def training_memory(cfg: ModelConfig, input_length: int, target_length: int, bat
     frozen = sum(t.size for t in recipes_lib.frozen_tensors(cfg, recipe)) * DTYPE_BYTES[
         frozen_dtype]
     anchor = (sum(t.size for t in parameter_tensors(cfg)) * FLOAT32_BYTES
-              if recipe.kind == "l2sp" else 0)
+              if recipes_lib.has_anchor(recipe) else 0)
     return TrainingMemory(
         weights=trained + frozen,
         gradients=trained,
@@ -172,7 +175,7 @@ def training_memory(cfg: ModelConfig, input_length: int, target_length: int, bat
         activations=(activation_bytes(cfg, input_length, target_length, batch_size, remat)
                      + adapter_activation_bytes(cfg, recipe, input_length, target_length,
                                                 batch_size, remat)),
-        anchor=anchor)
+        anchor=anchor, penalty_gradient=anchor)
 
 
 def kv_cache_bytes(cfg: ModelConfig, input_length: int, target_length: int,

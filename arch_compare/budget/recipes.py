@@ -7,7 +7,8 @@
   the MLP's wi / wi_0 / wi_1 / wo as `LoraConfig.targets_kernel` says); none for `wise`, which
   only interpolates weights a `full` run trained;
 - which parameters are held frozen (LoRA's base weights, in `lora.base_dtype` when given);
-- L2-SP's penalty `lambda * ||theta - theta_base||^2`, elementwise work per step (below).
+- L2-SP's penalty `lambda * ||theta - theta_base||^2`, elementwise work per step (below), and its
+  anchor (a copy of the base weights) when lambda > 0.
 
 The adapter tensors mirror the parameter tensors of `parameters.py`: a kernel's stacked layer axes
 lead, its input axes (`Tensor.fan_in`) go to `A`, its output axes to `B`, so Adafactor and the
@@ -94,9 +95,15 @@ def frozen_dtype(cfg: ModelConfig, recipe: Recipe, master_dtype: str) -> str:
     return master_dtype
 
 
+def has_anchor(recipe: Recipe) -> bool:
+    """Whether a run of `recipe` holds the base weights beside its own: L2-SP with a weight
+    above 0 (the trainer runs lambda 0 as full fine-tuning, without the anchor)."""
+    return recipe.kind == "l2sp" and recipe.l2sp_weight > 0
+
+
 def penalty_flops_per_step(cfg: ModelConfig, recipe: Recipe = FULL) -> float:
     """L2-SP's elementwise work per optimizer step (0 for every other recipe)."""
-    if recipe.kind != "l2sp":
+    if not has_anchor(recipe):
         return 0.0
     return float(L2SP_FLOPS_PER_PARAMETER * sum(t.size for t in parameter_tensors(cfg)))
 

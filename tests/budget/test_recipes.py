@@ -169,8 +169,10 @@ def test_whole_batch_memory_by_recipe():
     # the adapters keep x @ A (rank 8 numbers, float32) per projection, token, layer, example
     assert adapted.activations - full.activations == 4 * 32 * 4 * 2 * 8 * 4
     l2sp = training_memory(LLAMA, 8, 24, 4, recipe=L2SP)
-    assert l2sp.anchor == l2sp.weights == full.weights
-    assert l2sp.total == full.total + l2sp.anchor
+    assert l2sp.anchor == l2sp.penalty_gradient == l2sp.weights == full.weights
+    assert l2sp.total == full.total + 2 * l2sp.anchor
+    # lambda 0 runs as full fine-tuning (the trainer's choice): no anchor
+    assert training_memory(LLAMA, 8, 24, 4, recipe=Recipe("l", "l2sp", l2sp_weight=0)) == full
     assert training_memory(LLAMA, 8, 24, 4, recipe=MIX) == full
 
 
@@ -184,14 +186,18 @@ def test_per_device_memory_by_recipe():
     adapted = device(LORA)
     assert adapted.weights == 4 * (params(LLAMA) + 7168)
     assert adapted.gradients == 4 * 7168 and adapted.optimizer_state == 8 * 7168
-    # x @ A: 4 examples x 32 tokens x 4 projections x 2 layers x rank 8, float32
-    assert adapted.activations - full.activations == 4 * 32 * 4 * 2 * 8 * 4
+    # Per token (4 examples x 32), float32: each layer adds x @ A (4 projections x rank 8) and
+    # drops what only frozen weights' gradients read: two norms' normalised inputs [d], the MLP
+    # norm's output [d] (no adapter on wi_0/wi_1), wo's input [f]; the final norm drops its
+    # normalised input and its output (the frozen output projection's input).
+    per_layer = 4 * 8 - 2 * 64 - 64 - 128
+    assert adapted.activations - full.activations == 4 * 32 * 4 * (2 * per_layer - 2 * 64)
     narrow = device(lora(base_dtype="bfloat16"))
     assert narrow.weights == 2 * params(LLAMA) + 4 * 7168
     # a bfloat16 base under a float32 compute dtype: each kernel's float32 cast is kept
     assert narrow.activations > adapted.activations
-    assert device(L2SP).anchor == full.weights
-    assert device(L2SP).total == full.total + full.weights
+    assert device(L2SP).anchor == device(L2SP).penalty_gradient == full.weights
+    assert device(L2SP).total == full.total + 2 * full.weights
     assert device(MIX) == full
     # fsdp splits the adapters with their kernels; the frozen base is gathered without gradients
     fsdp = MeshConfig(fsdp=2)
