@@ -110,8 +110,10 @@ def test_peft_loads_the_export_with_the_same_logits(adapted, tmp_path):
 
 
 def test_gpt2_fused_qkv_export_is_block_diagonal(reference_for, tmp_path):
-    """q and v adapted, k not: c_attn gets rank 2r, alpha 2 alpha, B zero on k's outputs."""
-    model, params = arch_compare.load_hf_checkpoint(reference_for("gpt2").directory)
+    """q and v adapted, k not: c_attn gets rank 2r, alpha 2 alpha, B zero on k's outputs; PEFT
+    counts those zero blocks as trainable, ours does not."""
+    reference = reference_for("gpt2")
+    model, params = arch_compare.load_hf_checkpoint(reference.directory)
     lora_model = model.with_lora(LoraConfig(rank=RANK, alpha=ALPHA, targets=CASES["gpt2"]))
     adapters = random_adapters(lora_model, 2)
     directory = save_peft_adapters(lora_model, adapters, tmp_path / "adapter")
@@ -134,6 +136,12 @@ def test_gpt2_fused_qkv_export_is_block_diagonal(reference_for, tmp_path):
     np.testing.assert_array_equal(b[2 * d:, RANK:],
                                   np.asarray(attention["v"]["lora_b"][1]).reshape(RANK, d).T)
     assert not b[d:2 * d].any() and not b[:d, RANK:].any() and not b[2 * d:, :RANK].any()
+    peft_model = peft.PeftModel.from_pretrained(
+        load_reference_model(reference.directory, encoder_decoder=False), directory,
+        is_trainable=True)
+    zero_blocks = model.config.num_layers * (3 * d * 2 * RANK - 2 * d * RANK)
+    assert peft_model.get_nb_trainable_parameters()[0] == (lora.adapter_count(lora_model)
+                                                           + zero_blocks)
 
 
 @pytest.mark.parametrize("name", list(PEFT_TARGETS))
