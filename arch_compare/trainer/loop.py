@@ -34,11 +34,12 @@ from tqdm import tqdm
 
 from arch_compare import optim, partitioning
 from arch_compare.budget.flops import training_flops
+from arch_compare.budget.recipes import penalty_flops_per_step
 from arch_compare.configs import from_fields
 from arch_compare.execution import ExecutionConfig
 from arch_compare.models.loading import load_params
 from arch_compare.models.model import BaseModel, build_model
-from arch_compare.recipes import LoraConfig
+from arch_compare.recipes import LoraConfig, Recipe
 from arch_compare.trainer import placement, recipes
 from arch_compare.trainer.checkpoints import Checkpoints
 from arch_compare.trainer.data import BatchIterator, DataConfig, SplitStats, provider_examples
@@ -151,10 +152,13 @@ def _with_anchor(train_step, anchor, state, batch):
     return train_step(state, batch, anchor)  # positional: the jitted step's in_shardings
 
 
-def _model_flops_per_step(model: BaseModel, data: DataConfig) -> float:
+def _model_flops_per_step(model: BaseModel, data: DataConfig, recipe: Recipe) -> float:
     inputs, targets = model.sequence_lengths(data.feature_lengths)
-    # The models compute the full causal square, so count what runs.
-    return data.batch_size * training_flops(model.config, inputs, targets, causal="full")
+    # The models compute the full causal square, so count what runs. LoRA: no weight gradients
+    # for the frozen weights; L2-SP: its elementwise penalty, once per step.
+    return (data.batch_size * training_flops(model.config, inputs, targets, causal="full",
+                                             recipe=recipe)
+            + penalty_flops_per_step(model.config, recipe))
 
 
 def evaluate_loss(model: BaseModel, params, provider: seqio.DatasetProviderBase,
@@ -226,9 +230,9 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
     if config.lora is not None:
         model = base.with_lora(config.lora)
     # Mesh resolved and memory checked before anything is created or compiled.
+    budget_recipe = recipes.budget_recipe(config.lora, config.l2sp_weight)
     where = placement.place(model, config.execution, config.data.feature_lengths,
-                            config.data.batch_size, config.optimizer.name,
-                            recipe=recipes.budget_recipe(config.lora, config.l2sp_weight))
+                            config.data.batch_size, config.optimizer.name, recipe=budget_recipe)
     execution = where.execution
     recipe = recipes.step_recipe(config.lora, config.l2sp_weight, config.seed)
     # The optimizer (and its weight-decay mask) of the trainable weights only.
@@ -268,7 +272,7 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
                              shardings=where.param_shardings)
         train_step = functools.partial(_with_anchor, train_step, anchor)
     eval_step = partitioning.on_mesh(where.mesh, jax.jit(make_eval_step(model)))
-    flops_per_step = _model_flops_per_step(model, config.data)
+    flops_per_step = _model_flops_per_step(model, config.data, budget_recipe)
     peak = (config.peak_flops_per_device * where.mesh.devices.size
             if config.peak_flops_per_device else None)
     tokens = config.data.batch_size * sum(config.data.feature_lengths.values())

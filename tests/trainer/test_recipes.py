@@ -9,9 +9,11 @@ import optax
 import pytest
 
 from arch_compare import optim
+from arch_compare.budget import memory
+from arch_compare.budget import recipes as budget_recipes
 from arch_compare.models import build_model, get_preset, lora
 from arch_compare.models.native import save_model
-from arch_compare.recipes import LoraConfig
+from arch_compare.recipes import LoraConfig, Recipe
 from arch_compare.trainer.data import DataConfig
 from arch_compare.trainer.loop import TrainConfig
 from arch_compare.trainer.recipes import (FULL, StepRecipe, join_trees, l2sp_gradient,
@@ -244,6 +246,10 @@ def test_lora_trains_only_the_adapters_holds_the_base_in_bfloat16_and_resumes_ex
                                                      jax.tree.leaves(adapters))
     moments = [leaf for leaf in jax.tree.leaves(straight.state.opt_state) if leaf.ndim > 0]
     assert sum(leaf.size for leaf in moments) == 2 * count
+    # ... and exactly the budget's figures for this recipe (issue 16).
+    priced = Recipe("lora", "lora", lora=LORA)
+    assert budget_recipes.trainable_parameters(model.config, priced) == count
+    assert memory.optimizer_state_numbers(model.config, "adamw", priced) == 2 * count
     assert sorted(leaf.shape for leaf in moments) == sorted(
         2 * [leaf.shape for leaf in jax.tree.leaves(adapters)])
     record = json.loads((tmp_path / "straight" / "execution.json").read_text())["recipe"]
@@ -307,12 +313,14 @@ MULTIDEVICE_SOURCE = """
 import json
 import jax, numpy as np
 from arch_compare import optim
+from arch_compare.budget import memory
+from arch_compare.budget import recipes as budget_recipes
 from arch_compare.data.vocabularies import vocabulary_for_model
 from arch_compare.execution import ExecutionConfig
 from arch_compare.models import build_model, get_preset, lora
 from arch_compare.models.native import save_model
 from arch_compare.partitioning import MeshConfig
-from arch_compare.recipes import LoraConfig
+from arch_compare.recipes import LoraConfig, Recipe
 from arch_compare.trainer.data import DataConfig
 from arch_compare.trainer.loop import TrainConfig, train
 import arch_compare_tasks.catalogue
