@@ -243,6 +243,8 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
     abstract_params = model.abstract_params()
     record = {**where.record, "recipe": recipes.run_record(
         model, config.lora, config.l2sp_weight, recipe, abstract_params)}
+    if checkpoints.latest_step is not None:  # a resumed run keeps the recipe it started with
+        recipes.check_resumed(Path(config.model_dir) / placement.EXECUTION_FILE, record["recipe"])
     placement.write_record(config.model_dir, record)
 
     state_shardings = placement.train_state_shardings(model, optimizer, where.param_shardings,

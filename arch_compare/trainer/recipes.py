@@ -24,26 +24,29 @@ JAX side, so `steps.py` and `loop.py` stay recipe-agnostic).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
+from arch_compare.models.hf.checkpoint import CheckpointError
 from arch_compare.recipes import FULL as FULL_RECIPE
 from arch_compare.recipes import Recipe
 
-Path = tuple[str, ...]
+KeyPath = tuple[str, ...]
 # Folded into the run's seed for the adapters' dropout, so its stream is not the
 # parameter initialisation's (which uses the seed's key itself).
 DROPOUT_STREAM = 0x10AA
 
 
-def _train_everything(path: Path) -> bool:
+def _train_everything(path: KeyPath) -> bool:
     return True
 
 
-def split_tree(tree: Mapping, trainable: Callable[[Path], bool], prefix: Path = ()
+def split_tree(tree: Mapping, trainable: Callable[[KeyPath], bool], prefix: KeyPath = ()
                ) -> tuple[dict, dict]:
     """A nested-dict tree -> `(frozen, trainable)` nested dicts holding the leaves for which
     `trainable(path)` is False and True; anything that is not a Mapping is a leaf (arrays,
@@ -108,7 +111,7 @@ class StepRecipe:
     dropout_seed: the run's seed when the model applies dropout (LoRA's), else None (no key).
     """
 
-    trainable: Callable[[Path], bool] = _train_everything
+    trainable: Callable[[KeyPath], bool] = _train_everything
     l2sp_weight: float | None = None
     dropout_seed: int | None = None
 
@@ -182,3 +185,19 @@ def run_record(model, lora, l2sp_weight: float, recipe: StepRecipe, abstract_par
             "params": element_count(abstract_params), "trainable_params": element_count(trainable),
             "frozen_params": element_count(frozen),
             "frozen_dtypes": sorted({str(leaf.dtype) for leaf in jax.tree.leaves(frozen)})}
+
+
+def check_resumed(execution_file: Path, recipe_record: dict) -> None:
+    """Refuse to resume a run directory with another recipe (`run_record`'s `lora` and
+    `l2sp_weight`): its checkpoints hold another state. A record from before recipes existed
+    is a full run's."""
+    if not execution_file.exists():
+        return
+    recorded = json.loads(execution_file.read_text()).get("recipe", {})
+    current = json.loads(json.dumps(recipe_record))  # as the file holds it (lists, not tuples)
+    differ = [f"{name}: {recorded.get(name, default)!r} there, {current[name]!r} now"
+              for name, default in (("lora", None), ("l2sp_weight", 0.0))
+              if recorded.get(name, default) != current[name]]
+    if differ:
+        raise CheckpointError(f"{execution_file.parent}: this run directory was trained with "
+                              f"another recipe ({'; '.join(differ)}); use a new MODEL_DIR")

@@ -12,6 +12,7 @@ from arch_compare import optim
 from arch_compare.budget import memory
 from arch_compare.budget import recipes as budget_recipes
 from arch_compare.models import build_model, get_preset, lora
+from arch_compare.models.hf.checkpoint import CheckpointError
 from arch_compare.models.native import save_model
 from arch_compare.recipes import LoraConfig, Recipe
 from arch_compare.trainer.data import DataConfig
@@ -211,6 +212,9 @@ def test_a_large_l2sp_weight_keeps_every_weight_near_the_base_and_resumes_exactl
     assert [resumed.losses[s] for s in range(5, steps + 1)] == [
         held.losses[s] for s in range(5, steps + 1)]
     jax.tree.map(np.testing.assert_array_equal, resumed.state, held.state)
+    with pytest.raises(CheckpointError, match=r"another recipe \(l2sp_weight: 10000.0 there, 1.0"):
+        run_training(tmp_path / "resumed", "gpt2-tiny", steps=steps + 1, l2sp_weight=1.0,
+                     initial_checkpoint_path=path)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -265,6 +269,9 @@ def test_lora_trains_only_the_adapters_holds_the_base_in_bfloat16_and_resumes_ex
     assert resumed.resumed_from == 4
     assert [resumed.losses[s] for s in range(5, steps + 1)] == losses[4:]
     jax.tree.map(np.testing.assert_array_equal, resumed.state, straight.state)
+    with pytest.raises(CheckpointError, match=r"another recipe \(lora: \{'rank': 4.* None now"):
+        run_training(tmp_path / "resumed", "gpt2-tiny", steps=steps + 1,
+                     initial_checkpoint_path=path)
 
 
 def lora_step_setup(config: LoraConfig):
@@ -318,6 +325,7 @@ from arch_compare.budget import recipes as budget_recipes
 from arch_compare.data.vocabularies import vocabulary_for_model
 from arch_compare.execution import ExecutionConfig
 from arch_compare.models import build_model, get_preset, lora
+from arch_compare.models.hf.checkpoint import CheckpointError
 from arch_compare.models.native import save_model
 from arch_compare.partitioning import MeshConfig
 from arch_compare.recipes import LoraConfig, Recipe
