@@ -37,6 +37,7 @@ from arch_compare.budget.flops import training_flops
 from arch_compare.budget.recipes import penalty_flops_per_step
 from arch_compare.configs import from_fields
 from arch_compare.execution import ExecutionConfig
+from arch_compare.models import lora as lora_lib
 from arch_compare.models.loading import load_params
 from arch_compare.models.model import BaseModel, build_model
 from arch_compare.recipes import LoraConfig, Recipe
@@ -137,8 +138,6 @@ def _initial_lora_params(base: BaseModel, model: BaseModel, config: TrainConfig,
                          recipe: recipes.StepRecipe):
     """The base weights (frozen, read straight into `lora.base_dtype` when given) and fresh
     adapters from the run's seed, each created in its shards."""
-    from arch_compare.models import lora as lora_lib  # noqa: PLC0415
-
     frozen_shardings, adapter_shardings = recipe.split(shardings)
     dtype = config.lora.base_dtype
     reader = base if dtype is None else build_model(base.config.replace(param_dtype=dtype))
@@ -241,8 +240,8 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
     checkpoints = Checkpoints(config.model_dir, model.config, keep=config.keep_checkpoints)
     # A LoRA model's frozen weights are in lora.base_dtype (when given), its adapters not.
     abstract_params = model.abstract_params()
-    record = {**where.record, "recipe": recipes.run_record(
-        model, config.lora, config.l2sp_weight, recipe, abstract_params)}
+    record = {**where.record, "recipe": recipes.run_record(config.lora, config.l2sp_weight,
+                                                           recipe, abstract_params)}
     if checkpoints.latest_step is not None:  # a resumed run keeps the recipe it started with
         recipes.check_resumed(Path(config.model_dir) / placement.EXECUTION_FILE, record["recipe"])
     placement.write_record(config.model_dir, record)

@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from arch_compare.models import lora as lora_lib
 from arch_compare.models.hf.checkpoint import CheckpointError
 from arch_compare.recipes import FULL as FULL_RECIPE
 from arch_compare.recipes import Recipe
@@ -159,7 +160,6 @@ def step_recipe(lora, l2sp_weight: float, seed: int) -> StepRecipe:
     """The step recipe of a run: LoRA trains the adapters only (dropout keys from `seed` when
     `lora.dropout > 0`); `l2sp_weight > 0` adds the penalty; neither: full fine-tuning."""
     if lora is not None:
-        from arch_compare.models import lora as lora_lib  # noqa: PLC0415 (models.lora needs JAX)
         return StepRecipe(trainable=lora_lib.is_adapter,
                           dropout_seed=seed if lora.dropout > 0 else None)
     if l2sp_weight > 0:
@@ -177,8 +177,7 @@ def budget_recipe(lora, l2sp_weight: float) -> Recipe:
     return FULL_RECIPE
 
 
-def run_record(model, lora, l2sp_weight: float, recipe: StepRecipe, abstract_params: Any
-               ) -> dict:
+def run_record(lora, l2sp_weight: float, recipe: StepRecipe, abstract_params: Any) -> dict:
     """What MODEL_DIR/execution.json says about the recipe: what trained, in which dtypes."""
     frozen, trainable = recipe.split(abstract_params)
     return {"lora": None if lora is None else lora.to_dict(), "l2sp_weight": float(l2sp_weight),
