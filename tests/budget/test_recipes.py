@@ -265,3 +265,95 @@ def test_cli_prices_each_recipe(capsys):
 def test_cli_recipe_errors_are_clear(capsys, argv, message):
     code, _, err = budget(capsys, *argv)
     assert code == 2 and message in err, err
+
+
+# -------------------------------------------------------------------------------------------------
+# Against the LoRA model and PEFT
+
+
+# Our targets and PEFT's target_modules for the same projections of the Hugging Face model
+# (GPT-2's q/k/v are one fused c_attn in HF, so its PEFT check adapts o and the MLP).
+PEFT_TARGETS = {
+    "gpt2-tiny": (("o", "mlp"), ["attn.c_proj", "mlp.c_fc", "mlp.c_proj"]),
+    "llama-tiny": (("q", "k", "v", "o", "mlp"),
+                   ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+    "t5-tiny": (("q", "k", "v", "o", "wo"), ["q", "k", "v", "o", "DenseReluDense.wo"]),
+}
+
+
+@pytest.mark.parametrize("preset", list(PEFT_TARGETS))
+def test_trainable_count_equals_the_lora_model_and_peft(preset):
+    import peft
+    import transformers
+
+    from arch_compare.models import build_model
+    from arch_compare.models import lora as lora_lib
+    from arch_compare.models.hf.configs import config_to_hf
+    cfg = PRESETS[preset]
+    ours, theirs = PEFT_TARGETS[preset]
+    recipe = lora(rank=4, targets=ours)
+    priced = budget_recipes.trainable_parameters(cfg, recipe)
+    assert priced == lora_lib.adapter_count(build_model(cfg, recipe.lora))
+    # with the default targets too (GPT-2's separate q, k and v adapters)
+    assert budget_recipes.trainable_parameters(cfg, LORA) == lora_lib.adapter_count(
+        build_model(cfg, LORA.lora))
+    hf = config_to_hf(cfg)
+    config = transformers.AutoConfig.for_model(**hf)
+    auto = (transformers.AutoModelForSeq2SeqLM if cfg.is_encoder_decoder
+            else transformers.AutoModelForCausalLM)
+    model = peft.get_peft_model(auto.from_config(config),
+                                peft.LoraConfig(r=4, lora_alpha=8, target_modules=theirs,
+                                                fan_in_fan_out=cfg.family == "gpt2"))
+    trainable, _ = model.get_nb_trainable_parameters()
+    assert priced == trainable
+
+
+# -------------------------------------------------------------------------------------------------
+# Per-device memory against XLA's analysis of the trainer's compiled step
+
+
+XLA_CASES = {
+    "lora-qv": ("llama", lora(rank=16, targets=("q", "v")), "float32", "none"),
+    # XLA:CPU's float32 copies of bfloat16 kernels, recomputed dropout masks
+    "lora-bf16-base-dropout": ("t5.1.1", lora(dropout=0.1, base_dtype="bfloat16",
+                                              targets=("q", "k", "v", "o", "mlp")),
+                               "bfloat16", "block"),
+    "l2sp": ("gpt2", L2SP, "float32", "none"),
+}
+
+
+@pytest.mark.parametrize("name", list(XLA_CASES))
+def test_recipe_estimate_within_20_percent_of_xla(name):
+    from tests.budget import xla_recipes
+    family, recipe, dtype, remat = XLA_CASES[name]
+    result = xla_recipes.compare(xla_recipes.Case(family, recipe, dtype=dtype, remat=remat))
+    assert 0.8 <= result["ratio"] <= 1.2, result
+
+
+SHARDED_SOURCE = """
+import json
+from arch_compare.mesh_config import MeshConfig
+from arch_compare.recipes import LoraConfig, Recipe
+from tests.budget import xla_recipes
+
+recipes = [Recipe("lora", "lora", lora=LoraConfig(rank=8, targets=("q", "k", "v", "o", "mlp"))),
+           Recipe("l2sp", "l2sp", l2sp_weight=0.1)]
+meshes = [(MeshConfig(fsdp=4), "float32", "none"), (MeshConfig(fsdp=2, tensor=2), "bfloat16", "block")]
+# each family on both meshes, each mesh with both recipes (~20 s a compile on 2 loaded cores)
+rows = [xla_recipes.compare(xla_recipes.Case(family, recipe, *meshes[(i + j) % 2]))
+        for i, family in enumerate(xla_recipes.PRESETS) for j, recipe in enumerate(recipes)]
+print(json.dumps(rows))
+"""
+
+
+@pytest.mark.scale
+def test_sharded_recipe_estimates_within_20_percent_of_xla():
+    """Every family, LoRA (adapters split with their kernels, the frozen base gathered without
+    gradients) and L2-SP (the anchor split like the weights) on fsdp 4 and fsdp 2 x tensor 2."""
+    from tests.multidevice_helpers import run_with_fake_devices
+    rows = run_with_fake_devices(SHARDED_SOURCE, num_devices=4, timeout=900)
+    assert len(rows) == 4 * 2
+    assert {(row["recipe"], tuple(row["mesh"])) for row in rows} == {
+        (recipe, mesh) for recipe in ("lora", "l2sp") for mesh in ((1, 4, 1), (1, 2, 2))}
+    off = [row for row in rows if not 0.8 <= row["ratio"] <= 1.2]
+    assert not off, off
