@@ -212,7 +212,9 @@ class Evaluation:
 
 @dataclasses.dataclass(frozen=True)
 class Training:
-    """One recipe for every imitation run (the fairness rule): steps follow from the amount."""
+    """One training setup for every imitation run (the fairness rule): steps follow from the
+    amount. A recipe (`StudyConfig.recipes`) changes how a cell fine-tunes, as a run of its own
+    beside the cell's `full` run, with these same settings."""
 
     feature_lengths: Mapping[str, int]
     batch_size: int
