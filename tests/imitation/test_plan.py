@@ -49,9 +49,9 @@ def test_the_paper_study_fits_its_16_tpu_v4_chips(capsys):
     rows = _rows(out)
     config = study_cli.study_config([str(PAPER)], [b[len("--gin."):] for b in _bindings()])
     expected = [p.run.run_id for p in plan_lib.plan(config) if p.model is not None]
-    # 4 bases, 4 x 6 imitation runs, and the broad 150,000 cell's recipes for each model (l2sp,
-    # lora and wise at three alphas).
-    assert sorted(rows) == sorted(expected) and len(rows) == 4 + 4 * 6 + 4 * 5
+    # 4 bases, 4 x 6 imitation runs, and the broad 150,000 cell's recipes for each model (lora
+    # and wise at three alphas; l2sp for all but UL2, which it does not fit).
+    assert sorted(rows) == sorted(expected) and len(rows) == 4 + 4 * 6 + 4 * 4 + 3
     for run_id, (mesh, dtype, params, remat, micro, train, evaluation, device, fits) in \
             rows.items():
         assert (mesh, dtype, params, remat, fits) == ("fsdp 16", "bfloat16", "float32",
@@ -62,7 +62,7 @@ def test_the_paper_study_fits_its_16_tpu_v4_chips(capsys):
         assert (train == "-") == (run_id.startswith("base/") or "/wise@" in run_id)
         if train != "-":
             assert 0 < float(train) < float(device) * 0.9
-    assert "48 of 48 runs fit" in out
+    assert "47 of 47 runs fit" in out
     # LoRA's frozen bfloat16 base and adapter-only optimizer state need less than full training.
     cell = "imitation/llama-7b/broad/150000"
     assert float(rows[f"{cell}/lora"][5]) < float(rows[cell][5])
