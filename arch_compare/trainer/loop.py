@@ -314,6 +314,7 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
     pending = StepMetrics(report, diverged)
     data = BatchIterator(provider, converter, config.data, position=position)
     batches = Prefetcher(data, place_batch, depth=config.prefetch_batches, position=position,
+                         limit=config.train_steps - start,
                          while_waiting=lambda: stop.check(interrupted))
     try:
         for step in range(start + 1, config.train_steps + 1):

@@ -10,6 +10,10 @@ The thread stops when `close()` is called (the loop does so in a `finally`, so a
 or a KeyboardInterrupt), and an error in the thread is raised in the loop by the next `next()`. It
 is a daemon thread: a pipeline stuck inside a read cannot keep the interpreter from exiting. Once
 the thread has stopped, `close()` also closes the source when it has a `close()`.
+
+`limit` (the batches the loop will take, from `position` on) stops the thread once it has read
+them: a thread left reading past the last step would make `close()` wait for a read nobody uses
+(on a shuffled, repeated pipeline, the start of a new epoch: seconds for a small model's run).
 """
 
 from __future__ import annotations
@@ -32,11 +36,14 @@ class DataExhausted(RuntimeError):
 class Prefetcher:
     def __init__(self, batches: Iterator[Any], place: Callable[[Any], Any], depth: int = 2,
                  position: int = 0, name: str = "batch-prefetch",
-                 while_waiting: Callable[[], None] = lambda: None):
+                 while_waiting: Callable[[], None] = lambda: None, limit: int | None = None):
         # `while_waiting` is called every POLL_SECONDS while next() waits for a batch; it may
         # raise to stop waiting (the loop's Ctrl-C check), since a read can take long.
         if depth <= 0:
             raise ValueError(f"prefetch depth must be positive, got {depth}")
+        if limit is not None and limit < 0:
+            raise ValueError(f"prefetch limit must be None or >= 0, got {limit}")
+        self._limit = limit
         self._source, self._place = batches, place
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
@@ -46,8 +53,10 @@ class Prefetcher:
         self._thread.start()
 
     def _run(self) -> None:
+        read = 0
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and (self._limit is None or read < self._limit):
+                read += 1
                 try:
                     rows = next(self._source)
                 except StopIteration:
@@ -75,9 +84,9 @@ class Prefetcher:
                 break
             except queue.Empty:
                 self._while_waiting()
-                if not self._thread.is_alive():
+                if not self._thread.is_alive() and self._queue.empty():
                     raise RuntimeError("the batch thread stopped without a batch or an error; "
-                                       "was the prefetcher closed?") from None
+                                       "was the prefetcher closed, or its limit passed?") from None
         if not ok:
             raise value
         self.position += 1

@@ -127,6 +127,30 @@ def test_prefetch_counts_what_was_taken_and_raises_the_threads_error():
     assert not prefetcher.alive
 
 
+class SlowAfter(Numbers):
+    """Numbers whose reads after the `fast`-th take `seconds` each (a new epoch's shuffle)."""
+
+    def __init__(self, fast, seconds):
+        super().__init__()
+        self.fast, self.seconds = fast, seconds
+
+    def __next__(self):
+        if self.produced >= self.fast:
+            time.sleep(self.seconds)
+        return super().__next__()
+
+
+def test_prefetch_reads_no_batch_past_its_limit():
+    # The loop takes 3 batches; a thread reading a 4th would make close() wait for it.
+    source = SlowAfter(fast=3, seconds=5.0)
+    prefetcher = Prefetcher(source, lambda n: n, depth=2, limit=3)
+    assert [next(prefetcher) for _ in range(3)] == [1, 2, 3]
+    began = time.perf_counter()
+    prefetcher.close()
+    assert time.perf_counter() - began < 1.0
+    assert source.produced == 3 and not prefetcher.alive
+
+
 def test_prefetch_thread_ends_when_the_consumer_is_interrupted():
     source = Numbers()
     with pytest.raises(KeyboardInterrupt):
