@@ -17,7 +17,12 @@ from arch_compare.report.fmt import signed
 from arch_compare.report.tables import SIGNIFICANT
 from arch_compare.results import ResultsStore
 
-ROWS = [("base", "base"), ("broad/512", "broad 512"), ("cypher/512", "Cypher 512"),
+# Fine-tuning recipes the demo adds to the broad cell (gin_configs/experiments/demo_study.gin).
+RECIPES = (("mix", "mix 25%"), ("l2sp", "L2-SP 0.01"), ("lora", "LoRA r8"),
+           ("wise@0.5", "WiSE 0.5"))
+ROWS = [("base", "base"), ("broad/512", "broad 512"),
+        *((f"broad/512/{label}", f"broad 512, {name}") for label, name in RECIPES),
+        ("cypher/512", "Cypher 512"),
         ("cypher/student_first/512", "Cypher 512, student first"),
         ("cypher/diversity/512", "Cypher 512, diversity")]
 MODELS = ("gpt2-tiny", "llama-tiny", "t5-tiny", "ul2-tiny")
@@ -31,6 +36,15 @@ COLUMNS = (("demo_facts_known", "fact_accuracy", "known facts"),
 # Paired differences printed under the table: (run suffix, baseline suffix).
 PAIRS = (("cypher/512", "base"), ("cypher/512", "broad/512"), ("broad/512", "base"),
          ("cypher/student_first/512", "cypher/512"), ("cypher/diversity/512", "cypher/512"))
+# The recipes' table: each broad run against its base (what imitation cost and gained) and each
+# recipe against full fine-tuning on the same data.
+RECIPE_PAIRS = (("broad/512", "base"),
+                *((f"broad/512/{label}", "base") for label, _ in RECIPES),
+                *((f"broad/512/{label}", "broad/512") for label, _ in RECIPES))
+RECIPE_METRICS = (("demo_facts_known", "fact_accuracy", "known facts"),
+                  ("demo_facts_unseen", "fact_accuracy", "unseen facts"),
+                  ("demo_style", "list_when_target_lists", "lists when target lists"),
+                  ("demo_style", "length_pearson", "length corr."))
 
 
 def cell(metric) -> str:
@@ -77,6 +91,8 @@ def main(database: str, study: str = "demo") -> None:
     print()
     print_differences(comparisons)
     print()
+    print_differences(comparisons, RECIPE_PAIRS, RECIPE_METRICS)
+    print()
     print_collections(collections)
 
 
@@ -92,17 +108,19 @@ def difference(comparison) -> str:
             f"{signed(comparison.high)}){mark}")
 
 
-def print_differences(comparisons) -> None:
-    """Paired differences in points (same questions, paired bootstrap), ✱ where the 95% interval
-    excludes 0, for the three metrics the findings rest on."""
-    metrics = (("demo_cypher", "execution_accuracy", "Cypher, new wordings"),
-               ("demo_cypher_entities", "execution_accuracy", "Cypher, new entities"),
-               ("demo_style", "list_when_target_lists", "lists when target lists"),
-               ("demo_facts_known", "fact_accuracy", "known facts"))
+DIFFERENCE_METRICS = (("demo_cypher", "execution_accuracy", "Cypher, new wordings"),
+                      ("demo_cypher_entities", "execution_accuracy", "Cypher, new entities"),
+                      ("demo_style", "list_when_target_lists", "lists when target lists"),
+                      ("demo_facts_known", "fact_accuracy", "known facts"))
+
+
+def print_differences(comparisons, pairs=PAIRS, metrics=DIFFERENCE_METRICS) -> None:
+    """Paired differences in points (same questions, paired bootstrap; the length correlation
+    in r), ✱ where the 95% interval excludes 0, for the metrics the findings rest on."""
     print("| model | difference | " + " | ".join(label for _, _, label in metrics) + " |")
     print("| --- | --- |" + " ---: |" * len(metrics))
     for model in MODELS:
-        for run, baseline in PAIRS:
+        for run, baseline in pairs:
             if not any(key[:2] == (run_id(model, run), run_id(model, baseline))
                        for key in comparisons):
                 continue
