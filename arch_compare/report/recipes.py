@@ -272,21 +272,36 @@ def _separation(grid: RecipeGrid, run: Run, key: MetricKey, own: Change, full: C
     return "their intervals overlap: the data cannot tell them apart"
 
 
+def unmoved(grid: RecipeGrid, cell: Cell, key: MetricKey) -> bool:
+    """Whether no run of the cell (full or any recipe) changed the metric from its base: every
+    regression exactly 0 (e.g. Cypher accuracy after broad imitation, 0 before and after), so
+    there is no regression for a recipe to reduce."""
+    changes = [grid.regression(run, key) for run in grid.cells[cell].values() if grid.done(run)]
+    return bool(changes) and all(change.value == 0 and change.interval in (None, (0.0, 0.0))
+                                 for change in changes)
+
+
 def verdicts(grid: RecipeGrid) -> list[Verdict]:
     return [found for cell in grid.recipe_cells() for key in grid.keys["capability"]
-            if (found := verdict(grid, cell, key)) is not None]
+            if not unmoved(grid, cell, key)
+            and (found := verdict(grid, cell, key)) is not None]
 
 
 def findings(grid: RecipeGrid) -> list[str]:
     found = verdicts(grid)
+    still = sum(unmoved(grid, cell, key) for cell in grid.recipe_cells()
+                for key in grid.keys["capability"])
+    unchanged = ([f"Left out of the comparison: {still} (cell, capability metric) pair"
+                  f"{'s' * (still != 1)} that no run changed from its base (every regression "
+                  f"exactly 0), so no recipe had a regression to reduce."] if still else [])
     named = [v for v in found if v.best is not None]
     if not named:
-        return [v.sentence for v in found]
+        return unchanged + [v.sentence for v in found]
     counts = {label: sum(v.best == label for v in named) for label in grid.recipes}
     tally = ", ".join(f"{label} {n}" for label, n in counts.items() if n)
     return [f"Least regression at a given style gain (at least {STYLE_SHARE:.0%} of full's), "
             f"counted over {len(named)} (cell, capability metric) pair"
-            f"{'s' * (len(named) != 1)}: {tally}."] + [v.sentence for v in found]
+            f"{'s' * (len(named) != 1)}: {tally}."] + unchanged + [v.sentence for v in found]
 
 
 def _introduction(grid: RecipeGrid) -> str:

@@ -248,3 +248,20 @@ def test_a_failed_recipe_run_shows_no_numbers_and_drops_out_of_the_finding(data)
     assert row[4:7] == ("—", "—", "—")
     # Without lora, the least regression at half of full's style gain is wise@0.5's (0.04).
     assert "wise@0.5 regressed least: +0.040" in _sentence(recipes.findings(grid), "gpt2-tiny")
+
+
+def test_a_metric_no_run_changed_is_left_out_and_counted(data):
+    # gpt2-tiny's execution accuracy made equal to its base for every run (paired differences
+    # exactly 0, as Cypher accuracy is after broad imitation): nothing to reduce, no verdict.
+    base = "base/gpt2-tiny"
+    zeroed = tuple(
+        dataclasses.replace(c, difference=0.0, low=0.0, high=0.0, significant=False)
+        if c.baseline_run_id == base and c.metric == fx.EXEC.split("/")[1]
+        and c.task == fx.EXEC.split("/")[0] else c
+        for c in data.comparisons)
+    assert zeroed != data.comparisons
+    found = recipes.findings(recipes.RecipeGrid(dataclasses.replace(data, comparisons=zeroed)))
+    assert any(line.startswith("Left out of the comparison: 1 (cell, capability metric) pair ")
+               for line in found)
+    assert all(not (line.startswith("gpt2-tiny") and fx.EXEC in line) for line in found)
+    assert any(line.startswith("t5-tiny") and fx.EXEC in line for line in found)
