@@ -18,6 +18,7 @@ from pathlib import Path
 
 from arch_compare.evaluation.intervals import MetricValue
 from arch_compare.results import Comparison, ResultsStore, Run
+from tests.report.study_rows import register_bases
 
 STUDY = "recipes"
 SOURCE = "broad"
@@ -122,15 +123,8 @@ def comparisons() -> list[Comparison]:
 
 def build(path: Path) -> Path:
     with ResultsStore(path) as store:
-        store.register_study(STUDY, {"models": list(MODELS)}, path.parent)
-        store.put_run(STUDY, Run("target/oracle", "target", "oracle", "target", "llama",
-                                 {"name": "oracle"}, status="done"))
-        _metrics(store, "target/oracle", TARGET)
-        for model, (architecture, family, parameters) in MODELS.items():
-            common = dict(model=model, architecture=architecture, family=family,
-                          parameters=parameters)
-            store.put_run(STUDY, Run(f"base/{model}", "base", config={}, status="done", **common))
-            _metrics(store, f"base/{model}", BASE[model])
+        fields = register_bases(store, STUDY, path.parent, MODELS, BASE, TARGET, _metrics)
+        for model, common in fields.items():
             for (owner, amount, label) in CHANGES:
                 if owner != model:
                     continue

@@ -12,6 +12,7 @@ from arch_compare.evaluation.intervals import MetricValue
 from arch_compare.report import analysis, load_study, selection, write_report
 from arch_compare.results import Comparison, ResultsStore, Run
 from tests.report.parsing import markdown_tables, parse_html, png_size
+from tests.report.study_rows import register_bases
 
 STUDY = "selection"
 STRATEGIES = ("random", "uncertainty", "student_first")
@@ -78,16 +79,8 @@ def stored_comparisons():
 
 def build(path):
     with ResultsStore(path) as store:
-        store.register_study(STUDY, {"models": list(MODELS)}, path.parent)
-        store.put_run(STUDY, Run("target/oracle", "target", "oracle", "target", "llama",
-                                 {"name": "oracle"}, status="done"))
-        _metrics(store, "target/oracle", TARGET)
-        for model, (architecture, family, parameters) in MODELS.items():
-            common = dict(model=model, architecture=architecture, family=family,
-                          parameters=parameters)
-            store.put_run(STUDY, Run(f"base/{model}", "base", config={}, status="done",
-                                     **common))
-            _metrics(store, f"base/{model}", BASE[model])
+        fields = register_bases(store, STUDY, path.parent, MODELS, BASE, TARGET, _metrics)
+        for model, common in fields.items():
             for (owner, strategy, amount), values in VALUES.items():
                 if owner != model:
                     continue
