@@ -244,6 +244,7 @@ print(json.dumps({"same": got.sharding.is_equivalent_to(sharding, 2),
 """
 
 
+@pytest.mark.scale  # a 4-device subprocess: `make test-scale`
 def test_interpolation_keeps_the_weights_shardings():
     from tests.multidevice_helpers import run_with_fake_devices
     assert run_with_fake_devices(WISE_SHARDED, num_devices=4) == {
