@@ -152,6 +152,7 @@ def recipes_study(recipes_config):
         Path(recipes_config.directory))
 
 
+@pytest.mark.scale  # the tiny recipes study (about a minute of compiling): make test-scale
 def test_every_recipe_run_is_a_row_with_its_label(recipes_study):
     runs = recipes_study.runs
     assert {run_id: run.status for run_id, run in runs.items()} == {
@@ -189,6 +190,7 @@ def test_every_recipe_run_is_a_row_with_its_label(recipes_study):
     assert (exported / "adapter_model.safetensors").stat().st_size > 0
 
 
+@pytest.mark.scale  # the tiny recipes study (about a minute of compiling): make test-scale
 def test_mix_trained_on_the_imitation_data_and_the_pre_training_text(recipes_study):
     mix = {entry["task"]: entry["examples"]
            for entry in recipes_study.runs[f"{CELL}/mix"].measured["data"]}
@@ -198,6 +200,7 @@ def test_mix_trained_on_the_imitation_data_and_the_pre_training_text(recipes_stu
     assert [entry["task"] for entry in full] == ["study:recipes:broad:8"]
 
 
+@pytest.mark.scale  # the tiny recipes study (about a minute of compiling): make test-scale
 def test_wise_at_alpha_0_and_1_is_the_base_and_the_full_run_exactly(recipes_study):
     for label, same_as in (("wise@0", BASE), ("wise@1", CELL)):
         for task in TASKS:
@@ -251,6 +254,7 @@ def test_interpolation_keeps_the_weights_shardings():
         "same": True, "shards": 4, "close": True}
 
 
+@pytest.mark.scale  # the tiny recipes study (about a minute of compiling): make test-scale
 def test_lora_is_evaluated_with_its_merged_weights(recipes_study, recipes_config):
     captured = recipes_study.captured
     model, recipe = captured["model"], captured["recipe"]
@@ -313,6 +317,7 @@ def test_a_bfloat16_base_is_merged_in_the_models_parameter_dtype():
     assert np.abs(delta).max() > 0
 
 
+@pytest.mark.scale  # the tiny recipes study (about a minute of compiling): make test-scale
 def test_every_recipe_run_is_compared_with_its_base_and_its_full_run(recipes_study):
     headline = {("demo_facts_known", "fact_accuracy"), ("demo_style", "list_when_target_lists"),
                 ("demo_style", "length_pearson")}
@@ -336,6 +341,7 @@ def test_every_recipe_run_is_compared_with_its_base_and_its_full_run(recipes_stu
         recipes_study.lines)
 
 
+@pytest.mark.scale  # the tiny recipes study (about a minute of compiling): make test-scale
 def test_running_the_study_again_skips_every_done_recipe_run(recipes_study, recipes_config):
     from arch_compare.imitation.study import StudyRunner
     outcome = StudyRunner(recipes_config, progress=False, echo=lambda *_: None).run(yes=True)

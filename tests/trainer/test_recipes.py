@@ -176,6 +176,7 @@ def largest_move(params, base) -> float:
                for p, b in zip(jax.tree.leaves(params), jax.tree.leaves(base)))
 
 
+@pytest.mark.scale  # two 8-step runs and a resume: make test-scale
 def test_a_large_l2sp_weight_keeps_every_weight_near_the_base_and_resumes_exactly(
         tmp_path, run_training, base_checkpoint):
     path, base = base_checkpoint
