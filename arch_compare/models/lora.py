@@ -15,7 +15,7 @@ is `arch_compare.models.hf.peft`.
 from __future__ import annotations
 
 import math
-from typing import Any, Hashable, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,27 +40,52 @@ def is_adapter(path: Sequence[Any]) -> bool:
     return bool(path) and _key_name(path[-1]) in ADAPTER_NAMES
 
 
+def split_tree(tree: Mapping, trainable: Callable[[tuple], bool], prefix: tuple = ()
+               ) -> tuple[dict, dict]:
+    """A nested-dict tree -> `(frozen, trainable)` nested dicts holding the leaves for which
+    `trainable(path)` is False and True; anything that is not a Mapping is a leaf (arrays,
+    shardings, logical-axes tuples). Empty sub-dicts are left out of either side."""
+    frozen, trained = {}, {}
+    for key, node in tree.items():
+        path = (*prefix, key)
+        if isinstance(node, Mapping):
+            f, t = split_tree(node, trainable, path)
+            if f:
+                frozen[key] = f
+            if t:
+                trained[key] = t
+        elif trainable(path):
+            trained[key] = node
+        else:
+            frozen[key] = node
+    return frozen, trained
+
+
+def join_trees(frozen: Mapping, trained: Mapping) -> dict:
+    """The inverse of `split_tree`: one nested dict with the leaves of both."""
+    joined = dict(frozen)
+    for key, node in trained.items():
+        if key in joined:
+            if not (isinstance(node, Mapping) and isinstance(joined[key], Mapping)):
+                raise ValueError(f"join: {key!r} is in both halves")
+            joined[key] = join_trees(joined[key], node)
+        else:
+            joined[key] = node
+    return joined
+
+
 def split(params: Params) -> tuple[Params, Params]:
     """(frozen, adapters): two nested dicts whose leaves partition those of `params`."""
-    flat = traverse_util.flatten_dict(params)
-    frozen = {path: leaf for path, leaf in flat.items() if not is_adapter(path)}
-    adapters = {path: leaf for path, leaf in flat.items() if is_adapter(path)}
-    return traverse_util.unflatten_dict(frozen), traverse_util.unflatten_dict(adapters)
+    return split_tree(params, is_adapter)
 
 
 def join(frozen: Params, adapters: Params) -> Params:
     """`split`'s inverse: one tree with the leaves of both halves."""
-    flat_frozen = traverse_util.flatten_dict(frozen)
-    flat_adapters = traverse_util.flatten_dict(adapters)
-    both = flat_frozen.keys() & flat_adapters.keys()
-    if both:
-        raise ValueError(f"join: {len(both)} paths in both halves, e.g. "
-                         f"{'/'.join(map(str, sorted(both)[0]))}")
-    misplaced = [path for path in flat_adapters if not is_adapter(path)]
+    misplaced = [path for path in traverse_util.flatten_dict(adapters) if not is_adapter(path)]
     if misplaced:
         raise ValueError(f"join: the adapters half holds a non-adapter leaf "
                          f"{'/'.join(map(str, misplaced[0]))}")
-    return traverse_util.unflatten_dict({**flat_frozen, **flat_adapters})
+    return join_trees(frozen, adapters)
 
 
 def _require_lora(model: BaseModel, what: str) -> None:

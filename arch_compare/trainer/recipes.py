@@ -27,12 +27,13 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 from arch_compare.models import lora as lora_lib
+from arch_compare.models.lora import join_trees, split_tree  # noqa: F401 (the trainer's split)
 from arch_compare.models.hf.checkpoint import CheckpointError
 from arch_compare.recipes import FULL as FULL_RECIPE
 from arch_compare.recipes import Recipe
@@ -45,40 +46,6 @@ DROPOUT_STREAM = 0x10AA
 
 def _train_everything(path: KeyPath) -> bool:
     return True
-
-
-def split_tree(tree: Mapping, trainable: Callable[[KeyPath], bool], prefix: KeyPath = ()
-               ) -> tuple[dict, dict]:
-    """A nested-dict tree -> `(frozen, trainable)` nested dicts holding the leaves for which
-    `trainable(path)` is False and True; anything that is not a Mapping is a leaf (arrays,
-    shardings, logical-axes tuples). Empty sub-dicts are left out of either side."""
-    frozen, trained = {}, {}
-    for key, node in tree.items():
-        path = (*prefix, key)
-        if isinstance(node, Mapping):
-            f, t = split_tree(node, trainable, path)
-            if f:
-                frozen[key] = f
-            if t:
-                trained[key] = t
-        elif trainable(path):
-            trained[key] = node
-        else:
-            frozen[key] = node
-    return frozen, trained
-
-
-def join_trees(frozen: Mapping, trained: Mapping) -> dict:
-    """The inverse of `split_tree`: one nested dict with the leaves of both."""
-    joined = dict(frozen)
-    for key, node in trained.items():
-        if key in joined:
-            if not (isinstance(node, Mapping) and isinstance(joined[key], Mapping)):
-                raise ValueError(f"join_trees: {key!r} is on both sides")
-            joined[key] = join_trees(joined[key], node)
-        else:
-            joined[key] = node
-    return joined
 
 
 def element_count(tree: Any) -> int:
