@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from arch_compare import partitioning
+from arch_compare.data.iterators import numpy_iterator
 from arch_compare.decoding import placement
 from arch_compare.decoding.search import DecodeConfig, generate
 from arch_compare.models.model import BaseModel, Params
@@ -59,9 +60,8 @@ class PoolModel:
         self.params = placement.place_params(model, params, self.mesh)  # once, not per batch
         self.features = {name: seqio.Feature(vocabulary, add_eos=True) for name in TEXT_FEATURES}
         texts = tf.data.Dataset.from_tensor_slices({"inputs": list(inputs)})
-        self.inputs = [row["inputs"] for row in seqio.preprocessors.tokenize(
-            texts, {"inputs": self.features["inputs"]}, copy_pretokenized=False
-        ).as_numpy_iterator()]
+        self.inputs = [row["inputs"] for row in numpy_iterator(seqio.preprocessors.tokenize(
+            texts, {"inputs": self.features["inputs"]}, copy_pretokenized=False))]
         self._prompt_batches: list | None = None  # the prompts alone, converted once
         self._greedy: Answers | None = None
 
@@ -154,7 +154,7 @@ class PoolModel:
             dataset, output_features=self.features, sequence_length=self.feature_lengths)
         converted = self.model.feature_converter(self.vocabulary)(dataset, self.feature_lengths)
         rows: list[dict] = []
-        for features in tqdm(converted.as_numpy_iterator(), desc=description, unit="prompt",
+        for features in tqdm(numpy_iterator(converted), desc=description, unit="prompt",
                              total=len(self), disable=not self.progress, leave=False):
             rows.append(features)
             if len(rows) == self.batch_size:

@@ -32,6 +32,7 @@ import seqio
 import tensorflow as tf
 
 from arch_compare.data.converters import MODE_TOKENS
+from arch_compare.data.iterators import numpy_iterator
 from arch_compare.preference.pairs import PreferencePair
 
 TEXT_FEATURES = ("inputs", "targets")
@@ -98,8 +99,8 @@ def _tokenized(vocabulary: seqio.Vocabulary, pairs: Sequence[PreferencePair]
              "rejected": [pair.rejected for pair in pairs]}
     features = {name: seqio.Feature(vocabulary, add_eos=True) for name in texts}
     dataset = tf.data.Dataset.from_tensor_slices(texts)
-    return list(seqio.preprocessors.tokenize(dataset, features, copy_pretokenized=False)
-                .as_numpy_iterator())
+    return list(numpy_iterator(seqio.preprocessors.tokenize(dataset, features,
+                                                            copy_pretokenized=False)))
 
 
 def _fits(tokens: Mapping[str, np.ndarray], lengths: Mapping[str, int], mode: int) -> str | None:
@@ -123,7 +124,7 @@ def _converted(model, vocabulary: seqio.Vocabulary, examples: list[dict[str, np.
     dataset = seqio.preprocessors.append_eos_after_trim(
         dataset, output_features=features, sequence_length=dict(lengths))
     converter = model.feature_converter(vocabulary)
-    return list(converter(dataset, dict(lengths)).as_numpy_iterator())
+    return list(numpy_iterator(converter(dataset, dict(lengths))))
 
 
 def _check_whole(rows: list[dict[str, np.ndarray]], answers: list[np.ndarray], eos: int,

@@ -45,6 +45,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from arch_compare.data.iterators import numpy_iterator
+
 log = logging.getLogger(__name__)
 
 SHUFFLE_BUFFER = 1000  # examples, at most (seqio's default); fewer when the split is smaller
@@ -183,10 +185,8 @@ class BatchIterator:
                 log.warning("%s", stats.describe())
         dataset = converter(dataset, dict(config.feature_lengths))
         dataset = dataset.batch(config.batch_size, drop_remainder=True)
-        options = tf.data.Options()
-        options.deterministic = True
-        self._batches: Iterator[dict[str, np.ndarray]] | None = (
-            dataset.with_options(options).skip(position).as_numpy_iterator())
+        self._batches: Iterator[dict[str, np.ndarray]] | None = numpy_iterator(
+            dataset.skip(position), deterministic=True)
 
     @property
     def cut_records(self) -> int:

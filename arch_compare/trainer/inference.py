@@ -26,6 +26,7 @@ import seqio
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from arch_compare.data.iterators import numpy_iterator
 from arch_compare.decoding import placement
 from arch_compare.decoding.search import DecodeConfig, generate, score
 from arch_compare.execution import ExecutionConfig
@@ -101,7 +102,7 @@ def evaluate(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary,
 
     def predict_fn(dataset):
         outputs = []
-        for indices, batch in tqdm(_batches(dataset.as_numpy_iterator(), config.batch_size),
+        for indices, batch in tqdm(_batches(numpy_iterator(dataset), config.batch_size),
                                    desc="generate", disable=not progress):
             prompts, lengths = model.prompts_of(batch)
             tokens = generate(model, params, prompts, decode, lengths=lengths, mesh=mesh).tokens
@@ -110,7 +111,7 @@ def evaluate(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary,
 
     def score_fn(dataset):
         outputs = []
-        for indices, batch in tqdm(_batches(dataset.as_numpy_iterator(), config.batch_size),
+        for indices, batch in tqdm(_batches(numpy_iterator(dataset), config.batch_size),
                                    desc="score", disable=not progress):
             scores = score(model, params, batch, mesh=mesh)
             outputs += [(index, float(scores[row])) for row, index in enumerate(indices)]
@@ -149,8 +150,8 @@ def predict(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary, task
     # Same order on both sides (no shuffling, no packing): the text beside its model features.
     rows = ((index, {**converted_row, **{f"text:{name}": value for name, value in row.items()
                                          if np.ndim(value) == 0}})
-            for index, (row, converted_row) in enumerate(zip(examples.as_numpy_iterator(),
-                                                             converted.as_numpy_iterator())))
+            for index, (row, converted_row) in enumerate(zip(numpy_iterator(examples),
+                                                             numpy_iterator(converted))))
     for indices, batch in tqdm(_batches(rows, config.batch_size),
                                desc=f"infer {task_name}", disable=not progress):
         prompts, prompt_lengths = model.prompts_of(batch)
