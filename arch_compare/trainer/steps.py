@@ -1,8 +1,14 @@
 """Loss, metrics and the training step, with gradient accumulation over microbatches.
 
-The loss is the token-level cross-entropy summed over `decoder_loss_weights` (zero on prompts and
-padding) and divided by the number of weighted tokens of the whole global batch, so splitting a
-batch into microbatches, or over devices, does not change it.
+One step serves every objective (`make_step`): a `StepObjective` says what a (micro)batch sums
+(its loss and the count the loss is a mean over), and the step splits the batch into
+microbatches, accumulates the sums and their gradients, divides by the global batch's count,
+applies the recipe and the optimizer. Summing before dividing means that splitting a batch into
+microbatches, or over devices, does not change the step.
+
+The token objective (`make_train_step`) is the cross-entropy summed over
+`decoder_loss_weights` (zero on prompts and padding), a mean over the weighted tokens; the
+preference objective (`trainer.preference_steps`) is a mean over pairs.
 
 A `recipes.StepRecipe` says which weights train (gradients and optimizer state exist for those
 only), whether an L2-SP penalty toward an anchor is added, and the dropout key of each step; the
@@ -13,7 +19,8 @@ module compiled before recipes existed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -69,24 +76,50 @@ def _split_microbatches(batch: Batch, microbatches: int) -> Batch:
     return jax.tree.map(split, batch)
 
 
-def make_train_step(model: BaseModel, optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule, microbatches: int = 1,
-                    recipe: StepRecipe = FULL):
-    """`train_step(state, batch) -> (state, metrics)`, or `train_step(state, batch, anchor)`
-    when `recipe` has an L2-SP penalty (`anchor`: the base weights, a tree like the params);
-    jit it with the run's shardings. `optimizer` is that of the trainable weights only."""
+@dataclasses.dataclass(frozen=True)
+class StepObjective:
+    """What a training step minimises.
+
+    sums: `(params, batch, dropout_rng or None) -> sums` over one (micro)batch; the step
+      differentiates `sums["loss_sum"]` and adds every entry up over microbatches.
+    count: the entry of `sums` the loss is a mean over (weighted tokens, pairs); the summed
+      gradients are divided by the global batch's count (at least 1).
+    metrics: `(sums, count) -> metrics` reported for the global batch, `count` as divided by;
+      the step adds `grad_norm`, `learning_rate` and, with L2-SP, `l2sp_penalty`.
+    name: the step's name: its function's (compiled programs are `jit_<name>`) and in error
+      messages.
+    """
+
+    sums: Callable[[Any, Any, jax.Array | None], dict[str, jax.Array]]
+    count: str
+    metrics: Callable[[dict[str, jax.Array], jax.Array], dict[str, jax.Array]]
+    name: str = "step"
+
+    def __post_init__(self):
+        if not (callable(self.sums) and callable(self.metrics)):
+            raise TypeError(f"StepObjective {self.name!r}: sums and metrics must be callables")
+        if not (isinstance(self.count, str) and self.count):
+            raise ValueError(f"StepObjective {self.name!r}: count must name an entry of the "
+                             f"sums, got {self.count!r}")
+
+
+def make_step(objective: StepObjective, optimizer: optax.GradientTransformation,
+              schedule: optax.Schedule, microbatches: int = 1, recipe: StepRecipe = FULL):
+    """`step(state, batch) -> (state, metrics)`, or `step(state, batch, anchor)` when `recipe`
+    has an L2-SP penalty (`anchor`: the base weights, a tree like the params); jit it with the
+    run's shardings. `optimizer` is that of the trainable weights only."""
 
     def sums_and_grads(trainable, frozen, batch, rng):
         def summed_loss(t):
-            sums = weighted_sums(model, recipe.join(frozen, t), batch, rng)
+            sums = objective.sums(recipe.join(frozen, t), batch, rng)
             return sums["loss_sum"], sums
         (_, sums), grads = jax.value_and_grad(summed_loss, has_aux=True)(trainable)
         return sums, grads
 
-    def train_step(state: TrainState, batch: Batch, anchor: Any = None):
+    def step(state: TrainState, batch: Any, anchor: Any = None):
         if recipe.has_anchor != (anchor is not None):
-            raise ValueError("train_step: pass the L2-SP anchor exactly when the recipe has a "
-                             "penalty")
+            raise ValueError(f"{objective.name}: pass the L2-SP anchor exactly when the recipe "
+                             f"has a penalty")
         frozen, trainable = recipe.split(state.params)
         rng = recipe.dropout_key(state.step)  # None without dropout
         if microbatches == 1:
@@ -104,23 +137,44 @@ def make_train_step(model: BaseModel, optimizer: optax.GradientTransformation,
                                     jax.tree.map(lambda x: x[0], micro), rng)
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
             (sums, grads), _ = jax.lax.scan(accumulate, zeros, (micro, indices))
-        weight = jnp.maximum(sums["weight"], 1.0)
-        grads = jax.tree.map(lambda g: g / weight, grads)
+        count = jnp.maximum(sums[objective.count], 1.0)
+        grads = jax.tree.map(lambda g: g / count, grads)
         extra = {}
         if anchor is not None:
-            # After the normalisation: the penalty is per step, not per token or microbatch.
+            # After the normalisation: the penalty is per step, not per token, pair or
+            # microbatch.
             _, anchored = recipe.split(anchor)
             extra["l2sp_penalty"] = l2sp_penalty(trainable, anchored, recipe.l2sp_weight)
             grads = jax.tree.map(jnp.add, grads,
                                  l2sp_gradient(trainable, anchored, recipe.l2sp_weight))
         updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
         params = recipe.join(frozen, optax.apply_updates(trainable, updates))
-        metrics = {"loss": sums["loss_sum"] / weight, "accuracy": sums["correct"] / weight,
-                   "tokens": sums["weight"], "grad_norm": optax.global_norm(grads),
+        metrics = {**objective.metrics(sums, count), "grad_norm": optax.global_norm(grads),
                    "learning_rate": schedule(state.step), **extra}
         return TrainState(state.step + 1, params, opt_state), metrics
 
-    return train_step
+    step.__name__ = objective.name
+    return step
+
+
+def _token_metrics(sums: dict[str, jax.Array], weight: jax.Array) -> dict[str, jax.Array]:
+    return {"loss": sums["loss_sum"] / weight, "accuracy": sums["correct"] / weight,
+            "tokens": sums["weight"]}
+
+
+def token_objective(model: BaseModel) -> StepObjective:
+    """The mean cross-entropy over the global batch's weighted tokens (`weighted_sums`)."""
+    return StepObjective(sums=functools.partial(weighted_sums, model), count="weight",
+                         metrics=_token_metrics, name="train_step")
+
+
+def make_train_step(model: BaseModel, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, microbatches: int = 1,
+                    recipe: StepRecipe = FULL):
+    """`train_step(state, batch) -> (state, metrics)` on the token objective, or
+    `train_step(state, batch, anchor)` when `recipe` has an L2-SP penalty; see `make_step`.
+    Metrics: loss, accuracy, tokens, grad_norm, learning_rate (and l2sp_penalty)."""
+    return make_step(token_objective(model), optimizer, schedule, microbatches, recipe)
 
 
 def make_init_state(optimizer: optax.GradientTransformation, recipe: StepRecipe = FULL):
