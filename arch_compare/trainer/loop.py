@@ -10,6 +10,13 @@ Recipes (`recipes.py` at the package root names them; `trainer/recipes.py` is th
 `l2sp_weight > 0` adds the L2-SP penalty toward those base weights, a second copy of them held
 on the devices (sharded like the parameters) and re-read on resume, never checkpointed.
 
+Preference optimisation (`preference`: DPO, IPO): the steps train on the pairs of the JSONL file
+`preference_pairs` (`preference_data.py`: pair rows, the frozen reference's scores computed once
+and kept in MODEL_DIR/reference_logps.npz, endless epoch-shuffled batches) from the weights of
+`initial_checkpoint_path`; `data` then gives the feature lengths, the pairs per step, the seed and
+the shuffle, and its task is read only by the evaluation (the token loss on its validation split).
+Recipes combine with it: LoRA trains adapters on the preference loss, L2-SP adds its penalty.
+
 The loop never waits for the device between steps: step N+1 is dispatched before step N's metrics
 are read (each read is a sync point), and the next batches are prepared on a background thread
 (`prefetch.Prefetcher`). Before a checkpoint or an evaluation at step N, the metrics of every step
@@ -36,12 +43,15 @@ from arch_compare import optim, partitioning
 from arch_compare.budget.flops import training_flops
 from arch_compare.budget.recipes import penalty_flops_per_step
 from arch_compare.configs import from_fields
+from arch_compare.data.iterators import numpy_iterator
 from arch_compare.execution import ExecutionConfig
 from arch_compare.models import lora as lora_lib
 from arch_compare.models.loading import load_params
 from arch_compare.models.model import BaseModel, build_model
+from arch_compare.preference.batches import BatchSummary
+from arch_compare.preference.objective import PreferenceConfig
 from arch_compare.recipes import LoraConfig, Recipe
-from arch_compare.trainer import placement, recipes
+from arch_compare.trainer import placement, preference_data, recipes
 from arch_compare.trainer.checkpoints import Checkpoints
 from arch_compare.trainer.data import BatchIterator, DataConfig, SplitStats, provider_examples
 from arch_compare.trainer.interrupts import StopRequests
@@ -80,6 +90,16 @@ class TrainConfig:
     # L2-SP: this times ||theta - theta_base||^2 added to the loss (0: none); theta_base is
     # initial_checkpoint_path's weights.
     l2sp_weight: float = 0.0
+    # Preference optimisation (a dict works too) on the pairs of the JSONL file
+    # `preference_pairs`, against the frozen reference `preference_reference` (a checkpoint;
+    # default initial_checkpoint_path, the policy's start).
+    preference: PreferenceConfig | None = None
+    preference_pairs: str | None = None
+    preference_reference: str | None = None
+
+    @property
+    def reference_path(self) -> str | None:
+        return self.preference_reference or self.initial_checkpoint_path
 
     def _check_recipe(self) -> None:
         weight = self.l2sp_weight
@@ -103,7 +123,10 @@ class TrainConfig:
         object.__setattr__(self, "execution",
                            ExecutionConfig.coerce(self.execution, "TrainConfig.execution"))
         object.__setattr__(self, "lora", from_fields(self.lora, LoraConfig, "TrainConfig.lora"))
+        object.__setattr__(self, "preference", from_fields(self.preference, PreferenceConfig,
+                                                           "TrainConfig.preference"))
         self._check_recipe()
+        preference_data.check_fields(self)
         for name in ("train_steps", "checkpoint_period", "keep_checkpoints", "prefetch_batches"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
@@ -122,6 +145,7 @@ class TrainResult:
     # Per task of the training data: its examples and how many had text cut before tokenizing.
     data: tuple[SplitStats, ...] = ()
     trainable_params: int = 0  # elements that trained: all, or LoRA's adapters
+    pairs: BatchSummary | None = None  # a preference run's pairs: kept, dropped, batches
 
 
 def _initial_params(model: BaseModel, config: TrainConfig, shardings: Any):
@@ -170,7 +194,7 @@ def evaluate_loss(model: BaseModel, params, provider: seqio.DatasetProviderBase,
                                    seed=data.seed, repeat=False)
     dataset = converter(dataset, dict(data.feature_lengths))
     totals = {"loss_sum": 0.0, "correct": 0.0, "weight": 0.0}
-    for batch in dataset.batch(data.batch_size).take(max_batches).as_numpy_iterator():
+    for batch in numpy_iterator(dataset.batch(data.batch_size).take(max_batches)):
         short = data.batch_size - len(next(iter(batch.values())))
         if short:  # pad the last batch with zero-weight rows: one compiled shape
             batch = {k: np.pad(v, [(0, short)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
@@ -228,10 +252,16 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
     base = model = placement.model_for(model, config.execution)
     if config.lora is not None:
         model = base.with_lora(config.lora)
+    preference = config.preference is not None
+    # Sequences per step: a pair is two (its answers), each its own row.
+    step_data = dataclasses.replace(config.data, batch_size=config.data.batch_size * (
+        2 if preference else 1))
     # Mesh resolved and memory checked before anything is created or compiled.
     budget_recipe = recipes.budget_recipe(config.lora, config.l2sp_weight)
     where = placement.place(model, config.execution, config.data.feature_lengths,
-                            config.data.batch_size, config.optimizer.name, recipe=budget_recipe)
+                            step_data.batch_size, config.optimizer.name, recipe=budget_recipe)
+    if preference:
+        preference_data.check_batch_split(config.data.batch_size, where)
     execution = where.execution
     recipe = recipes.step_recipe(config.lora, config.l2sp_weight, config.seed)
     # The optimizer (and its weight-decay mask) of the trainable weights only.
@@ -240,11 +270,17 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
     checkpoints = Checkpoints(config.model_dir, model.config, keep=config.keep_checkpoints)
     # A LoRA model's frozen weights are in lora.base_dtype (when given), its adapters not.
     abstract_params = model.abstract_params()
-    record = {**where.record, "recipe": recipes.run_record(config.lora, config.l2sp_weight,
-                                                           recipe, abstract_params)}
+    record = {**where.record, "recipe": recipes.run_record(
+        config.lora, config.l2sp_weight, recipe, abstract_params,
+        preference_data.run_record(config.preference, config.preference_pairs,
+                                   config.reference_path) if preference else None)}
     if checkpoints.latest_step is not None:  # a resumed run keeps the recipe it started with
         recipes.check_resumed(Path(config.model_dir) / placement.EXECUTION_FILE, record["recipe"])
     placement.write_record(config.model_dir, record)
+    # Before the state exists: the reference's weights are on the devices only while scoring.
+    pairs, pair_summary = preference_data.prepare(
+        base, vocabulary, config.preference_pairs, config.reference_path, config.data, where,
+        config.model_dir) if preference else (None, None)
 
     state_shardings = placement.train_state_shardings(model, optimizer, where.param_shardings,
                                                       where.mesh, recipe)
@@ -261,11 +297,13 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
             make_init_state(optimizer, recipe), out_shardings=state_shardings,
             donate_argnums=0))(params)
 
-    provider = seqio_provider(config.data.task, vocabulary)
+    # A preference run reads its task only to evaluate.
+    provider = (seqio_provider(config.data.task, vocabulary)
+                if not preference or config.eval_period else None)
     converter = model.feature_converter(vocabulary, pack=config.data.pack)
     train_step = placement.jit_train_step(model, optimizer, schedule, execution.microbatches,
                                           state_shardings, where.batch_sharding, where.mesh,
-                                          recipe)
+                                          recipe, config.preference)
     if recipe.has_anchor:
         # L2-SP's base weights: read again (also on resume; never checkpointed), sharded like
         # the parameters, read by every step.
@@ -273,10 +311,10 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
                              shardings=where.param_shardings)
         train_step = functools.partial(_with_anchor, train_step, anchor)
     eval_step = partitioning.on_mesh(where.mesh, jax.jit(make_eval_step(model)))
-    flops_per_step = _model_flops_per_step(model, config.data, budget_recipe)
+    flops_per_step = _model_flops_per_step(model, step_data, budget_recipe)
     peak = (config.peak_flops_per_device * where.mesh.devices.size
             if config.peak_flops_per_device else None)
-    tokens = config.data.batch_size * sum(config.data.feature_lengths.values())
+    tokens = step_data.batch_size * sum(config.data.feature_lengths.values())
 
     start = int(state.step)
     writer = MetricsWriter(config.model_dir, resume_step=start)
@@ -300,10 +338,11 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
             f"kept in {checkpoints.model_dir / 'checkpoints'}" if last is not None else
             f"step {step}: loss is {loss}; stopping before any checkpoint was written")
 
-    def place_batch(rows: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        # Every process holds the whole global batch; each device gets its rows.
-        return {name: partitioning.global_array(value, where.batch_sharding)
-                for name, value in rows.items()}
+    def place_batch(rows: dict[str, Any]) -> dict[str, Any]:
+        # Every process holds the whole global batch; each device gets its rows (of every
+        # feature, also a pair batch's nested ones).
+        return jax.tree.map(lambda value: partitioning.global_array(value, where.batch_sharding),
+                            rows)
 
     def interrupted() -> str:
         last = checkpoints.latest_step
@@ -312,7 +351,9 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
         return f"after step {int(state.step)} of {config.train_steps}; {kept}; run again to resume"
 
     pending = StepMetrics(report, diverged)
-    data = BatchIterator(provider, converter, config.data, position=position)
+    data = (preference_data.PairBatchIterator(pairs, config.data.batch_size, config.data.seed,
+                                              config.data.shuffle, position) if preference else
+            BatchIterator(provider, converter, config.data, position=position))
     batches = Prefetcher(data, place_batch, depth=config.prefetch_batches, position=position,
                          limit=config.train_steps - start,
                          while_waiting=lambda: stop.check(interrupted))
@@ -342,4 +383,4 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
         writer.close()
         checkpoints.close()
     return TrainResult(state, losses, resumed_from, record, tuple(data.stats),
-                       record["recipe"]["trainable_params"])
+                       record["recipe"]["trainable_params"], pair_summary)

@@ -31,8 +31,10 @@ from arch_compare.models import build_model
 from arch_compare.models.config import ModelConfig
 from arch_compare.models.model import BaseModel
 from arch_compare.partitioning import MeshConfig
+from arch_compare.preference.objective import PreferenceConfig
 from arch_compare.recipes import FULL as FULL_RECIPE
 from arch_compare.recipes import Recipe
+from arch_compare.trainer.preference_steps import make_preference_step
 from arch_compare.trainer.recipes import FULL, StepRecipe
 from arch_compare.trainer.steps import TrainState, abstract_train_state, make_train_step
 
@@ -155,17 +157,22 @@ def train_state_shardings(model: BaseModel, optimizer, param_shardings: Any, mes
 
 
 def jit_train_step(model: BaseModel, optimizer, schedule, microbatches: int, state_shardings,
-                   batch_sharding: NamedSharding, mesh: Mesh, recipe: StepRecipe = FULL):
+                   batch_sharding: NamedSharding, mesh: Mesh, recipe: StepRecipe = FULL,
+                   preference: PreferenceConfig | None = None):
     """The compiled training step exactly as `train` runs it (also what the memory benchmark
     measures): state donated, laid out by `state_shardings`, traced with `mesh` in context. With
     an L2-SP penalty the step takes the anchor third, laid out like the parameters (not
-    donated: every step reads it)."""
+    donated: every step reads it). With `preference` it is the preference step
+    (`preference_steps.make_preference_step`) on pair batches, whose every leaf (both answers'
+    features, the reference scores) has its rows split like a token batch's."""
+    step = (make_train_step(model, optimizer, schedule, microbatches, recipe)
+            if preference is None else
+            make_preference_step(model, optimizer, schedule, preference, microbatches, recipe))
     in_shardings = (state_shardings, batch_sharding)
     if recipe.has_anchor:
         in_shardings += (state_shardings.params,)
     return partitioning.on_mesh(mesh, jax.jit(
-        make_train_step(model, optimizer, schedule, microbatches, recipe),
-        in_shardings=in_shardings, out_shardings=(state_shardings, None),
+        step, in_shardings=in_shardings, out_shardings=(state_shardings, None),
         donate_argnums=(0,)))
 
 

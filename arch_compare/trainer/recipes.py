@@ -144,25 +144,28 @@ def budget_recipe(lora, l2sp_weight: float) -> Recipe:
     return FULL_RECIPE
 
 
-def run_record(lora, l2sp_weight: float, recipe: StepRecipe, abstract_params: Any) -> dict:
-    """What MODEL_DIR/execution.json says about the recipe: what trained, in which dtypes."""
+def run_record(lora, l2sp_weight: float, recipe: StepRecipe, abstract_params: Any,
+               preference: dict | None = None) -> dict:
+    """What MODEL_DIR/execution.json says about the recipe: what trained, in which dtypes, and
+    the preference settings of a preference run (`preference_data.run_record`)."""
     frozen, trainable = recipe.split(abstract_params)
     return {"lora": None if lora is None else lora.to_dict(), "l2sp_weight": float(l2sp_weight),
+            "preference": preference,
             "params": element_count(abstract_params), "trainable_params": element_count(trainable),
             "frozen_params": element_count(frozen),
             "frozen_dtypes": sorted({str(leaf.dtype) for leaf in jax.tree.leaves(frozen)})}
 
 
 def check_resumed(execution_file: Path, recipe_record: dict) -> None:
-    """Refuse to resume a run directory with another recipe (`run_record`'s `lora` and
-    `l2sp_weight`): its checkpoints hold another state. A record from before recipes existed
-    is a full run's."""
+    """Refuse to resume a run directory with another recipe (`run_record`'s `lora`,
+    `l2sp_weight` and `preference`): its checkpoints hold another state. A record from before
+    recipes (or preference runs) existed is a full (token-loss) run's."""
     if not execution_file.exists():
         return
     recorded = json.loads(execution_file.read_text()).get("recipe", {})
     current = json.loads(json.dumps(recipe_record))  # as the file holds it (lists, not tuples)
     differ = [f"{name}: {recorded.get(name, default)!r} there, {current[name]!r} now"
-              for name, default in (("lora", None), ("l2sp_weight", 0.0))
+              for name, default in (("lora", None), ("l2sp_weight", 0.0), ("preference", None))
               if recorded.get(name, default) != current[name]]
     if differ:
         raise CheckpointError(f"{execution_file.parent}: this run directory was trained with "
