@@ -13,6 +13,7 @@ resolved configuration is written to `MODEL_DIR/config.gin`.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from arch_compare.cli import gin_checks
 # `train --help`, and parsing and checking a configuration, need only gin.
 if TYPE_CHECKING:
     from arch_compare.models.config import ModelConfig
+    from arch_compare.preference.batches import BatchSummary
     from arch_compare.trainer import inference
     from arch_compare.trainer.loop import TrainConfig
 
@@ -41,20 +43,50 @@ def _check_task(name: str) -> None:
         registry.get_task(name)  # raises with close-match suggestions
 
 
+def _check_data_task(config: TrainConfig) -> None:
+    """A preference run reads its task only to evaluate (preference.gin leaves it None)."""
+    task = config.data.task
+    if task is not None:
+        _check_task(task)
+    elif config.preference is None:
+        raise ValueError("MIXTURE_OR_TASK_NAME is None: name the task or mixture to train on")
+    elif config.eval_period:
+        raise ValueError(f"MIXTURE_OR_TASK_NAME is None but EVAL_PERIOD is "
+                         f"{config.eval_period}: name the task whose validation split the "
+                         f"evaluation reads, or set EVAL_PERIOD = 0")
+
+
+def _last_train_metrics(model_dir: str, step: int) -> dict[str, float]:
+    """What the run logged for `step` (preference metrics are not in TrainResult)."""
+    from arch_compare.trainer.metrics import METRICS_FILE
+    path = Path(model_dir) / METRICS_FILE
+    rows = ([json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if path.is_file() else [])
+    return next((row for row in reversed(rows)
+                 if row["step"] == step and row["kind"] == "train"), {})
+
+
 def train(model_config: ModelConfig, vocabulary_path: str, config: TrainConfig) -> dict:
-    """What train.gin binds: builds the model and vocabulary, then runs the training loop."""
+    """What train.gin (and preference.gin) binds: builds the model and vocabulary, then runs the
+    training loop."""
     from arch_compare.data.vocabularies import vocabulary_for_model
     from arch_compare.models import build_model
     from arch_compare.trainer.loop import train as train_loop
-    _check_task(config.data.task)
+    _check_data_task(config)
     model = build_model(model_config)
     vocabulary = vocabulary_for_model(model_config, vocabulary_path)
     result = train_loop(model, vocabulary, config)
     last = max(result.losses) if result.losses else int(result.state.step)
-    return {"model_dir": config.model_dir, "step": int(result.state.step),
-            "loss": result.losses.get(last), "resumed_from": result.resumed_from,
-            "execution": result.execution["mesh_description"],
-            "dtype": result.execution["dtype"]}
+    summary = {"model_dir": config.model_dir, "step": int(result.state.step),
+               "loss": result.losses.get(last), "resumed_from": result.resumed_from,
+               "execution": result.execution["mesh_description"],
+               "dtype": result.execution["dtype"]}
+    if config.preference is not None:
+        logged = _last_train_metrics(config.model_dir, last) if result.losses else {}
+        summary["preference"] = {
+            "objective": config.preference.loss, "pairs": result.pairs,
+            **{name: logged.get(name) for name in ("reward_margin", "preference_accuracy")}}
+    return summary
 
 
 def _model_and_params(model_config: ModelConfig, vocabulary_path: str,
@@ -101,7 +133,10 @@ OUTPUT_MACROS = ("MODEL_DIR", "OUTPUT_PATH")
 
 
 def _train_summary(result: dict) -> str:
-    """`trained gpt2-tiny to step 50 in /tmp/run: loss 2.31 (float32, 1 device)`."""
+    """`trained gpt2-tiny to step 50 in /tmp/run: loss 2.31 at the last step (float32, 1
+    device)`; a preference run adds its objective, reward margin, preference accuracy and the
+    pairs it kept: `trained gpt2-tiny with dpo to step 3 in /tmp/run: loss 0.6931, reward margin
+    0.0012, preference accuracy 0.5 at the last step; 16 of 16 pairs kept, none dropped (...)`."""
     model = _macro_value("MODEL_PRESET")
     model = model if isinstance(model, str) else "the model"
     how = f"({result['dtype']}, {result['execution']})"
@@ -110,8 +145,28 @@ def _train_summary(result: dict) -> str:
                 f"nothing to train {how}")
     resumed = (f", resumed from step {result['resumed_from']}"
                if result["resumed_from"] is not None else "")
-    return (f"trained {model} to step {result['step']} in {result['model_dir']}: "
-            f"loss {result['loss']:.4g} at the last step{resumed} {how}")
+    preference = result.get("preference")
+    if preference is None:
+        return (f"trained {model} to step {result['step']} in {result['model_dir']}: "
+                f"loss {result['loss']:.4g} at the last step{resumed} {how}")
+    return (f"trained {model} with {preference['objective']} to step {result['step']} in "
+            f"{result['model_dir']}: {_preference_metrics(result['loss'], preference)} at the "
+            f"last step{resumed}; {_pairs_kept(preference['pairs'])} {how}")
+
+
+def _preference_metrics(loss: float, preference: dict) -> str:
+    """`loss 0.6931, reward margin 0.0012, preference accuracy 0.5` (those logged)."""
+    values = {"loss": loss, "reward margin": preference["reward_margin"],
+              "preference accuracy": preference["preference_accuracy"]}
+    return ", ".join(f"{name} {value:.4g}" for name, value in values.items()
+                     if value is not None)
+
+
+def _pairs_kept(pairs: BatchSummary) -> str:
+    """`14 of 16 pairs kept (dropped: prompt longer than the inputs length 2)`."""
+    dropped = ", ".join(f"{reason} {count:,}" for reason, count in pairs.dropped.items())
+    return (f"{pairs.kept:,} of {pairs.pairs:,} pairs kept"
+            + (f" (dropped: {dropped})" if dropped else ", none dropped"))
 
 
 def _eval_summary(result: dict) -> str:
@@ -280,7 +335,8 @@ RUN_COMMANDS = {
 
 Example: --gin_file=gin_configs/models/gpt2/tiny.gin --gin_file=gin_configs/runs/finetune.gin
 --gin.MODEL_DIR="'/tmp/run'" --gin.MIXTURE_OR_TASK_NAME="'imitation_sharegpt_fixture'" ...
-Running again with the same MODEL_DIR resumes from its newest checkpoint."""),
+Running again with the same MODEL_DIR resumes from its newest checkpoint. DPO or IPO on a file of
+pairs from a checkpoint: gin_configs/runs/preference.gin instead of finetune.gin."""),
     "eval": RunCommand("eval", """Score a checkpoint on seqio evaluation tasks and write OUTPUT_PATH/metrics.json.
 
 Generation tasks are decoded (DECODE_METHOD greedy | sample | beam), rank-classification tasks

@@ -7,6 +7,7 @@ import pytest
 
 from arch_compare.cli import runs, study
 from arch_compare.imitation.config import StudyConfig
+from arch_compare.preference.objective import PreferenceConfig
 from arch_compare.trainer.inference import InferenceConfig
 from arch_compare.trainer.loop import TrainConfig
 
@@ -23,6 +24,7 @@ PLACEHOLDERS = {"MODEL_DIR": "'/tmp/x'", "MIXTURE_OR_TASK_NAME": "'imitation_hc3
                 "DEMO_SENTENCEPIECE_T5": "'/tmp/t5.model'", "BROAD_FILE": "'/data/s.json'",
                 "LOCAL_FILE": "'/data/nq.jsonl'",
                 "TARGET_BASE_URL": "'http://127.0.0.1:8000/v1'",
+                "PREFERENCE_PAIRS": "'/tmp/pairs.jsonl'", "INITIAL_CHECKPOINT_PATH": "'/tmp/base'",
                 **{name: f"'/models/{name.lower()}'" for name in (
                     "GPT2_XL", "GPT2_VOCABULARY", "LLAMA_7B", "LLAMA_VOCABULARY", "T5_XXL",
                     "UL2_20B", "T5_VOCABULARY")}}
@@ -64,3 +66,23 @@ def test_every_t5x_macro_is_required_by_finetune():
     required = runs._required_in([str(ROOT / "runs" / "finetune.gin")])
     assert {"MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS",
             "BATCH_SIZE"} <= set(required)
+
+
+def test_preference_is_finetune_with_dpo_on_pairs_by_default():
+    """preference.gin includes finetune.gin: its required macros stay required (and listed), its
+    run is the same but for the preference fields, which default to DPO against the start."""
+    finetune = ROOT / "runs" / "finetune.gin"
+    preference = ROOT / "runs" / "preference.gin"
+    required = runs._required_in([str(preference)])
+    assert set(runs._required_in([str(finetune)])) | {"PREFERENCE_PAIRS"} <= set(required)
+    assert required["INITIAL_CHECKPOINT_PATH"] == str(preference)
+    _, plain = build([MODEL_FILE, str(finetune)])
+    _, config = build([MODEL_FILE, str(preference)])
+    assert config.preference == PreferenceConfig("dpo", beta=0.1, label_smoothing=0.0)
+    assert (config.preference_pairs, config.initial_checkpoint_path) == ("/tmp/pairs.jsonl",
+                                                                         "/tmp/base")
+    assert config.preference_reference is None and config.reference_path == "/tmp/base"
+    assert config.data.task is None  # read only to evaluate
+    assert config.execution == plain.execution
+    assert (config.train_steps, config.data.feature_lengths, config.data.batch_size) == (
+        plain.train_steps, plain.data.feature_lengths, plain.data.batch_size)
