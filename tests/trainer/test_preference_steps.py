@@ -63,6 +63,7 @@ def setup(preset: str, recipe=FULL, lora_config=None):
     return model, base, params, optimizer
 
 
+@pytest.mark.scale  # an equivalence, like the multi-device ones (46 s for both models)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_two_microbatches_give_the_same_steps_as_one(preset):
     model, _, params, _ = setup(preset)
@@ -118,7 +119,8 @@ def test_padding_rows_change_nothing():
                  half_params)
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", [PRESETS[0], *[pytest.param(preset, marks=pytest.mark.scale)
+                                                    for preset in PRESETS[1:]]])
 def test_steps_learn_the_preferences_of_a_fixed_pair_set(preset):
     model, _, params, optimizer = setup(preset)
     config = PreferenceConfig("dpo", beta=0.5)

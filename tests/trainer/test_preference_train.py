@@ -111,8 +111,10 @@ def policy_scores(model, params, vocabulary, pairs_path_) -> tuple[np.ndarray, n
     return chosen, rejected
 
 
-@pytest.mark.parametrize("preset", [  # t5-tiny's two compilations take over a minute here
-    "gpt2-tiny", pytest.param("t5-tiny", marks=pytest.mark.scale)])
+# Whole runs (a base run, then DPO): `make test-scale`; `make test` has the step's learning
+# (test_preference_steps.py) and a DPO run through the command line (tests/cli).
+@pytest.mark.scale
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "t5-tiny"])
 def test_dpo_learns_its_pairs_and_stores_the_reference_scores(
         tmp_path, run_training, vocabulary_path, pairs_path, base_run, preset):
     model, vocabulary = model_and_vocabulary(preset, vocabulary_path)
@@ -175,7 +177,8 @@ def final_position(model_dir, preset) -> int:
         checkpoints.close()
 
 
-@pytest.mark.parametrize("preset", ["gpt2-tiny", pytest.param("t5-tiny", marks=pytest.mark.scale)])
+@pytest.mark.scale
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "t5-tiny"])
 def test_a_resumed_run_equals_a_straight_one_and_rescores_the_reference_not_the_policy(
         tmp_path, run_training, vocabulary_path, pairs_path, base_run, preset, caplog):
     model, vocabulary = model_and_vocabulary(preset, vocabulary_path)
@@ -264,6 +267,7 @@ def test_a_dict_preference_is_read_as_a_preference_config():
     assert config.reference_path == "base"
 
 
+@pytest.mark.scale
 def test_lora_dpo_trains_the_adapters_only_and_l2sp_adds_its_penalty(
         tmp_path, run_training, pairs_path, base_run):
     base = base_run("gpt2-tiny")
