@@ -13,7 +13,6 @@ resolved configuration is written to `MODEL_DIR/config.gin`.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,16 +55,6 @@ def _check_data_task(config: TrainConfig) -> None:
                          f"evaluation reads, or set EVAL_PERIOD = 0")
 
 
-def _last_train_metrics(model_dir: str, step: int) -> dict[str, float]:
-    """What the run logged for `step` (preference metrics are not in TrainResult)."""
-    from arch_compare.trainer.metrics import METRICS_FILE
-    path = Path(model_dir) / METRICS_FILE
-    rows = ([json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            if path.is_file() else [])
-    return next((row for row in reversed(rows)
-                 if row["step"] == step and row["kind"] == "train"), {})
-
-
 def train(model_config: ModelConfig, vocabulary_path: str, config: TrainConfig) -> dict:
     """What train.gin (and preference.gin) binds: builds the model and vocabulary, then runs the
     training loop."""
@@ -82,10 +71,10 @@ def train(model_config: ModelConfig, vocabulary_path: str, config: TrainConfig) 
                "execution": result.execution["mesh_description"],
                "dtype": result.execution["dtype"]}
     if config.preference is not None:
-        logged = _last_train_metrics(config.model_dir, last) if result.losses else {}
         summary["preference"] = {
             "objective": config.preference.loss, "pairs": result.pairs,
-            **{name: logged.get(name) for name in ("reward_margin", "preference_accuracy")}}
+            **{name: result.last_metrics.get(name)
+               for name in ("reward_margin", "preference_accuracy")}}
     return summary
 
 

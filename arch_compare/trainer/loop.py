@@ -146,6 +146,7 @@ class TrainResult:
     data: tuple[SplitStats, ...] = ()
     trainable_params: int = 0  # elements that trained: all, or LoRA's adapters
     pairs: BatchSummary | None = None  # a preference run's pairs: kept, dropped, batches
+    last_metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # the last step's
 
 
 def _initial_params(model: BaseModel, config: TrainConfig, shardings: Any):
@@ -319,6 +320,7 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
     start = int(state.step)
     writer = MetricsWriter(config.model_dir, resume_step=start)
     losses: dict[int, float] = {}
+    last_metrics: dict[str, float] = {}  # the newest step's, for the caller
     bar = tqdm(total=config.train_steps, initial=start, disable=not progress, unit="step",
                desc=f"train {Path(config.model_dir).name}")
 
@@ -327,6 +329,8 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
         if peak:
             metrics["mfu"] = flops_per_step / seconds / peak
         losses[step] = metrics["loss"]
+        last_metrics.clear()
+        last_metrics.update(metrics)
         writer.write(step, metrics)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}")
         bar.update(1)
@@ -383,4 +387,4 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
         writer.close()
         checkpoints.close()
     return TrainResult(state, losses, resumed_from, record, tuple(data.stats),
-                       record["recipe"]["trainable_params"], pair_summary)
+                       record["recipe"]["trainable_params"], pair_summary, last_metrics)
