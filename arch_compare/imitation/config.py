@@ -42,10 +42,14 @@ class Pretraining:
     learning_rate: float = 3e-3
     warmup_steps: int = 20
     seed: int = 0
+    trim_padding: bool = False  # DataConfig.trim_padding: steps over the text's longest example
 
     def __post_init__(self):
         if self.steps <= 0 or self.batch_size <= 0:
             raise ValueError(f"Pretraining on {self.task!r}: steps and batch_size must be positive")
+        if not isinstance(self.trim_padding, bool):
+            raise ValueError(f"Pretraining on {self.task!r}: trim_padding must be True or False, "
+                             f"got {self.trim_padding!r}")
         _freeze(self, "feature_lengths", dict(self.feature_lengths))
 
 
@@ -222,6 +226,9 @@ class Training:
     epochs: float = 1.0
     min_steps: int = 1
     seed: int = 0
+    # DataConfig.trim_padding: each run's steps over its data's longest example, not the whole
+    # feature lengths (same examples and losses; less padding computed).
+    trim_padding: bool = False
 
     def __post_init__(self):
         _freeze(self, "feature_lengths", dict(self.feature_lengths))
@@ -233,6 +240,9 @@ class Training:
                                                "training.optimizer"))
         if self.batch_size <= 0 or self.epochs <= 0 or self.min_steps <= 0:
             raise ValueError("training: batch_size, epochs and min_steps must be positive")
+        if not isinstance(self.trim_padding, bool):
+            raise ValueError(f"training.trim_padding must be True or False, got "
+                             f"{self.trim_padding!r}")
 
     def steps(self, examples: int) -> int:
         return max(self.min_steps, math.ceil(self.epochs * examples / self.batch_size))

@@ -41,9 +41,9 @@ class RoleRuns:
         result = train(model, self.models.vocabulary(study_model), config,
                        progress=self.progress and self.processes.writer)
         seconds = time.perf_counter() - began
-        lengths = data.feature_lengths
-        tokens = steps * data.batch_size * (lengths["inputs"] + lengths["targets"])
-        inputs, targets = model.sequence_lengths(lengths)
+        # What the steps ran over: the feature lengths, or the widths batches were trimmed to.
+        inputs, targets = result.sequence_lengths
+        tokens = steps * data.batch_size * (inputs + targets)
         flops = steps * data.batch_size * training_flops(model.config, inputs, targets,
                                                          causal="full", recipe=recipe)
         splits = getattr(result, "data", ())
@@ -121,7 +121,7 @@ class RoleRuns:
             optimizer = optim.OptimizerConfig("adamw", optim.ScheduleConfig(
                 pre.learning_rate, warmup_steps=min(pre.warmup_steps, pre.steps - 1)))
             data = DataConfig(pre.task, pre.feature_lengths, batch_size=pre.batch_size,
-                              seed=pre.seed)
+                              seed=pre.seed, trim_padding=pre.trim_padding)
             _, params, measured = self._train(study_model, execution,
                                               self.base_dir(study_model), data, pre.steps,
                                               optimizer, None, pre.seed)
@@ -151,7 +151,8 @@ class RoleRuns:
             return self._run_wise(planned, execution)
         run_dir = self.directory / "runs" / run.run_id
         data = DataConfig(study_recipes.training_task(planned, task), training.feature_lengths,
-                          batch_size=training.batch_size, seed=training.seed)
+                          batch_size=training.batch_size, seed=training.seed,
+                          trim_padding=training.trim_padding)
         model, params, measured = self._train(
             study_model, execution, run_dir, data, planned.steps,
             training.optimizer_for(planned.steps), self.base_checkpoint(study_model),

@@ -46,6 +46,7 @@ import seqio
 import tensorflow as tf
 
 from arch_compare.data.iterators import numpy_iterator
+from arch_compare.trainer.widths import Trimmer, fitted_widths
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class DataConfig:
     seed: int = 0
     shuffle: bool = True
     pack: bool = False
+    # Cut each batch's trailing padding down to the split's longest example (trainer/widths.py):
+    # one pass over the split before training, then every step computes less.
+    trim_padding: bool = False
 
     def __post_init__(self):
         if self.batch_size <= 0:
@@ -168,6 +172,21 @@ def provider_examples(provider: seqio.DatasetProviderBase, feature_lengths: Mapp
                                                 stop_on_empty_dataset=True), all_stats
 
 
+def split_batches(provider: seqio.DatasetProviderBase, converter: seqio.FeatureConverter,
+                  config: DataConfig, rows: int = 256) -> Iterator[dict[str, np.ndarray]]:
+    """Every example of the split once, converted, in batches of `rows` (a mixture: each of its
+    tasks in turn, not sampled at its rates)."""
+    tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+    keep = set(provider.output_features)
+    for task in tasks:
+        if config.split not in task.splits:
+            continue
+        dataset, _ = task_examples(task, config.feature_lengths, config.split, shuffle=False,
+                                   seed=config.seed, repeat=False)
+        dataset = dataset.map(lambda ex: {k: v for k, v in ex.items() if k in keep})
+        yield from numpy_iterator(converter(dataset, dict(config.feature_lengths)).batch(rows))
+
+
 class BatchIterator:
     """Endless numpy batches in model-feature form; `position` batches have been produced.
 
@@ -187,6 +206,13 @@ class BatchIterator:
         dataset = dataset.batch(config.batch_size, drop_remainder=True)
         self._batches: Iterator[dict[str, np.ndarray]] | None = numpy_iterator(
             dataset.skip(position), deterministic=True)
+        self._trim = (Trimmer(fitted_widths(split_batches(provider, converter, config)))
+                      if config.trim_padding else None)
+
+    @property
+    def widths(self) -> dict[str, int] | None:
+        """sequence ('encoder', 'decoder') -> the width batches are cut to; None: not cut."""
+        return self._trim.widths if self._trim else None
 
     @property
     def cut_records(self) -> int:
@@ -200,7 +226,7 @@ class BatchIterator:
             raise StopIteration
         batch = next(self._batches)
         self.position += 1
-        return batch
+        return self._trim(batch) if self._trim else batch
 
     def close(self) -> None:
         """Drop the tf.data iterator now (idempotent). One left alive until the interpreter exits

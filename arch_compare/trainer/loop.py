@@ -147,6 +147,9 @@ class TrainResult:
     trainable_params: int = 0  # elements that trained: all, or LoRA's adapters
     pairs: BatchSummary | None = None  # a preference run's pairs: kept, dropped, batches
     last_metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # the last step's
+    # (encoder, decoder) tokens per example a step ran over: the feature lengths' own, or the
+    # widths batches were trimmed to (DataConfig.trim_padding).
+    sequence_lengths: tuple[int, int] = (0, 0)
 
 
 def _initial_params(model: BaseModel, config: TrainConfig, shardings: Any):
@@ -176,12 +179,22 @@ def _with_anchor(train_step, anchor, state, batch):
     return train_step(state, batch, anchor)  # positional: the jitted step's in_shardings
 
 
-def _model_flops_per_step(model: BaseModel, data: DataConfig, recipe: Recipe) -> float:
-    inputs, targets = model.sequence_lengths(data.feature_lengths)
+def step_sequence_lengths(model: BaseModel, data: DataConfig,
+                          widths: dict[str, int] | None) -> tuple[int, int]:
+    """(encoder, decoder) tokens per example of a step: the trimmed widths when batches are
+    trimmed, else what the feature lengths make of an example."""
+    if widths is None:
+        return model.sequence_lengths(data.feature_lengths)
+    return widths.get("encoder", 0), widths.get("decoder", 0)
+
+
+def _model_flops_per_step(model: BaseModel, batch_size: int, lengths: tuple[int, int],
+                          recipe: Recipe) -> float:
+    inputs, targets = lengths
     # The models compute the full causal square, so count what runs. LoRA: no weight gradients
     # for the frozen weights; L2-SP: its elementwise penalty, once per step.
-    return (data.batch_size * training_flops(model.config, inputs, targets, causal="full",
-                                             recipe=recipe)
+    return (batch_size * training_flops(model.config, inputs, targets, causal="full",
+                                        recipe=recipe)
             + penalty_flops_per_step(model.config, recipe))
 
 
@@ -312,10 +325,8 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
                              shardings=where.param_shardings)
         train_step = functools.partial(_with_anchor, train_step, anchor)
     eval_step = partitioning.on_mesh(where.mesh, jax.jit(make_eval_step(model)))
-    flops_per_step = _model_flops_per_step(model, step_data, budget_recipe)
     peak = (config.peak_flops_per_device * where.mesh.devices.size
             if config.peak_flops_per_device else None)
-    tokens = step_data.batch_size * sum(config.data.feature_lengths.values())
 
     start = int(state.step)
     writer = MetricsWriter(config.model_dir, resume_step=start)
@@ -358,6 +369,9 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
     data = (preference_data.PairBatchIterator(pairs, config.data.batch_size, config.data.seed,
                                               config.data.shuffle, position) if preference else
             BatchIterator(provider, converter, config.data, position=position))
+    lengths = step_sequence_lengths(model, config.data, data.widths)
+    flops_per_step = _model_flops_per_step(model, step_data.batch_size, lengths, budget_recipe)
+    tokens = step_data.batch_size * sum(lengths)
     batches = Prefetcher(data, place_batch, depth=config.prefetch_batches, position=position,
                          limit=config.train_steps - start,
                          while_waiting=lambda: stop.check(interrupted))
@@ -387,4 +401,4 @@ def _train(model: BaseModel, vocabulary: seqio.Vocabulary, config: TrainConfig, 
         writer.close()
         checkpoints.close()
     return TrainResult(state, losses, resumed_from, record, tuple(data.stats),
-                       record["recipe"]["trainable_params"], pair_summary, last_metrics)
+                       record["recipe"]["trainable_params"], pair_summary, last_metrics, lengths)

@@ -73,6 +73,9 @@ def check_fields(config: Any) -> None:
     if config.data.pack:
         raise ValueError("TrainConfig.data.pack must be False with preference: each answer of a "
                          "pair is scored in a row of its own")
+    if config.data.trim_padding:
+        raise ValueError("TrainConfig.data.trim_padding must be False with preference: pair "
+                         "batches are built at the feature lengths, not read from a task")
 
 
 def run_record(config: PreferenceConfig, pairs_path: str, reference_path: str) -> dict:
@@ -209,6 +212,7 @@ class PairBatchIterator:
     "reference_rejected_logps"}` (numpy); `position` batches have been produced."""
 
     stats = ()  # BatchIterator's per-task statistics: a pairs file has none
+    widths = None  # nor are its batches trimmed
 
     def __init__(self, rows: PairRows, batch_size: int, seed: int, shuffle: bool,
                  position: int = 0):

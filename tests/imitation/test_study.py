@@ -91,6 +91,9 @@ def test_a_study_runs_every_run_and_records_it(uninterrupted):
     assert imitation.data_examples == 16 and imitation.data_tokens > 16
     assert imitation.measured["steps"] == 4  # 16 examples, batch 4, one epoch
     assert imitation.measured["examples_cut"] == 0  # the demo's answers fit its feature lengths
+    # Trimmed padding (the study's training.trim_padding): each step ran over fewer tokens than
+    # the feature lengths hold (4 steps of 4 rows of 32 + 64).
+    assert 0 < imitation.measured["tokens"] < 4 * 4 * (32 + 64)
     assert imitation.estimate["train_flops"] > 0 and imitation.estimate["cost_usd"] > 0
     assert imitation.config["training"]["steps"] == 4
     # Collected once, exported for training: the largest amount's prompts, each answered once.
@@ -247,6 +250,10 @@ def test_the_plan_covers_the_grid_in_order():
      "exactly one of prompts_task"),
     ({"evaluations": [{"task": "demo_style", "kind": "vibes"}]}, "kind must be one of"),
     ({"target": {"kind": "function"}}, "target needs 'kind' and 'name'"),
+    ({"training": {"feature_lengths": {"inputs": 8, "targets": 8}, "batch_size": 2,
+                   "trim_padding": "yes",
+                   "optimizer": {"name": "adamw", "schedule": {"peak_learning_rate": 1e-3}}}},
+     "training.trim_padding must be True or False"),
 ])
 def test_configuration_errors_name_the_field(changes, message):
     with pytest.raises((ValueError, KeyError), match=message):

@@ -250,6 +250,9 @@ def test_a_bad_line_in_the_pairs_file_is_the_pairs_modules_error(tmp_path, run_t
       "initial_checkpoint_path": "base"}, "TrainConfig.preference: unknown key"),
     ({"preference": DPO, "preference_pairs": "p.jsonl", "initial_checkpoint_path": "base",
       "data": DataConfig(TASK, LENGTHS, batch_size=4, pack=True)}, "data.pack must be False"),
+    ({"preference": DPO, "preference_pairs": "p.jsonl", "initial_checkpoint_path": "base",
+      "data": DataConfig(TASK, LENGTHS, batch_size=4, trim_padding=True)},
+     "data.trim_padding must be False"),
 ])
 def test_preference_fields_are_validated(fields, message):
     settings = {"model_dir": "run", "train_steps": 1, "optimizer": ADAMW,
