@@ -37,6 +37,11 @@ class _ModelDetails:
         self._mode_ids = tuple(mode_ids)
         super().__init__(**kwargs)
 
+    @property
+    def signature(self) -> tuple:
+        """Equal for two converters that turn the same examples into the same batches."""
+        return type(self).__name__, self._decoder_start_id, self._mode_ids, self.pack
+
     def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths) -> tf.data.Dataset:
         if self._mode_ids:
             ds = ds.map(self._prefix_mode(task_feature_lengths["inputs"]),

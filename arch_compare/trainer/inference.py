@@ -31,6 +31,7 @@ from arch_compare.decoding import placement
 from arch_compare.decoding.search import DecodeConfig, generate, score
 from arch_compare.execution import ExecutionConfig
 from arch_compare.models.model import BaseModel, Params
+from arch_compare.trainer.eval_rows import converted_rows
 from arch_compare_tasks.registry import seqio_task
 
 METRICS_FILE = "metrics.json"
@@ -142,16 +143,9 @@ def predict(model: BaseModel, params: Params, vocabulary: seqio.Vocabulary, task
     """Generate for every example of a task's split, in the split's order: one dict per example
     with its text features (`id`, `inputs`, `target`, ...), `prediction` and `score`. `mesh`
     as for `evaluate`."""
-    task = seqio_task(task_name, vocabulary)
-    lengths = dict(config.feature_lengths)
-    examples = task.get_dataset(lengths, split=config.split, shuffle=False, use_cached=False)
-    converted = model.feature_converter(vocabulary)(examples, lengths)
+    rows = converted_rows(task_name, vocabulary, model.feature_converter(vocabulary),
+                          config.feature_lengths, config.split)
     decode = _decode_config(config, vocabulary)
-    # Same order on both sides (no shuffling, no packing): the text beside its model features.
-    rows = ((index, {**converted_row, **{f"text:{name}": value for name, value in row.items()
-                                         if np.ndim(value) == 0}})
-            for index, (row, converted_row) in enumerate(zip(numpy_iterator(examples),
-                                                             numpy_iterator(converted))))
     for indices, batch in tqdm(_batches(rows, config.batch_size),
                                desc=f"infer {task_name}", disable=not progress):
         prompts, prompt_lengths = model.prompts_of(batch)
