@@ -23,6 +23,7 @@ A predicted query is model output, so it is treated as hostile:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import decimal
@@ -213,11 +214,14 @@ class ReadOnlyGraph:
     """A graph database opened read-only to run untrusted queries (see the module docstring).
 
     Use as a context manager or call `close()`. `run(query)` returns a `QueryResult` and never
-    raises for anything about the query.
+    raises for anything about the query. Nothing can change the graph, so the results of the last
+    `cache_queries` distinct queries are kept (a study evaluates every run on the same questions,
+    and models write the same queries); a timed-out query is run again when asked again.
     """
 
     def __init__(self, path: str | os.PathLike, *, timeout_seconds: float = 2.0,
-                 max_rows: int = 1000, buffer_pool_bytes: int = BUFFER_POOL_BYTES):
+                 max_rows: int = 1000, buffer_pool_bytes: int = BUFFER_POOL_BYTES,
+                 cache_queries: int = 8192):
         import kuzu
 
         if timeout_seconds <= 0:
@@ -230,6 +234,8 @@ class ReadOnlyGraph:
         self.path = path
         self.timeout_seconds = float(timeout_seconds)
         self.max_rows = int(max_rows)
+        self._results: collections.OrderedDict[str, QueryResult] = collections.OrderedDict()
+        self._cache_queries = max(0, int(cache_queries))
         self._database = kuzu.Database(str(path), read_only=True, buffer_pool_size=buffer_pool_bytes)
         self._connection = kuzu.Connection(self._database)
         self._connection.set_query_timeout(max(1, round(1000 * self.timeout_seconds)))
@@ -241,7 +247,16 @@ class ReadOnlyGraph:
         reason = refusal(query)
         if reason is not None:
             return QueryResult.failed(reason)
-        return self._execute(query.strip().removesuffix(";"))
+        query = query.strip().removesuffix(";")
+        if query in self._results:
+            self._results.move_to_end(query)
+            return self._results[query]
+        result = self._execute(query)
+        if self._cache_queries and not (result.error or "").startswith("timed out"):
+            self._results[query] = result
+            while len(self._results) > self._cache_queries:
+                self._results.popitem(last=False)
+        return result
 
     def _execute(self, query: str) -> QueryResult:
         start = time.monotonic()

@@ -129,6 +129,25 @@ def test_cartesian_product_times_out_and_the_connection_stays_usable(graph):
     assert graph.run("MATCH (c:Country) RETURN count(*)").rows == ((30,),)
 
 
+def test_results_are_kept_but_timeouts_run_again(graph_path, monkeypatch):
+    with ReadOnlyGraph(graph_path, timeout_seconds=0.5, max_rows=100, cache_queries=2) as opened:
+        executed = []
+        execute = opened._execute
+        monkeypatch.setattr(opened, "_execute", lambda query: executed.append(query) or
+                            execute(query))
+        count = "MATCH (c:Country) RETURN count(*)"
+        first = opened.run(count)
+        assert opened.run(count + ";  ") is first and executed == [count]  # one query, one run
+        slow = "MATCH (a),(b),(c),(d),(e) WHERE a.id + b.id + c.id + d.id + e.id > 0 RETURN 1"
+        assert "timed out" in opened.run(slow).error and "timed out" in opened.run(slow).error
+        assert executed.count(slow) == 2
+        opened.run("MATCH (o:Organisation) RETURN o.name")
+        opened.run("RETURN 1 +")  # an error about the query is as final as a result: kept
+        opened.run("RETURN 1 +")
+        assert executed.count("RETURN 1 +") == 1
+        assert opened.run(count).rows == ((30,),) and executed.count(count) == 2  # evicted
+
+
 def test_results_over_the_row_cap_are_errors(graph):
     streamed = graph.run("MATCH (a),(b),(c),(d),(e) RETURN a.id, b.id, c.id, d.id, e.id")
     assert streamed.error == "more than 100 rows"
