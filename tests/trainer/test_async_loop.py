@@ -19,8 +19,9 @@ from arch_compare.partitioning import MeshConfig
 from arch_compare.trainer import loop, placement
 from arch_compare.trainer import steps as trainer_steps
 from arch_compare.trainer.data import BatchIterator, DataConfig
-from arch_compare.trainer.loop import StepMetrics, TrainingDiverged
+from arch_compare.trainer.loop import TrainingDiverged
 from arch_compare.trainer.prefetch import Prefetcher
+from arch_compare.trainer.step_metrics import StepMetrics
 from arch_compare.trainer.steps import make_init_state, make_train_step
 from arch_compare_tasks.registry import seqio_provider
 from tests.trainer.conftest import LENGTHS, TASK
