@@ -17,7 +17,7 @@ import string
 from typing import Sequence
 
 from arch_compare.data.conversations import Turn
-from arch_compare_tasks import demo_world
+from arch_compare_tasks import demo_judge, demo_world
 from arch_compare_tasks.text2cypher_graph import FACTS
 
 LEVELS = ("lookup", "filter", "one_hop", "two_hop", "aggregation", "ordering", "negation")
@@ -210,8 +210,12 @@ NO_TRANSLATION = "I cannot translate that question."
 
 
 def target_respond(turns: Sequence[Turn]) -> str:
-    """The demo's target for every task: text2cypher prompts get the translated query, any other
-    message goes to the demo world's target."""
+    """The demo's target for every task: text2cypher prompts get the translated query, a judge's
+    request a verdict (`demo_judge.py`), any other message goes to the demo world's target."""
+    request = demo_judge.judge_request(turns[-1].text)
+    if request is not None:
+        return demo_judge.judge_reply(*request, respond=lambda text: target_respond(
+            (Turn("user", text),)))
     match = PROMPT_PATTERN.match(turns[-1].text.strip())
     if match is None:
         return demo_world.target_respond(turns)
