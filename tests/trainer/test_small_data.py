@@ -209,7 +209,18 @@ def logged_steps(model_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_ctrl_c_stops_training_at_a_step_boundary_and_a_rerun_resumes(tmp_path, run_training):
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler during the test, as in a terminal. Tests started as a
+    background job of a script inherit SIGINT ignored; train then installs no handler
+    (interrupts.py), and a SIGINT sent to the process would be lost."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_training_at_a_step_boundary_and_a_rerun_resumes(tmp_path, run_training,
+                                                                      python_sigint_handler):
     """In process: a real SIGINT once training has begun stops it between steps."""
     model_dir = tmp_path / "run"
 
