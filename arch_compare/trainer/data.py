@@ -147,43 +147,49 @@ def task_examples(task: seqio.Task, feature_lengths: Mapping[str, int], split: s
     return seqio.utils.trim_dataset(dataset, lengths, task.output_features), stats
 
 
-def provider_examples(provider: seqio.DatasetProviderBase, feature_lengths: Mapping[str, int],
-                      split: str, *, shuffle: bool, seed: int,
-                      repeat: bool) -> tuple[tf.data.Dataset, list[SplitStats]]:
-    """A task's examples, or a mixture's tasks sampled at its rates."""
+def _task_examples(provider: seqio.DatasetProviderBase, feature_lengths: Mapping[str, int],
+                   split: str, *, shuffle: bool, seed: int,
+                   repeat: bool) -> list[tuple[seqio.Task, tf.data.Dataset, SplitStats]]:
+    """`task_examples` of the provider's task, or of each of a mixture's tasks that has the split
+    (keeping the features every task of the mixture carries)."""
     if isinstance(provider, seqio.Task):
-        dataset, stats = task_examples(provider, feature_lengths, split, shuffle=shuffle,
-                                       seed=seed, repeat=repeat)
-        return dataset, [stats]
+        return [(provider, *task_examples(provider, feature_lengths, split, shuffle=shuffle,
+                                          seed=seed, repeat=repeat))]
     if not isinstance(provider, seqio.Mixture):
         raise TypeError(f"expected a seqio Task or Mixture, got {type(provider).__name__}")
     tasks = [task for task in provider.tasks if split in task.splits]
     if not tasks:
         raise ValueError(f"mixture {provider.name!r}: no task has a {split!r} split")
     keep = set(provider.output_features)  # what every task of the mixture carries
-    datasets, all_stats = [], []
+    each = []
     for task in tasks:
         dataset, stats = task_examples(task, feature_lengths, split, shuffle=shuffle, seed=seed,
                                        repeat=repeat)
-        datasets.append(dataset.map(lambda ex: {k: v for k, v in ex.items() if k in keep}))
-        all_stats.append(stats)
-    rates = [provider.get_rate(task) for task in tasks]
-    return tf.data.Dataset.sample_from_datasets(datasets, rates, seed=seed,
-                                                stop_on_empty_dataset=True), all_stats
+        each.append((task, dataset.map(lambda ex: {k: v for k, v in ex.items() if k in keep}),
+                     stats))
+    return each
+
+
+def provider_examples(provider: seqio.DatasetProviderBase, feature_lengths: Mapping[str, int],
+                      split: str, *, shuffle: bool, seed: int,
+                      repeat: bool) -> tuple[tf.data.Dataset, list[SplitStats]]:
+    """A task's examples, or a mixture's tasks sampled at its rates."""
+    each = _task_examples(provider, feature_lengths, split, shuffle=shuffle, seed=seed,
+                          repeat=repeat)
+    stats = [task_stats for _, _, task_stats in each]
+    if isinstance(provider, seqio.Task):
+        return each[0][1], stats
+    return tf.data.Dataset.sample_from_datasets(
+        [dataset for _, dataset, _ in each], [provider.get_rate(task) for task, _, _ in each],
+        seed=seed, stop_on_empty_dataset=True), stats
 
 
 def split_batches(provider: seqio.DatasetProviderBase, converter: seqio.FeatureConverter,
                   config: DataConfig, rows: int = 256) -> Iterator[dict[str, np.ndarray]]:
     """Every example of the split once, converted, in batches of `rows` (a mixture: each of its
     tasks in turn, not sampled at its rates)."""
-    tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
-    keep = set(provider.output_features)
-    for task in tasks:
-        if config.split not in task.splits:
-            continue
-        dataset, _ = task_examples(task, config.feature_lengths, config.split, shuffle=False,
-                                   seed=config.seed, repeat=False)
-        dataset = dataset.map(lambda ex: {k: v for k, v in ex.items() if k in keep})
+    for _, dataset, _ in _task_examples(provider, config.feature_lengths, config.split,
+                                        shuffle=False, seed=config.seed, repeat=False):
         yield from numpy_iterator(converter(dataset, dict(config.feature_lengths)).batch(rows))
 
 
