@@ -50,13 +50,12 @@ def judge_reply(instruction: str, first: str, second: str,
     `respond(instruction)` is the target's own answer."""
     own = respond(instruction)
     if "```cypher" in own:  # the target answers this instruction with a query
-        correct = [_runs_to_own_result(answer, own) for answer in (first, second)]
-        reasons = ("Answer A's query returns what the question asks" if correct[0] else
-                   "Answer A's query does not return what the question asks") + (
-            ", and answer B's does." if correct[1] else ", and answer B's does not.")
+        correct = tuple(_runs_to_own_result(answer, own) for answer in (first, second))
+        said = {True: "returns", False: "does not return"}
         verdict = {(True, True): "tie", (True, False): "A", (False, True): "B",
-                   (False, False): "both bad"}[tuple(correct)]
-        return f"{reasons}\nVerdict: {verdict}"
+                   (False, False): "both bad"}[correct]
+        return (f"Answer A's query {said[correct[0]]} what the question asks; answer B's "
+                f"{said[correct[1]]} it.\nVerdict: {verdict}")
     scores = [_f1(answer, own) for answer in (first, second)]
     if max(scores) < ACCEPTABLE:
         verdict = "both bad"
