@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from arch_compare.simulated_devices import widen_thread_pool
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -24,6 +26,7 @@ def run_with_fake_devices(source: str, num_devices: int = 8, timeout: float = 30
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    widen_thread_pool(env)
     result = subprocess.run([sys.executable, "-c", source], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=timeout)
     lines = result.stdout.strip().splitlines()

@@ -33,6 +33,8 @@ import urllib.error
 from types import ModuleType
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
+from arch_compare.simulated_devices import widen_thread_pool
+
 if TYPE_CHECKING:
     from arch_compare.cli.runs import RunCommand
 
@@ -310,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv and argv[0] in COMMANDS else None
     prefix = f"arch-compare {command}" if command else "arch-compare"
+    widen_thread_pool()  # before any command can start JAX's CPU backend
     try:
         args = _parse(argv)  # imports the command: Ctrl-C may come while it loads
         COMMANDS[args.command].prepare()

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from arch_compare.results import ResultsStore
+from arch_compare.simulated_devices import widen_thread_pool
 from arch_compare_tasks import demo_world
 
 from tests.imitation.study_progress import statuses_so_far
@@ -83,10 +84,12 @@ def _bindings(study_dir, inputs, execution):
 
 
 def _environment(jax_cache, devices):
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-            "JAX_COMPILATION_CACHE_DIR": str(jax_cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    environment = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
+                   "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+                   "JAX_COMPILATION_CACHE_DIR": str(jax_cache),
+                   "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    widen_thread_pool(environment)
+    return environment
 
 
 # One process, 8 devices: the study on one device and on fsdp 4 x tensor 2. The evaluation of
