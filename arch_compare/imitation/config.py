@@ -12,12 +12,13 @@ import math
 from typing import Any, Mapping
 
 from arch_compare import optim
-from arch_compare.budget.targets import get_price as get_target_price
 from arch_compare.configs import from_fields as _coerce
 from arch_compare.execution import ExecutionConfig
 from arch_compare.imitation import study_cells
+from arch_compare.imitation.spending import BudgetSettings, CollectionSettings
 from arch_compare.imitation.targets import GenerationSettings
 from arch_compare.models.zoo import get_preset
+from arch_compare.post_training import PostTraining, coerce_post_training
 from arch_compare.recipes import Recipe, coerce_recipes
 
 EVALUATION_KINDS = ("capability", "style")
@@ -256,57 +257,6 @@ class Training:
 
 
 @dataclasses.dataclass(frozen=True)
-class BudgetSettings:
-    """Where the study's runs are priced, and above what it asks before starting."""
-
-    hardware: str = "a100-80gb"
-    chips: int | None = None
-    confirm_above_usd: float = 100.0
-
-
-COLLECTION_MODES = ("online", "batch")
-
-
-@dataclasses.dataclass(frozen=True)
-class CollectionSettings:
-    """How the target's answers are bought. `online`: chat completions, `concurrency` requests in
-    flight under `requests_per_minute` and `tokens_per_minute` (None: no limit); `batch`: the
-    batch interface (about half the price, answers within its window), polled every
-    `batch_poll_seconds`. `price` names a row of budgets/targets.yaml that prices the answers
-    (None: not priced); `expected_answer_tokens` is the answer length the estimate assumes."""
-
-    mode: str = "online"
-    concurrency: int = 1
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    max_attempts: int = 5
-    batch_poll_seconds: float = 30.0
-    price: str | None = None
-    expected_answer_tokens: int = 256
-
-    def __post_init__(self):
-        if self.mode not in COLLECTION_MODES:
-            raise ValueError(f"collection.mode must be one of {COLLECTION_MODES}, got "
-                             f"{self.mode!r}")
-        for name in ("concurrency", "max_attempts", "expected_answer_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"collection.{name} must be a positive integer, got {value!r}")
-        for name in ("requests_per_minute", "tokens_per_minute"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"collection.{name} must be positive or None, got {value!r}")
-        if not self.batch_poll_seconds > 0:
-            raise ValueError(f"collection.batch_poll_seconds must be positive, got "
-                             f"{self.batch_poll_seconds!r}")
-        if self.price is not None:  # an unknown row fails here, naming the sheet and its rows
-            try:
-                get_target_price(self.price)
-            except ValueError as error:
-                raise ValueError(f"collection.price: {error}") from None
-
-
-@dataclasses.dataclass(frozen=True)
 class StudyConfig:
     name: str
     directory: str
@@ -332,10 +282,14 @@ class StudyConfig:
     # Fine-tuning recipes beside `full` (recipes.py), each a run of its own in the random-data
     # cells (model x source x amount) it selects; empty: every cell is fine-tuned one way.
     recipes: tuple[Recipe, ...] = ()
+    # Runs after a cell's full run, trained on its own answers judged or checked
+    # (post_training.py: DPO, rejection sampling).
+    post_training: tuple[PostTraining, ...] = ()
 
     def __post_init__(self):
         _freeze(self, "target", dict(self.target))
         _freeze(self, "recipes", coerce_recipes(self.recipes, "recipes"))
+        _freeze(self, "post_training", coerce_post_training(self.post_training))
         _freeze(self, "models", tuple(_coerce(m, StudyModel, f"models[{i}]")
                                       for i, m in enumerate(self.models)))
         _freeze(self, "sources", tuple(_coerce(s, DataSource, f"sources[{i}]")
@@ -369,6 +323,7 @@ class StudyConfig:
         if "kind" not in self.target or "name" not in self.target:
             raise ValueError(f"study {self.name!r}: target needs 'kind' and 'name'")
         study_cells.check_recipes(self)
+        study_cells.check_post_training(self)
 
     def sources_for(self, model: StudyModel) -> tuple[DataSource, ...]:
         """The sources that train `model`."""
@@ -384,12 +339,19 @@ class StudyConfig:
         """The recipes a cell runs beside its `full` run, in the study's order."""
         return study_cells.recipes_for(self, model, source, amount)
 
+    def post_training_for(self, model: str, source: str,
+                          amount: int) -> tuple[PostTraining, ...]:
+        """The post-training runs that follow a cell's full run, in the study's order."""
+        return tuple(entry for entry in self.post_training
+                     if entry.applies_to(model, source, amount))
+
     def execution_for(self, model: StudyModel) -> ExecutionConfig:
         """The study's execution settings with `model`'s own changes applied."""
         return self.execution.override(model.execution, f"model {model.name!r}.execution")
 
     def to_dict(self) -> dict:
         fields = dataclasses.asdict(self)
-        if not self.recipes:  # a study without recipes keeps the hash it had before them
-            del fields["recipes"]
+        for name in ("recipes", "post_training"):  # a study without keeps its earlier hash
+            if not fields[name]:
+                del fields[name]
         return fields

@@ -23,9 +23,11 @@ from arch_compare.budget.flops import forward_flops
 from arch_compare.budget.parameters import count_parameters
 from arch_compare.imitation import collection_cost, evaluation, study_cells
 from arch_compare.imitation.config import StudyConfig, StudyModel
+from arch_compare.post_training import PostTraining
 from arch_compare.recipes import FULL, Recipe
 from arch_compare.results import Run
 from arch_compare_tasks import catalogue  # noqa: F401  (registers the shipped tasks)
+from arch_compare_tasks import registry
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,8 @@ class PlannedRun:
     model: StudyModel | None  # None for the target
     steps: int = 0  # training steps (imitation and pre-training runs)
     recipe: Recipe | None = None  # imitation runs: how they fine-tune (None: `full`)
-    full_run: str | None = None  # a `wise` run: the run whose weights it interpolates
+    full_run: str | None = None  # `wise` and post-training runs: the run whose weights they use
+    post_training: PostTraining | None = None  # a post-training run: what it does
 
 
 # --- the runs -------------------------------------------------------------------------------------
@@ -74,8 +77,9 @@ def plan(config: StudyConfig) -> list[PlannedRun]:
                 for amount in source.amounts:
                     full = _imitation_run(config, model, source, strategy, amount, common)
                     runs.append(full)
-                    if strategy == "random":  # a cell: its recipes' runs follow its full run
-                        runs.extend(_recipe_runs(config, full))
+                    if strategy == "random":  # a cell: its recipes' runs follow its full run,
+                        runs.extend(_recipe_runs(config, full))  # then its post-training runs
+                        runs.extend(_post_training_runs(config, full))
     target = config.target
     runs.append(PlannedRun(Run(_run_id("target", target["name"]), "target",
                                model=target["name"], architecture="target",
@@ -139,6 +143,53 @@ def _recipe_runs(config: StudyConfig, full: PlannedRun) -> list[PlannedRun]:
     return runs
 
 
+def prompt_count(entry: PostTraining) -> int:
+    """The prompts a post-training entry samples answers to (its task's records, at most
+    `limit`); a task whose files are absent needs a `limit` to be planned."""
+    try:
+        count = len(registry.records(entry.prompts, entry.split))
+    except FileNotFoundError as error:
+        if entry.limit is None:
+            raise ValueError(f"post_training {entry.name!r}: task {entry.prompts!r} cannot be "
+                             f"counted ({error}); give it a limit") from None
+        return entry.limit
+    return count if entry.limit is None else min(count, entry.limit)
+
+
+def _post_training_runs(config: StudyConfig, full: PlannedRun) -> list[PlannedRun]:
+    """The post-training runs of `full`'s cell, each planned at the most steps it can take
+    (one pair or example per prompt); the run takes as many as its data gives."""
+    cell = full.run
+    runs = []
+    for entry in config.post_training_for(cell.model, cell.data_source, cell.data_examples):
+        if entry.compare == "checks":  # a task without a checker is named before any compute
+            try:
+                registry.checker(entry.prompts)
+            except (KeyError, ValueError) as error:
+                raise ValueError(f"post_training {entry.name!r}: {error}") from None
+        steps = entry.steps(prompt_count(entry), config.training.batch_size)
+        training = dict(cell.config["training"]) | {
+            "steps": steps, "optimizer": dataclasses.asdict(post_optimizer(config, entry,
+                                                                           steps))}
+        run_config = cell.config | {"training": training, "post_training": entry.to_dict(),
+                                    "recipe": {"kind": entry.kind, "label": entry.name,
+                                               "full_run": cell.run_id}}
+        runs.append(PlannedRun(
+            dataclasses.replace(cell, run_id=recipe_run_id(cell.run_id, entry.name),
+                                config=run_config, recipe=entry.name),
+            full.model, steps, None, cell.run_id, entry))
+    return runs
+
+
+def post_optimizer(config: StudyConfig, entry: PostTraining, steps: int):
+    """The study's optimizer over `steps`, at the entry's learning rate when it names one."""
+    optimizer = config.training.optimizer_for(steps)
+    if entry.learning_rate is None:
+        return optimizer
+    schedule = dataclasses.replace(optimizer.schedule, peak_learning_rate=entry.learning_rate)
+    return dataclasses.replace(optimizer, schedule=schedule)
+
+
 def training_shape(config: StudyConfig, planned: PlannedRun) -> tuple[dict, int, str]:
     """(feature lengths, global batch, optimizer) of a run's training."""
     model = planned.model
@@ -183,13 +234,17 @@ def estimate(config: StudyConfig, planned: PlannedRun,
         return None
     examples = evaluation_examples(config) if examples is None else examples
     lengths, batch, _ = training_shape(config, planned)
-    spec = RunSpec(model.config, examples=max(planned.steps, 1) * batch,
+    rows = planned.post_training.rows_per_example if planned.post_training else 1
+    spec = RunSpec(model.config, examples=max(planned.steps, 1) * batch * rows,
                    input_length=lengths["inputs"], target_length=lengths["targets"],
                    hardware=config.budget.hardware, chips=config.budget.chips,
-                   batch_size=batch, optimizer=config.training.optimizer.name,
+                   batch_size=batch * rows, optimizer=config.training.optimizer.name,
                    recipe=planned.recipe or FULL)
     priced = estimate_run(spec)
-    train_flops = priced.train_flops if planned.steps else 0.0
+    post = post_training_work(config, planned)
+    # A post-training run's sampling and DPO's reference pass are priced with its training.
+    train_flops = (priced.train_flops + post["sampling_flops"] + post["reference_flops"]
+                   if planned.steps else 0.0)
     evaluation_flops = _evaluation_flops(config, model, examples)
     priced = dataclasses.replace(priced, train_flops=train_flops,
                                  evaluation_flops=evaluation_flops or 0.0)
@@ -200,7 +255,29 @@ def estimate(config: StudyConfig, planned: PlannedRun,
             "hours": summary["hours"], "cost_usd": summary["cost_usd"], "mfu": summary["mfu"],
             "mfu_source": summary["mfu_source"],
             # What trains: every weight, LoRA's adapters, or nothing (wise, a given base).
-            "trainable_parameters": summary["trainable_params"] if planned.steps else 0}
+            "trainable_parameters": summary["trainable_params"] if planned.steps else 0,
+            **({"post_training": post} if planned.post_training else {})}
+
+
+def post_training_work(config: StudyConfig, planned: PlannedRun) -> dict:
+    """What a post-training run does besides its steps, at most (every prompt kept): the
+    student's samples (forward passes generating up to decode_max_tokens), DPO's reference
+    pass over both answers of each pair, and the target's judge calls (two orders per pair of
+    distinct answers; not priced in dollars). Zeros for any other run."""
+    entry = planned.post_training
+    if entry is None:
+        return {"prompts": 0, "sampling_flops": 0.0, "reference_flops": 0.0, "judge_calls": 0}
+    prompts = prompt_count(entry)
+    lengths = config.training.feature_lengths
+    cfg = planned.model.config
+    sampling = prompts * entry.samples * forward_flops(cfg, lengths["inputs"],
+                                                        config.decode_max_tokens).total
+    reference = (2 * prompts * forward_flops(cfg, lengths["inputs"], lengths["targets"]).total
+                 if entry.kind == "dpo" else 0.0)
+    judged = entry.compare == "judge"
+    calls = prompts * entry.samples * (entry.samples - 1) if judged else 0
+    return {"prompts": prompts, "sampling_flops": sampling, "reference_flops": reference,
+            "judge_calls": calls}
 
 
 def estimates(config: StudyConfig, planned: list[PlannedRun]) -> dict[str, dict | None]:
@@ -253,6 +330,16 @@ def budget_table(config: StudyConfig, estimates: dict[str, dict | None],
     if unpriced_evaluations:
         lines.append("  evaluations: n/a (an evaluation task's files are not there to count; "
                      "its forward passes are not priced)")
+    post = [priced["post_training"] for priced in estimates.values()
+            if priced is not None and "post_training" in priced]
+    if post:
+        calls = sum(work["judge_calls"] for work in post)
+        lines.append(f"  post-training ({len(post)} runs, priced at one pair or example per "
+                     f"prompt, the most there can be): sampling "
+                     f"{sum(w['sampling_flops'] for w in post):.2e} FLOPs, reference passes "
+                     f"{sum(w['reference_flops'] for w in post):.2e} FLOPs"
+                     + (f", {calls:,} judge calls to the target at most (not priced)"
+                        if calls else ""))
     return "\n".join(lines), total_usd
 
 

@@ -14,7 +14,8 @@ from typing import Callable, Sequence
 from arch_compare import optim
 from arch_compare.budget.flops import training_flops
 from arch_compare.execution import ExecutionConfig
-from arch_compare.imitation import evaluation, study_models, study_recipes
+from arch_compare.imitation import (evaluation, study_models, study_post_training,
+                                    study_recipes)
 from arch_compare.imitation.config import Evaluation, StudyModel
 from arch_compare.imitation.plan import PlannedRun
 from arch_compare.models.model import BaseModel
@@ -30,22 +31,26 @@ class RoleRuns:
 
     def _train(self, study_model: StudyModel, execution: ExecutionConfig, run_dir: Path,
                data: DataConfig, steps: int, optimizer: optim.OptimizerConfig,
-               initial: str | None, seed: int, recipe: Recipe = FULL):
-        """Train `steps` steps as `recipe` says: (the whole parameter tree, measured)."""
+               initial: str | None, seed: int, recipe: Recipe = FULL, rows: int = 1,
+               **options):
+        """Train `steps` steps as `recipe` says, with any other TrainConfig `options` (a
+        preference run's; `rows` sequences per example): (the whole parameter tree,
+        measured)."""
         model = self.models.model(study_model, execution)
         config = TrainConfig(model_dir=str(run_dir), data=data, train_steps=steps,
                              optimizer=optimizer, checkpoint_period=max(1, steps // 4),
                              keep_checkpoints=1, seed=seed, initial_checkpoint_path=initial,
-                             execution=execution, **study_recipes.train_options(recipe))
+                             execution=execution, **study_recipes.train_options(recipe),
+                             **options)
         began = time.perf_counter()
         result = train(model, self.models.vocabulary(study_model), config,
                        progress=self.progress and self.processes.writer)
         seconds = time.perf_counter() - began
         # What the steps ran over: the feature lengths, or the widths batches were trimmed to.
         inputs, targets = result.sequence_lengths
-        tokens = steps * data.batch_size * (inputs + targets)
-        flops = steps * data.batch_size * training_flops(model.config, inputs, targets,
-                                                         causal="full", recipe=recipe)
+        tokens = steps * data.batch_size * rows * (inputs + targets)
+        flops = steps * data.batch_size * rows * training_flops(
+            model.config, inputs, targets, causal="full", recipe=recipe)
         splits = getattr(result, "data", ())
         measured = {"train_seconds": seconds, "steps": steps, "tokens": tokens,
                     "tokens_per_second": tokens / seconds if seconds else None,
@@ -147,6 +152,8 @@ class RoleRuns:
         interpolates weights), then evaluate."""
         run, study_model, training = planned.run, planned.model, self.config.training
         recipe = planned.recipe or FULL
+        if planned.post_training is not None:
+            return study_post_training.run(self, planned, execution, task)
         if not recipe.trains:
             return self._run_wise(planned, execution)
         run_dir = self.directory / "runs" / run.run_id

@@ -35,9 +35,10 @@ KINDS = ("capability", "style")
 # A recipe is compared with full at a given style gain when it kept at least this share of
 # full's gain on every style metric where full gained (the findings).
 STYLE_SHARE = 0.5
-# The order recipes are listed in (arch_compare.recipes.RECIPE_KINDS; not imported: the report
-# imports nothing that needs the models package); unknown kinds after these.
-KIND_ORDER = ("full", "mix", "l2sp", "lora", "wise")
+# The order recipes are listed in (arch_compare.recipes.RECIPE_KINDS, then the post-training
+# kinds, which start from the full run; not imported: the report imports nothing that needs the
+# models package); unknown kinds after these.
+KIND_ORDER = ("full", "mix", "l2sp", "lora", "wise", "dpo", "rejection_sampling")
 
 
 def has_recipes(data: StudyData) -> bool:
@@ -309,7 +310,8 @@ def _introduction(grid: RecipeGrid) -> str:
     runs = [r for r in grid.imitation if analysis.recipe_label(r) != FULL]
     cells = grid.recipe_cells()
     return (f"{len(runs)} imitation run{'s' * (len(runs) != 1)} fine-tuned by a recipe other "
-            f"than full ({', '.join(f'{label} ({grid.kinds[label]})' for label in others)}) in "
+            f"than full or trained further after it (post-training: dpo, rejection_sampling) "
+            f"({', '.join(f'{label} ({grid.kinds[label]})' for label in others)}) in "
             f"{len(cells)} cell{'s' * (len(cells) != 1)} (model, data, amount), each beside "
             f"the cell's full run on the same imitation data. Every run is compared with its "
             f"model's base run on the same evaluation examples (paired bootstrap, 95%), and "
