@@ -26,10 +26,11 @@ import math
 from typing import Any, Mapping
 
 from arch_compare.configs import from_fields
+from arch_compare.recipes import CellSelection, check_run_label
 
 POST_TRAINING_KINDS = ("dpo", "rejection_sampling")
 COMPARISONS = ("checks", "judge")
-OBJECTIVES = ("dpo", "ipo")  # preference/objective.py's, without importing JAX
+OBJECTIVES = ("dpo", "ipo", "robust")  # preference/objective.py's losses, without importing JAX
 
 
 def _number(value: Any) -> bool:
@@ -38,8 +39,8 @@ def _number(value: Any) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class PostTraining:
-    """One post-training run per selected cell (None: every model, source or amount)."""
+class PostTraining(CellSelection):
+    """One post-training run per selected cell (`CellSelection`)."""
 
     name: str
     kind: str
@@ -52,17 +53,14 @@ class PostTraining:
     seed: int = 0
     epochs: float = 1.0
     learning_rate: float | None = None  # None: the study's training learning rate
-    objective: str = "dpo"  # dpo only
+    objective: str = "dpo"  # dpo only: dpo, ipo or robust (PreferenceConfig.loss)
     beta: float = 0.1  # dpo only
     label_smoothing: float = 0.0  # dpo only (conservative DPO)
-    models: tuple[str, ...] | None = None
-    sources: tuple[str, ...] | None = None
-    amounts: tuple[int, ...] | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         where = f"post_training {self.name!r}"
-        if not isinstance(self.name, str) or not self.name or "/" in self.name:
-            raise ValueError(f"post_training name {self.name!r}: must be non-empty without '/'")
+        check_run_label(self.name, "post_training")
         for field, allowed in (("kind", POST_TRAINING_KINDS), ("compare", COMPARISONS),
                                ("objective", OBJECTIVES)):
             if getattr(self, field) not in allowed:
@@ -97,10 +95,6 @@ class PostTraining:
                 "dpo", 0.1, 0.0):
             raise ValueError(f"{where}: objective, beta and label_smoothing belong to kind "
                              f"'dpo', not {self.kind!r}")
-        for name in ("models", "sources", "amounts"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, tuple(value))
 
     @property
     def rows_per_example(self) -> int:
@@ -110,11 +104,6 @@ class PostTraining:
     def steps(self, kept: int, batch_size: int) -> int:
         """Training steps over `kept` pairs or examples."""
         return max(1, math.ceil(self.epochs * kept / batch_size))
-
-    def applies_to(self, model: str, source: str, amount: int) -> bool:
-        return ((self.models is None or model in self.models)
-                and (self.sources is None or source in self.sources)
-                and (self.amounts is None or amount in self.amounts))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

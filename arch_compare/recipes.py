@@ -81,8 +81,35 @@ class LoraConfig:
         return dataclasses.asdict(self)
 
 
+def check_run_label(name: Any, what: str) -> None:
+    """A run label (`<cell>/<label>`): a non-empty string without '/'."""
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"{what} name {name!r}: must be non-empty without '/'")
+
+
 @dataclasses.dataclass(frozen=True)
-class Recipe:
+class CellSelection:
+    """The study cells (random-data imitation runs) a recipe or post-training entry applies to:
+    None selects every model, source or amount. Keyword-only, after each kind's own fields."""
+
+    models: tuple[str, ...] | None = dataclasses.field(default=None, kw_only=True)
+    sources: tuple[str, ...] | None = dataclasses.field(default=None, kw_only=True)
+    amounts: tuple[int, ...] | None = dataclasses.field(default=None, kw_only=True)
+
+    def __post_init__(self):
+        for name in ("models", "sources", "amounts"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+
+    def applies_to(self, model: str, source: str, amount: int) -> bool:
+        return ((self.models is None or model in self.models)
+                and (self.sources is None or source in self.sources)
+                and (self.amounts is None or amount in self.amounts))
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe(CellSelection):
     """A named recipe and the study cells it applies to (None: every model, source or amount
     of the study; the cells are the random-selection imitation runs)."""
 
@@ -93,21 +120,14 @@ class Recipe:
     l2sp_weight: float | None = None  # l2sp: lambda
     lora: LoraConfig | None = None  # lora: the adapters (None: LoraConfig's defaults)
     wise_alphas: tuple[float, ...] = ()  # wise: the weights of the full run, one run each
-    models: tuple[str, ...] | None = None
-    sources: tuple[str, ...] | None = None
-    amounts: tuple[int, ...] | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         where = f"recipe {self.name!r}"
-        if not isinstance(self.name, str) or not self.name or "/" in self.name:
-            raise ValueError(f"recipe name {self.name!r}: must be non-empty without '/'")
+        check_run_label(self.name, "recipe")
         if self.kind not in RECIPE_KINDS:
             raise ValueError(f"{where}: kind must be one of {', '.join(RECIPE_KINDS)}, got "
                              f"{self.kind!r}")
-        for name in ("models", "sources", "amounts"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, tuple(value))
         object.__setattr__(self, "wise_alphas", tuple(float(a) for a in self.wise_alphas))
         if self.kind == "lora":
             lora = LoraConfig() if self.lora is None else self.lora
@@ -156,11 +176,6 @@ class Recipe:
     def steps_factor(self) -> float:
         """Training steps relative to `full` on the same imitation data (mixing adds examples)."""
         return 1.0 / (1.0 - self.mix_rate) if self.kind == "mix" else 1.0
-
-    def applies_to(self, model: str, source: str, amount: int) -> bool:
-        return ((self.models is None or model in self.models)
-                and (self.sources is None or source in self.sources)
-                and (self.amounts is None or amount in self.amounts))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
