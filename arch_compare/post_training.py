@@ -6,8 +6,9 @@ Each entry is a run of its own beside the cell's `full` run, started from that r
 1. the student (the full run) answers each prompt of `prompts` (a registry task with `prompt`
    records) `samples` times at `temperature` (`preference/sampling.py`);
 2. its answers are compared: by the task's checker (`compare='checks'`: for Cypher, executing the
-   query against the gold's result) or by the target as judge, asked in both orders
-   (`compare='judge'`, through the collection cache);
+   query against the gold's result), by the target as judge, asked in both orders
+   (`compare='judge'`), or the target critiques and revises the first answer and its revision is
+   preferred (`compare='revise'`, DPO only); the target is asked through the collection cache;
 3. `kind='dpo'`: one pair of a preferred and a rejected answer per prompt, trained with
    `objective` (DPO or IPO, `beta`, `label_smoothing`) against the full run as the frozen
    reference; `kind='rejection_sampling'`: the best answer per prompt (the first that passes,
@@ -29,7 +30,7 @@ from arch_compare.configs import from_fields
 from arch_compare.recipes import CellSelection, check_run_label
 
 POST_TRAINING_KINDS = ("dpo", "rejection_sampling")
-COMPARISONS = ("checks", "judge")
+COMPARISONS = ("checks", "judge", "revise")
 OBJECTIVES = ("dpo", "ipo", "robust")  # preference/objective.py's losses, without importing JAX
 
 
@@ -68,7 +69,11 @@ class PostTraining(CellSelection):
                                  f"{getattr(self, field)!r}")
         if not isinstance(self.prompts, str) or not self.prompts:
             raise ValueError(f"{where}: prompts must name a task, got {self.prompts!r}")
-        for field, minimum in (("samples", 2), ("seed", 0)):
+        if self.compare == "revise" and self.kind != "dpo":
+            raise ValueError(f"{where}: compare 'revise' makes pairs (the target's revision over "
+                             f"the answer), so it needs kind 'dpo'")
+        # Comparing needs two answers per prompt; a revision needs one.
+        for field, minimum in (("samples", 1 if self.compare == "revise" else 2), ("seed", 0)):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{where}: {field} must be an integer >= {minimum}, got "

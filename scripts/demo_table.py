@@ -20,9 +20,13 @@ from arch_compare.results import ResultsStore
 # Fine-tuning recipes the demo adds to the broad cell (gin_configs/experiments/demo_study.gin).
 RECIPES = (("mix", "mix 25%"), ("l2sp", "L2-SP 0.01"), ("lora", "LoRA r8"),
            ("wise@0.5", "WiSE 0.5"))
+# Post-training after the Cypher cell, for GPT-2 and T5 (the same gin file's POST_TRAINING).
+POST_TRAINING = (("dpo", "DPO (target-judged pairs)"),
+                 ("rs", "rejection sampling (execution-checked)"))
 ROWS = [("base", "base"), ("broad/512", "broad 512"),
         *((f"broad/512/{label}", f"broad 512, {name}") for label, name in RECIPES),
         ("cypher/512", "Cypher 512"),
+        *((f"cypher/512/{label}", f"Cypher 512, {name}") for label, name in POST_TRAINING),
         ("cypher/student_first/512", "Cypher 512, student first"),
         ("cypher/diversity/512", "Cypher 512, diversity")]
 MODELS = ("gpt2-tiny", "llama-tiny", "t5-tiny", "ul2-tiny")
@@ -41,6 +45,13 @@ PAIRS = (("cypher/512", "base"), ("cypher/512", "broad/512"), ("broad/512", "bas
 RECIPE_PAIRS = (("broad/512", "base"),
                 *((f"broad/512/{label}", "base") for label, _ in RECIPES),
                 *((f"broad/512/{label}", "broad/512") for label, _ in RECIPES))
+# The post-training table: each run against the Cypher run it started from.
+POST_PAIRS = tuple((f"cypher/512/{label}", "cypher/512") for label, _ in POST_TRAINING)
+POST_METRICS = (("demo_cypher", "execution_accuracy", "Cypher, new wordings"),
+                ("demo_cypher_entities", "execution_accuracy", "Cypher, new entities"),
+                ("demo_cypher", "executable", "Cypher runs, new wordings"),
+                ("demo_cypher_entities", "executable", "Cypher runs, new entities"),
+                ("demo_style", "length_pearson", "length corr."))
 RECIPE_METRICS = (("demo_facts_known", "fact_accuracy", "known facts"),
                   ("demo_facts_unseen", "fact_accuracy", "unseen facts"),
                   ("demo_style", "list_when_target_lists", "lists when target lists"),
@@ -92,6 +103,8 @@ def main(database: str, study: str = "demo") -> None:
     print_differences(comparisons)
     print()
     print_differences(comparisons, RECIPE_PAIRS, RECIPE_METRICS)
+    print()
+    print_differences(comparisons, POST_PAIRS, POST_METRICS)
     print()
     print_collections(collections)
 

@@ -262,11 +262,12 @@ def estimate(config: StudyConfig, planned: PlannedRun,
 def post_training_work(config: StudyConfig, planned: PlannedRun) -> dict:
     """What a post-training run does besides its steps, at most (every prompt kept): the
     student's samples (forward passes generating up to decode_max_tokens), DPO's reference
-    pass over both answers of each pair, and the target's judge calls (two orders per pair of
-    distinct answers; not priced in dollars). Zeros for any other run."""
+    pass over both answers of each pair, and the calls to the target (judging: two orders per
+    pair of distinct answers; revising: one per prompt; not priced in dollars). Zeros for any
+    other run."""
     entry = planned.post_training
     if entry is None:
-        return {"prompts": 0, "sampling_flops": 0.0, "reference_flops": 0.0, "judge_calls": 0}
+        return {"prompts": 0, "sampling_flops": 0.0, "reference_flops": 0.0, "target_calls": 0}
     prompts = prompt_count(entry)
     lengths = config.training.feature_lengths
     cfg = planned.model.config
@@ -274,10 +275,10 @@ def post_training_work(config: StudyConfig, planned: PlannedRun) -> dict:
                                                         config.decode_max_tokens).total
     reference = (2 * prompts * forward_flops(cfg, lengths["inputs"], lengths["targets"]).total
                  if entry.kind == "dpo" else 0.0)
-    judged = entry.compare == "judge"
-    calls = prompts * entry.samples * (entry.samples - 1) if judged else 0
+    calls = {"checks": 0, "judge": prompts * entry.samples * (entry.samples - 1),
+             "revise": prompts}[entry.compare]
     return {"prompts": prompts, "sampling_flops": sampling, "reference_flops": reference,
-            "judge_calls": calls}
+            "target_calls": calls}
 
 
 def estimates(config: StudyConfig, planned: list[PlannedRun]) -> dict[str, dict | None]:
@@ -333,12 +334,13 @@ def budget_table(config: StudyConfig, estimates: dict[str, dict | None],
     post = [priced["post_training"] for priced in estimates.values()
             if priced is not None and "post_training" in priced]
     if post:
-        calls = sum(work["judge_calls"] for work in post)
+        calls = sum(work["target_calls"] for work in post)
         lines.append(f"  post-training ({len(post)} runs, priced at one pair or example per "
                      f"prompt, the most there can be): sampling "
                      f"{sum(w['sampling_flops'] for w in post):.2e} FLOPs, reference passes "
                      f"{sum(w['reference_flops'] for w in post):.2e} FLOPs"
-                     + (f", {calls:,} judge calls to the target at most (not priced)"
+                     + (f", {calls:,} calls to the target (judging, revising) at most "
+                        f"(not priced)"
                         if calls else ""))
     return "\n".join(lines), total_usd
 

@@ -129,13 +129,11 @@ class PoolModel:
         """(real rows, converted batch of `batch_size` rows) over the pool, in order; `targets`
         are answer ids (None: empty answers, for passes that read only the prompt: converted
         once and kept, since every decoding pass reads them)."""
-        if targets is None and self._prompt_batches is not None:
-            yield from tqdm(self._prompt_batches, desc=description, disable=not self.progress,
-                            leave=False)
-            return
         if targets is None:
-            self._prompt_batches = list(self._converted(None, description))
-            yield from self._prompt_batches
+            if self._prompt_batches is None:  # the bar of the pass that reads them: the decoding
+                self._prompt_batches = list(self._converted(None, "converting prompts"))
+            yield from tqdm(self._prompt_batches, desc=description, unit="batch",
+                            disable=not self.progress, leave=False)
             return
         yield from self._converted(targets, description)
 

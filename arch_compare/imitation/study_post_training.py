@@ -9,7 +9,7 @@ was dropped and why.
 
 Files in `runs/<run id>/`: `pairs.jsonl` (DPO) or `examples.jsonl` (rejection sampling, OpenAI
 chat), `post_training.json` (the builder's summary and the sampling time) and, when the target
-judges, `judge_answers.jsonl` (its cached verdicts).
+judges or revises, `judge_answers.jsonl` or `revisions.jsonl` (its cached replies).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def _sample_and_compare(runs: "RoleRuns", entry: PostTraining, model, vocabulary
 def _compare_and_write(runs: "RoleRuns", entry: PostTraining, answers, run_dir: Path,
                        sampling_seconds: float) -> None:
     from arch_compare.evaluation import judge as judging
-    from arch_compare.preference import checked, judged
+    from arch_compare.preference import checked, judged, revised
     from arch_compare.preference.pairs import write_pairs
     run_dir.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
@@ -129,6 +129,10 @@ def _compare_and_write(runs: "RoleRuns", entry: PostTraining, answers, run_dir: 
         else:
             kept, summary = checked.best_of_n_by_checks(answers.records, answers.samples,
                                                         check, prompts=answers.prompts)
+    elif entry.compare == "revise":
+        kept, summary = revised.pairs_from_revisions(
+            runs.target, answers.prompts, [samples[0] for samples in answers.samples],
+            cache_path=run_dir / "revisions.jsonl")
     else:
         asked = {"settings": judging.DEFAULT_JUDGE_SETTINGS,
                  "cache_path": run_dir / "judge_answers.jsonl"}

@@ -1,14 +1,16 @@
 """A prompts task and a target for the post-training study tests, built so that tiny random
 models give answers worth comparing: the checker passes an answer of an even number of words (a
-random model's samples split both ways), and the target, judging, prefers the shorter answer (a
-strict order, so rejection sampling by the judge keeps the shortest distinct answer). Any other
-message goes to the demo world's target."""
+random model's samples split both ways); the target, judging, prefers the shorter answer (a
+strict order, so rejection sampling by the judge keeps the shortest distinct answer), and asked
+to revise an answer, prefixes it with "revised: ". Any other message goes to the demo world's
+target."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 from arch_compare.data.conversations import Turn, format_history
+from arch_compare.preference import revised
 from arch_compare_tasks import demo_judge, demo_world, registry
 
 TASK = "post_training_fixture"
@@ -32,7 +34,15 @@ registry.register_task(registry.TaskSpec(
     replace=True)
 
 
+def revision_of(answer: str) -> str:
+    """What the target revises an answer to."""
+    return f"revised: {answer}"
+
+
 def target_respond(turns: Sequence[Turn]) -> str:
+    if turns[0].text == revised.REVISE_SYSTEM_PROMPT:
+        answer = turns[-1].text.split("[Answer]\n", 1)[1].rsplit("\n[End of answer]", 1)[0]
+        return f"It could say more.\nRevised answer:\n{revision_of(answer)}"
     request = demo_judge.judge_request(turns[-1].text)
     if request is None:
         return demo_world.target_respond(turns)

@@ -46,6 +46,7 @@ def _config(post_training, **changes):
     ([DPO | {"compare": "vibes"}], "compare must be one of checks, judge"),
     ([DPO | {"temperature": 0}], "temperature must be > 0"),
     ([DPO | {"samples": 1}], "samples must be an integer >= 2"),
+    ([DPO | {"kind": "rejection_sampling", "compare": "revise"}], "needs kind 'dpo'"),
     ([DPO | {"label_smoothing": 0.5}], r"label_smoothing must be in \[0, 0.5\)"),
     ([DPO | {"kind": "rejection_sampling", "beta": 0.3}], "belong to kind 'dpo'"),
     ([DPO | {"models": ["gpt2-tiyn"]}], r"models \['gpt2-tiyn'\] are not in the study"),
@@ -85,8 +86,9 @@ def test_the_plan_puts_post_training_after_its_cell_and_prices_it(post_config):
     planned = plan_lib.plan(post_config)
     assert [p.run.run_id for p in planned] == [
         "base/gpt2-tiny", "base/t5-tiny",
-        *(run for model in MODELS for run in (_cell(model), f"{_cell(model)}/dpo",
-                                              f"{_cell(model)}/best")),
+        _cell("gpt2-tiny"), f"{_cell('gpt2-tiny')}/dpo", f"{_cell('gpt2-tiny')}/best",
+        f"{_cell('gpt2-tiny')}/revised",
+        _cell("t5-tiny"), f"{_cell('t5-tiny')}/dpo", f"{_cell('t5-tiny')}/best",
         "target/judge-target"]
     by_id = {p.run.run_id: p for p in planned}
     estimates = plan_lib.estimates(post_config, planned)
@@ -105,14 +107,16 @@ def test_the_plan_puts_post_training_after_its_cell_and_prices_it(post_config):
         full = estimates[_cell(model)]["train_flops"]  # 2 steps of 4 sequences, as DPO takes
         work = estimates[f"{_cell(model)}/dpo"]["post_training"]
         assert work == {"prompts": 8, "sampling_flops": pytest.approx(8 * 4 * sample),
-                        "reference_flops": pytest.approx(2 * 8 * forward), "judge_calls": 0}
+                        "reference_flops": pytest.approx(2 * 8 * forward), "target_calls": 0}
         # Two sequences per pair, plus the samples and the reference pass.
         assert estimates[f"{_cell(model)}/dpo"]["train_flops"] == pytest.approx(
             2 * full + work["sampling_flops"] + work["reference_flops"])
         judged = estimates[f"{_cell(model)}/best"]["post_training"]
-        assert (judged["judge_calls"], judged["reference_flops"]) == (6 * 3 * 2, 0.0)
+        assert (judged["target_calls"], judged["reference_flops"]) == (6 * 3 * 2, 0.0)
+    revising = estimates[f"{_cell('gpt2-tiny')}/revised"]["post_training"]
+    assert (revising["prompts"], revising["target_calls"]) == (4, 4)
     table, _ = plan_lib.budget_table(post_config, estimates, collections=[])
-    assert "post-training (4 runs" in table and "72 judge calls" in table
+    assert "post-training (5 runs" in table and "76 calls to the target" in table
 
 
 @pytest.fixture(scope="module")
@@ -175,14 +179,25 @@ def test_rejection_sampling_fine_tunes_on_the_judges_best_answers(post_study, mo
 
 
 @pytest.mark.scale
+def test_dpo_on_the_targets_revisions_prefers_each_revision_to_its_answer(post_study):
+    run = post_study.runs[f"{_cell('gpt2-tiny')}/revised"]
+    assert run.status == "done" and run.measured["post_training"]["method"] == "critique and revise"
+    pairs = read_pairs(post_study.directory / "runs" / run.run_id / "pairs.jsonl")
+    assert run.measured["post_training"]["kept"] == len(pairs) >= 1
+    for pair in pairs:
+        assert pair.chosen == fixtures.revision_of(pair.rejected)
+    assert run.measured["steps"] == 1  # at most 4 pairs, batch 4
+
+
+@pytest.mark.scale
 def test_post_training_runs_are_compared_with_their_cell_and_resume_as_done(post_study,
                                                                           tmp_path):
     compared = {(c.run_id, c.baseline_run_id) for c in post_study.comparisons}
-    for model in MODELS:
-        for label in ("dpo", "best"):
-            run_id = f"{_cell(model)}/{label}"
-            assert (run_id, _cell(model)) in compared
-            assert (run_id, f"base/{model}") in compared
+    labels = [(model, label) for model in MODELS for label in ("dpo", "best")]
+    for model, label in labels + [("gpt2-tiny", "revised")]:
+        run_id = f"{_cell(model)}/{label}"
+        assert (run_id, _cell(model)) in compared
+        assert (run_id, f"base/{model}") in compared
     assert post_study.again.failed == [] and post_study.again.skipped == len(post_study.runs)
     # The report lists them with the recipes, by label and kind.
     from arch_compare.report import write_report
