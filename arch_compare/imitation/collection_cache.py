@@ -27,7 +27,7 @@ import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from arch_compare.data.conversations import Turn
 from arch_compare.imitation.targets import GenerationSettings, Prompt, Reply, TokenUsage
@@ -174,16 +174,28 @@ def export_openai_chat(cache_path: str | os.PathLike, out_path: str | os.PathLik
                              f"target or settings at a time")
         seen[answer.prompt.prompt_id] = answer.key
     out = Path(out_path)
+    return out, write_openai_chat(out, (answer_conversation(answer) for answer in answers))
+
+
+def answer_conversation(answer: CollectedAnswer) -> tuple[str, list[dict]]:
+    """(prompt id, the prompt's messages and the answer as the last, assistant, message)."""
+    return answer.prompt.prompt_id, answer.prompt.messages() + [
+        {"role": "assistant", "content": answer.response}]
+
+
+def write_openai_chat(out: Path, conversations: Iterable[tuple[str, list[dict]]]) -> int:
+    """(id, messages) pairs as OpenAI chat JSONL (`{"id", "messages"}`), written whole or not
+    at all; the number written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
+    written = 0
     with partial.open("w", encoding="utf-8") as handle:
-        for answer in answers:
-            messages = answer.prompt.messages() + [{"role": "assistant",
-                                                    "content": answer.response}]
-            handle.write(json.dumps({"id": answer.prompt.prompt_id, "messages": messages},
+        for conversation_id, messages in conversations:
+            handle.write(json.dumps({"id": conversation_id, "messages": messages},
                                     ensure_ascii=False) + "\n")
+            written += 1
     partial.replace(out)  # readers never see half a file
-    return out, len(answers)
+    return written
 
 
 # --- Writing the cache ----------------------------------------------------------------------------

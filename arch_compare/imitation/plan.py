@@ -269,16 +269,26 @@ def post_training_work(config: StudyConfig, planned: PlannedRun) -> dict:
     if entry is None:
         return {"prompts": 0, "sampling_flops": 0.0, "reference_flops": 0.0, "target_calls": 0}
     prompts = prompt_count(entry)
-    lengths = config.training.feature_lengths
-    cfg = planned.model.config
-    sampling = prompts * entry.samples * forward_flops(cfg, lengths["inputs"],
-                                                        config.decode_max_tokens).total
-    reference = (2 * prompts * forward_flops(cfg, lengths["inputs"], lengths["targets"]).total
-                 if entry.kind == "dpo" else 0.0)
+    sampling, reference = post_training_flops(config, entry, planned.model.config, prompts,
+                                              kept=prompts)
     calls = {"checks": 0, "judge": prompts * entry.samples * (entry.samples - 1),
              "revise": prompts}[entry.compare]
     return {"prompts": prompts, "sampling_flops": sampling, "reference_flops": reference,
             "target_calls": calls}
+
+
+def post_training_flops(config: StudyConfig, entry: PostTraining, model_config, prompts: int,
+                        kept: int) -> tuple[float, float]:
+    """(sampling, reference) FLOPs of a post-training run: `samples` answers to each of
+    `prompts` prompts, generating up to decode_max_tokens, and for DPO one reference pass over
+    both answers of each of the `kept` pairs."""
+    lengths = config.training.feature_lengths
+    sampling = prompts * entry.samples * forward_flops(model_config, lengths["inputs"],
+                                                        config.decode_max_tokens).total
+    reference = (entry.rows_per_example * kept * forward_flops(
+        model_config, lengths["inputs"], lengths["targets"]).total
+        if entry.kind == "dpo" else 0.0)
+    return sampling, reference
 
 
 def estimates(config: StudyConfig, planned: list[PlannedRun]) -> dict[str, dict | None]:

@@ -15,17 +15,23 @@ judges or revises, `judge_answers.jsonl` or `revisions.jsonl` (its cached replie
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arch_compare.budget.flops import forward_flops
+from arch_compare.evaluation import judge as judging
 from arch_compare.imitation import plan as planning
 from arch_compare.imitation import study_models
+from arch_compare.imitation.collection_cache import write_openai_chat
 from arch_compare.imitation.plan import PlannedRun
+from arch_compare.imitation.study_sources import write_json
 from arch_compare.post_training import PostTraining
+from arch_compare.preference import checked, judged, revised
+from arch_compare.preference.objective import PreferenceConfig
+from arch_compare.preference.pairs import write_pairs
+from arch_compare.preference.sampling import StudentSampling, answers_for_task
+from arch_compare.trainer.data import DataConfig
 from arch_compare_tasks import catalogue, registry
 
 if TYPE_CHECKING:
@@ -39,8 +45,6 @@ def run(runs: "RoleRuns", planned: PlannedRun, execution: "ExecutionConfig",
         imitation_task: str) -> dict:
     """Sample, compare, train and evaluate one post-training run; its measurements."""
     entry, study_model, config = planned.post_training, planned.model, runs.config
-    if entry.compare == "checks":
-        registry.checker(entry.prompts)  # a task without a checker is named before any work
     run_dir = runs.directory / "runs" / planned.run.run_id
     full_dir = runs.directory / "runs" / planned.full_run
     model = runs.models.model(study_model, execution)
@@ -56,7 +60,6 @@ def run(runs: "RoleRuns", planned: PlannedRun, execution: "ExecutionConfig",
     training = config.training
     steps = entry.steps(kept, training.batch_size)
     if entry.kind == "dpo":
-        from arch_compare.preference.objective import PreferenceConfig
         data_task = imitation_task  # a preference run reads its task only to evaluate
         options = {"preference": PreferenceConfig(entry.objective, entry.beta,
                                                   entry.label_smoothing),
@@ -64,7 +67,6 @@ def run(runs: "RoleRuns", planned: PlannedRun, execution: "ExecutionConfig",
     else:
         data_task = _examples_task(config.name, planned.run.run_id, run_dir / "examples.jsonl")
         options = {}
-    from arch_compare.trainer.data import DataConfig
     data = DataConfig(data_task, training.feature_lengths, batch_size=training.batch_size,
                       seed=training.seed, trim_padding=training.trim_padding and not options)
     _, params, measured = runs._train(
@@ -72,11 +74,8 @@ def run(runs: "RoleRuns", planned: PlannedRun, execution: "ExecutionConfig",
         planning.post_optimizer(config, entry, steps), str(full_dir), training.seed,
         rows=entry.rows_per_example, **options)
     # The samples drawn and DPO's one reference pass over the kept pairs count with the steps.
-    lengths, cfg = training.feature_lengths, model.config
-    sampling = summary["prompts"] * entry.samples * forward_flops(
-        cfg, lengths["inputs"], config.decode_max_tokens).total
-    reference = (entry.rows_per_example * kept * forward_flops(
-        cfg, lengths["inputs"], lengths["targets"]).total if entry.kind == "dpo" else 0.0)
+    sampling, reference = planning.post_training_flops(config, entry, model.config,
+                                                       summary["prompts"], kept)
     measured["flops"] += sampling + reference
     measured["post_training"] = summary | {"from_run": planned.full_run,
                                            "sampling_flops": sampling,
@@ -87,7 +86,6 @@ def run(runs: "RoleRuns", planned: PlannedRun, execution: "ExecutionConfig",
 
 def _sample_and_compare(runs: "RoleRuns", entry: PostTraining, model, vocabulary,
                         execution, run_dir: Path, full_dir: Path, planned: PlannedRun) -> dict:
-    from arch_compare.preference.sampling import StudentSampling, answers_for_task
     config = runs.config
     params = study_models.params_from(full_dir, model, execution,
                                       f"{planned.run.run_id} starts from {planned.full_run}")
@@ -116,9 +114,6 @@ def _sample_and_compare(runs: "RoleRuns", entry: PostTraining, model, vocabulary
 
 def _compare_and_write(runs: "RoleRuns", entry: PostTraining, answers, run_dir: Path,
                        sampling_seconds: float) -> None:
-    from arch_compare.evaluation import judge as judging
-    from arch_compare.preference import checked, judged, revised
-    from arch_compare.preference.pairs import write_pairs
     run_dir.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     if entry.compare == "checks":
@@ -146,8 +141,12 @@ def _compare_and_write(runs: "RoleRuns", entry: PostTraining, answers, run_dir: 
     if entry.kind == "dpo":
         write_pairs(run_dir / "pairs.jsonl", kept)
     else:
-        _write_examples(run_dir / "examples.jsonl", kept)
-    _write_json(run_dir / SUMMARY, {
+        write_openai_chat(run_dir / "examples.jsonl", (
+            (example.example_id, [{"role": turn.role, "content": turn.text}
+                                  for turn in example.history]
+             + [{"role": "assistant", "content": example.target}]) for example in kept))
+    # Written last: its presence means the data is whole.
+    write_json(run_dir / SUMMARY, {
         "method": summary.method, "prompts": summary.prompts,
         "candidates": summary.candidates, "kept": summary.kept,
         "dropped": dict(summary.dropped), "describe": summary.describe(),
@@ -166,24 +165,3 @@ def _examples_task(study: str, run_id: str, path: Path) -> str:
     name = ":".join(re.sub(r"[^\w.]", "_", part) for part in ("study", study, run_id))
     catalogue.register_imitation_task(name, path, "openai_chat", replace=True)
     return name
-
-
-def _write_examples(path: Path, examples) -> None:
-    """Imitation examples as OpenAI chat JSONL (what the study's collected data is written as)."""
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("w", encoding="utf-8") as handle:
-        for example in examples:
-            messages = [{"role": turn.role, "content": turn.text} for turn in example.history]
-            messages.append({"role": "assistant", "content": example.target})
-            handle.write(json.dumps({"id": example.example_id, "messages": messages},
-                                    ensure_ascii=False) + "\n")
-    partial.replace(path)
-
-
-def _write_json(path: Path, value: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("w", encoding="utf-8") as handle:
-        handle.write(json.dumps(value, indent=1) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    partial.replace(path)  # the summary is written last: its presence means the data is whole

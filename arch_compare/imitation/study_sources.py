@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from arch_compare.data import amounts as amounts_lib
-from arch_compare.imitation import collection, evaluation, preflight
+from arch_compare.imitation import collection, collection_cache, evaluation, preflight
 from arch_compare.imitation.config import DataSource, StudyConfig
 from arch_compare.imitation.hosts import Processes
 from arch_compare.imitation.targets import Target, cache_key
@@ -121,7 +121,7 @@ class StudySources:
                 student = "the base model" if earlier is None else f"the model trained on {earlier}"
                 self.echo(f"  select {source.name}/{strategy} for {model_name} up to {amount} "
                           f"({student}): {result.description}")
-                _write_json(ranking_path, {
+                write_json(ranking_path, {
                     "source": source.name, "strategy": strategy, "model": model_name,
                     "amount": amount, "student": student, "pool": len(pool),
                     "description": result.description, "score": result.score_name,
@@ -223,24 +223,12 @@ class StudySources:
 def _export(cache: Path, keys: list[str], out: Path) -> int:
     """The answers of `keys` (in that order, those answered) as OpenAI chat JSONL."""
     answers = {answer.key: answer for answer in collection.load_collected(cache)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    written = 0
-    with partial.open("w", encoding="utf-8") as handle:
-        for key in keys:
-            answer = answers.get(key)
-            if answer is None:
-                continue
-            messages = answer.prompt.messages() + [{"role": "assistant",
-                                                    "content": answer.response}]
-            handle.write(json.dumps({"id": answer.prompt.prompt_id, "messages": messages},
-                                    ensure_ascii=False) + "\n")
-            written += 1
-    partial.replace(out)  # readers never see half a file
-    return written
+    return collection_cache.write_openai_chat(out, (
+        collection_cache.answer_conversation(answers[key]) for key in keys if key in answers))
 
 
-def _write_json(path: Path, value: dict) -> None:
+def write_json(path: Path, value: dict) -> None:
+    """`value` as indented JSON at `path`, synced, replacing the file whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     with partial.open("w", encoding="utf-8") as handle:
