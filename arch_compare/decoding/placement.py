@@ -33,7 +33,7 @@ from arch_compare.models.model import BaseModel, Params
 log = logging.getLogger(__name__)
 
 # Logical names of the decode cache's arrays, for sharding them like the batch they belong to.
-KV_AXES = ("layers", "batch", "length", "kv_heads", "kv")  # [layers, b, s, g, e]
+KV_AXES = ("layers", "batch", "kv_heads", "length", "kv")  # [layers, b, g, s, e]
 ROW_AXES = ("batch", None)  # start [b], encoder_mask [b, k]
 
 

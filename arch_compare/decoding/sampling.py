@@ -40,8 +40,19 @@ def filter_logits(logits: jax.Array, knobs: Knobs) -> jax.Array:
     return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
+def first_max(logits: jax.Array) -> jax.Array:
+    """logits: [b, v] -> [b], the first index of each row's maximum (NaN counts as the maximum),
+    as `jnp.argmax` defines it. Written as two plain reductions: XLA:CPU runs argmax's
+    (value, index) reduction several times slower than a max and a min over [b, v] (7 ms of a
+    ~75 ms decode step for GPT-2's vocabulary at batch 64)."""
+    top = jnp.max(logits, axis=-1, keepdims=True)  # [b, 1]
+    vocab = logits.shape[-1]
+    hit = (logits == top) | jnp.isnan(logits)  # [b, v]
+    return jnp.min(jnp.where(hit, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+
+
 def _greedy(logits: jax.Array, key: jax.Array, knobs: Knobs) -> jax.Array:
-    return jnp.argmax(logits, axis=-1)
+    return first_max(logits)
 
 
 def _sample(logits: jax.Array, key: jax.Array, knobs: Knobs) -> jax.Array:
@@ -87,9 +98,11 @@ def sample_search(model: BaseModel, params: Params, prompts: jax.Array, lengths:
 
     def add_token(state: _State, logits: jax.Array) -> _State:
         chosen = choose(logits, jax.random.fold_in(knobs.key, state.step), knobs)  # [b]
-        # Scores use the model's own distribution, whatever filters chose the token.
-        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [b, v]
-        chosen_log_prob = jnp.take_along_axis(log_probs, chosen[:, None], axis=-1)[:, 0]
+        # Scores use the model's own distribution, whatever filters chose the token; only the
+        # chosen token's log-probability is formed, not the whole [b, v] log-softmax.
+        logits = logits.astype(jnp.float32)
+        chosen_logit = jnp.take_along_axis(logits, chosen[:, None], axis=-1)[:, 0]  # [b]
+        chosen_log_prob = chosen_logit - jax.nn.logsumexp(logits, axis=-1)
         live = ~state.done
         token = jnp.where(live, chosen, pad_id)
         return _State(

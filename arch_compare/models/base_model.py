@@ -193,7 +193,7 @@ class BaseModel:
     def init_cache(self, batch_size: int, num_slots: int) -> DecodeCache:
         """An empty decoder cache with `num_slots` self-attention slots per row."""
         cfg = self.config
-        shape = (cfg.num_layers, batch_size, num_slots, cfg.num_kv_heads, cfg.head_dim)
+        shape = (cfg.num_layers, batch_size, cfg.num_kv_heads, num_slots, cfg.head_dim)
         empty = KVCache(key=jnp.zeros(shape, cfg.compute_dtype),
                         value=jnp.zeros(shape, cfg.compute_dtype))
         return DecodeCache(BlockCache(self_attention=empty), index=jnp.zeros((), jnp.int32),

@@ -25,7 +25,7 @@ class DecodeCache:
     (stacked, each step splits and restacks it: a copy of the whole cache).
     """
 
-    layers: BlockCache | tuple[BlockCache, ...]  # self [layers, b, s, g, e], cross [.., k, ..]
+    layers: BlockCache | tuple[BlockCache, ...]  # self [layers, b, g, s, e], cross [.., k, ..]
     index: jax.Array  # [] int32: the slot the next token goes into, shared by every row
     start: jax.Array  # [b] int32: first slot holding a real token (left padding before it)
     encoder_mask: jax.Array | None = None  # [b, k] bool: real encoder tokens (encoder-decoder)
@@ -33,8 +33,8 @@ class DecodeCache:
     @property
     def num_slots(self) -> int:
         if isinstance(self.layers, tuple):
-            return self.layers[0].self_attention.key.shape[1]
-        return self.layers.self_attention.key.shape[2]
+            return self.layers[0].self_attention.key.shape[2]
+        return self.layers.self_attention.key.shape[3]
 
     def per_layer(self) -> "DecodeCache":
         """This cache with `layers` as one `BlockCache` per layer."""

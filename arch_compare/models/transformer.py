@@ -43,7 +43,7 @@ class AttentionInputs:
 class BlockCache:
     """What one block keeps between decoding steps; a stack's cache has a leading layers axis."""
 
-    self_attention: KVCache  # [b, s, g, e]: s slots, filled as tokens arrive
+    self_attention: KVCache  # [b, g, s, e]: s slots, filled as tokens arrive
     # [b, k, g, e]: the encoder output's keys/values, projected once per input (encoder-decoder).
     cross_attention: KVCache | None = None
 
@@ -147,7 +147,7 @@ class Stack(nnx.Module):
                layers: Sequence[Any]) -> tuple[jax.Array, tuple[BlockCache, ...]]:
         """Decoding: like `__call__` with a cache, but the blocks run one after another, each
         from its own parameter tree (`layers`, from `BaseModel.decoding_params`) and its own
-        cache (`caches`, one per block: [b, s, g, e] arrays). In a decoding loop the layer
+        cache (`caches`, one per block: [b, g, s, e] arrays). In a decoding loop the layer
         scan's slices of stacked parameters and caches are copies made on every step (every
         weight and the whole cache copied per token); separate arrays are read where they lie
         and the cache is updated in place."""
@@ -159,7 +159,7 @@ class Stack(nnx.Module):
         return self.final_norm(x), tuple(updated)
 
     def project_cross(self, encoded: jax.Array) -> KVCache:
-        """encoded: [b, k, d] -> every layer's cross-attention keys/values [layers, b, k, g, e]."""
+        """encoded: [b, k, d] -> every layer's cross-attention keys/values [layers, b, g, k, e]."""
 
         @nnx.vmap(in_axes=(0, None), out_axes=0,
                   transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -274,7 +274,7 @@ class EncoderDecoderNetwork(nnx.Module):
         # Relative bias depends on key-minus-query offsets only, so slot numbers serve as
         # positions: the decoder's slot 0 is its start token.
         query_slots = index + jnp.arange(tokens.shape[1])  # [l]
-        key_slots = jnp.arange(cache[0].self_attention.key.shape[1])  # [s]
+        key_slots = jnp.arange(cache[0].self_attention.key.shape[2])  # [s]
         bias = self._relative_bias("decoder_relative_bias", query_slots, key_slots)
         inputs = AttentionInputs(self_mask=mask, self_bias=bias, positions=positions,
                                  cross_mask=cross_mask, cache_index=index)

@@ -137,7 +137,7 @@ def test_encoder_runs_once_and_cross_attention_is_cached():
     logits, cache = prefill(params, prompts, lengths, NUM_STEPS)
     cross = cache.layers.cross_attention
     cfg = model.config
-    assert cross.key.shape == (cfg.num_layers, 3, 7, cfg.num_kv_heads, cfg.head_dim)
+    assert cross.key.shape == (cfg.num_layers, 3, cfg.num_kv_heads, 7, cfg.head_dim)
     tokens = jnp.argmax(logits, axis=-1)
     step_logits, stepped = step(params, cache, tokens)
     np.testing.assert_array_equal(stepped.layers.cross_attention.key, cross.key)

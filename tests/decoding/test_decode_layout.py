@@ -39,7 +39,7 @@ def test_per_layer_cache_steps_like_the_stacked_one(name):
     for got, want in zip(jax.tree.leaves(layer_next.stacked()), jax.tree.leaves(stacked_next)):
         np.testing.assert_allclose(got, want, atol=1e-5)
     # The new token's keys went into slot `index` of every layer (not a no-op step).
-    assert np.abs(np.asarray(layer_next.layers[-1].self_attention.key[:, stacked.index])).max() > 0
+    assert np.abs(np.asarray(layer_next.layers[-1].self_attention.key[:, :, stacked.index])).max() > 0
 
 
 def _loop_body(hlo: str) -> str:
@@ -64,7 +64,7 @@ def test_greedy_loop_copies_no_cache_and_slices_no_weight(name):
                                                                cfg.pad_id))
     body = _loop_body(search.lower(params, prompts, lengths, knobs).compile().as_text())
     slots = prompts.shape[1] + STEPS - 1 if not cfg.is_encoder_decoder else STEPS
-    layer_cache = f"f32[{len(PROMPTS)},{slots},{cfg.num_kv_heads},{cfg.head_dim}]"
+    layer_cache = f"f32[{len(PROMPTS)},{cfg.num_kv_heads},{slots},{cfg.head_dim}]"
     copies = [line for line in body.splitlines()
               if re.search(r"= f32\[[\d,]+\]\{[\d,]+\} copy\(", line)
               and (layer_cache[4:-1] in line or f"[{cfg.num_layers},{len(PROMPTS)}," in line)]
@@ -74,3 +74,9 @@ def test_greedy_loop_copies_no_cache_and_slices_no_weight(name):
     sliced = re.findall(r"%[\w.\-]*dynamic-slice[\w.\-]* = f32\[[\d,]+\]", body)
     assert not sliced, "the decode loop slices stacked arrays:\n" + "\n".join(sliced[:3])
     assert layer_cache in body  # the per-layer cache is what the loop carries
+    # Nor is any layer's cache rearranged: the attention matmuls read [b, g, s, e] as it lies
+    # (slots first, every step transposed each layer's whole keys and values).
+    rearranged = f"f32[{len(PROMPTS)},{slots},{cfg.num_kv_heads},{cfg.head_dim}]"
+    moved = [line for line in body.splitlines() if rearranged != layer_cache  # t5-tiny: g == s
+             and f"{rearranged}{{" in line.split("=", 1)[-1][:60]]
+    assert not moved, "the decode loop rearranges its cache:\n" + "\n".join(moved[:3])

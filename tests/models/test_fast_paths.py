@@ -37,28 +37,40 @@ def _attention_inputs(dtype, heads, kv_heads, bias_batch):
 # (dtype, query heads, kv heads, bias batch, with bias, with mask): plain multi-head, grouped and
 # multi-query heads; T5's shared bias and a per-example one; no mask (an encoder without padding).
 ATTENTION_CASES = [("float32", 4, 2, 2, True, True), ("float32", 4, 4, 1, False, False),
-                   ("bfloat16", 4, 1, 1, True, True)]
+                   ("float32", 4, 4, 1, True, True), ("bfloat16", 4, 1, 1, True, True)]
 
 
 @pytest.mark.parametrize("case", ATTENTION_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_einsum_attention_matches_jax(case):
+    """Values and the gradients of queries, keys, values and the bias (a shared bias's gradient
+    is the custom sum over rows, `add_shared_by_rows`)."""
     dtype, heads, kv_heads, bias_batch, with_bias, with_mask = case
     query, key, value, bias, mask = _attention_inputs(jnp.dtype(dtype), heads, kv_heads,
                                                       bias_batch)
-    kwargs = dict(bias=bias if with_bias else None, mask=mask if with_mask else None, scale=0.3)
+    mask = mask if with_mask else None
+
+    def heads_first(query, key, value, bias, **kwargs):  # ours takes keys/values as [b, g, k, e]
+        return dot_product_attention(query, jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2),
+                                     bias=bias, **kwargs)
+
+    def theirs(query, key, value, bias, **kwargs):
+        return jax.nn.dot_product_attention(query, key, value, bias=bias, **kwargs)
 
     @functools.partial(jax.jit, static_argnums=0)
     def outputs_and_grads(attention):
-        loss = lambda *a: jnp.sum(jnp.sin(attention(*a, **kwargs).astype(jnp.float32)))
-        return (attention(query, key, value, **kwargs),
-                jax.grad(loss, argnums=(0, 1, 2))(query, key, value))
+        call = lambda q, k, v, b: attention(q, k, v, b if with_bias else None, mask=mask,
+                                            scale=0.3)
+        loss = lambda *a: jnp.sum(jnp.sin(call(*a).astype(jnp.float32)))
+        return (call(query, key, value, bias),
+                jax.grad(loss, argnums=(0, 1, 2, 3))(query, key, value, bias))
 
-    ours = outputs_and_grads(dot_product_attention)
-    theirs = outputs_and_grads(jax.nn.dot_product_attention)
+    ours, reference = outputs_and_grads(heads_first), outputs_and_grads(theirs)
     tolerance = TOLERANCE[dtype]
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
                                    atol=5 * tolerance, rtol=5 * tolerance)
+    if with_bias:  # the bias gradient is not trivially zero
+        assert np.abs(np.asarray(ours[1][3], np.float32)).max() > 1e-3
 
 
 @pytest.mark.parametrize("use_bias", [False, True])
