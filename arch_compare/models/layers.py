@@ -179,6 +179,36 @@ class Embed(nnx.Module):
         return jnp.einsum("bld,vd->blv", x, self.embedding[...].astype(self.dtype))
 
 
+@jax.custom_vjp
+def two_projections(x: jax.Array, kernel_0: jax.Array, kernel_1: jax.Array
+                    ) -> tuple[jax.Array, jax.Array]:
+    """x [..., d] through two [d, f] kernels -> ([..., f], [..., f]), as one matmul over the
+    kernels stacked into [d, 2, f] at call time: XLA:CPU runs one [d, 2f] matmul faster than two
+    [d, f] ones (the parameters stay two kernels)."""
+    both = jnp.einsum("...d,dnf->...nf", x, jnp.stack([kernel_0, kernel_1], axis=1))
+    return both[..., 0, :], both[..., 1, :]
+
+
+def _two_projections_forward(x, kernel_0, kernel_1):
+    return two_projections(x, kernel_0, kernel_1), (x, kernel_0, kernel_1)
+
+
+def _two_projections_backward(saved, grads):
+    # Written out because the derived backward pass transposes the stacked [..., 2, f] gradient
+    # for the kernels' gradients, through pads and a transposing copy XLA:CPU ran at about
+    # 1 GB/s (3% of a LLaMA step); here each kernel's gradient is one matmul over the tokens.
+    x, kernel_0, kernel_1 = saved
+    grad_0, grad_1 = grads  # [..., f] each
+    stacked = jnp.stack([grad_0, grad_1], axis=-2)  # [..., 2, f]
+    grad_x = jnp.einsum("...nf,dnf->...d", stacked, jnp.stack([kernel_0, kernel_1], axis=1))
+    tokens = x.reshape(-1, x.shape[-1])  # [t, d]
+    kernel_grad = lambda grad: tokens.T @ grad.reshape(-1, grad.shape[-1])  # [d, f]
+    return grad_x, kernel_grad(grad_0), kernel_grad(grad_1)
+
+
+two_projections.defvjp(_two_projections_forward, _two_projections_backward)
+
+
 class Mlp(nnx.Module):
     """Plain (`act(x W_i) W_o`) or gated (`act(x W_i0) * (x W_i1) W_o`, SwiGLU / GeGLU) MLP."""
 
@@ -201,17 +231,15 @@ class Mlp(nnx.Module):
         else:
             # One matmul for both up projections (XLA:CPU runs one [d, 2f] matmul faster than two
             # [d, f] ones, forward and backward); the parameters stay two [d, f] kernels.
-            kernel = jnp.stack([self.wi_0.kernel[...], self.wi_1.kernel[...]],
-                               axis=1)  # [d, 2, f]
             dtype = self.wi_0.dtype
-            both = jnp.einsum("...d,dnf->...nf", x.astype(dtype),
-                              kernel.astype(dtype))  # [b, l, 2, f]
+            gate, up = two_projections(x.astype(dtype), self.wi_0.kernel[...].astype(dtype),
+                                       self.wi_1.kernel[...].astype(dtype))  # [b, l, f] each
             if self.wi_0.bias is not None:
-                bias = jnp.stack([self.wi_0.bias[...], self.wi_1.bias[...]])  # [2, f]
-                both = both + bias.astype(dtype)
+                gate = gate + self.wi_0.bias[...].astype(dtype)
+                up = up + self.wi_1.bias[...].astype(dtype)
             # Adapters (if any) add their low-rank terms to each half; without, no-ops.
-            gate = self.wi_0.add_adapter(both[..., 0, :], x, fold(dropout_key, 1))  # [b, l, f]
-            up = self.wi_1.add_adapter(both[..., 1, :], x, fold(dropout_key, 2))
+            gate = self.wi_0.add_adapter(gate, x, fold(dropout_key, 1))
+            up = self.wi_1.add_adapter(up, x, fold(dropout_key, 2))
             hidden = self.activation(gate) * up  # [b, l, f]
         return self.wo(hidden, fold(dropout_key, 3))
 
