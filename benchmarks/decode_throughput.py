@@ -64,6 +64,7 @@ NEW_TOKENS = 128
 BYTES_PER_FLOAT = 4  # float32 throughout
 BANDWIDTH_FLOATS = 128 * 2**20  # 512 MiB: far past any CPU cache
 BANDWIDTH_REPEATS = 7
+DOT_FLOOR_SHAPE = (512, 32000)  # the kernel of `jax_dot_read_bandwidth`'s matmul
 # Below this share of equal tokens the two sides are not decoding the same model: fail.
 MIN_MATCH = 0.9
 LOADED = 0.25  # cores used by others while a row was timed above which the run warns
@@ -198,6 +199,19 @@ def jax_read_bandwidth(floats: int = BANDWIDTH_FLOATS, repeats: int = BANDWIDTH_
     return floats * BYTES_PER_FLOAT / seconds
 
 
+def jax_dot_read_bandwidth(batch: int, repeats: int = BANDWIDTH_REPEATS) -> float:
+    """Bytes/s of weights XLA's own matmul reads at this batch: a jitted float32 [b, 512] @
+    [512, 32000] (an output head of these models), its kernel's bytes over the median time.
+    At small batches XLA:CPU's dot kernels read weights well below the sum's bandwidth, so this
+    is the floor the decode step could reach without kernels of its own."""
+    rows, kernel = DOT_FLOOR_SHAPE
+    x = jnp.ones((batch, rows), jnp.float32)
+    w = jnp.ones((rows, kernel), jnp.float32)
+    matmul = jax.jit(jnp.matmul).lower(x, w).compile()
+    seconds = time_steps(lambda: matmul(x, w).block_until_ready(), 2, repeats * 3).median
+    return rows * kernel * BYTES_PER_FLOAT / seconds
+
+
 def numpy_read_bandwidth(floats: int = BANDWIDTH_FLOATS,
                          repeats: int = BANDWIDTH_REPEATS) -> float:
     x = np.ones((floats,), np.float32)
@@ -217,6 +231,7 @@ class Row:
     prefill: Timing  # ours' prefill alone
     read_bytes: int  # per decode step
     bandwidth: float  # bytes/s
+    dot_bandwidth: float  # bytes/s of weights XLA's matmul reads at this batch
     match: float
     agree_until: float
 
@@ -237,6 +252,10 @@ class Row:
         return self.read_bytes / self.bandwidth
 
     @property
+    def dot_floor_seconds(self) -> float:
+        return self.read_bytes / self.dot_bandwidth
+
+    @property
     def others(self) -> float:
         return (self.ours + self.torch).others
 
@@ -244,7 +263,8 @@ class Row:
 def format_table(rows: list[Row]) -> str:
     header = (f"{'model':<6} {'batch':>5} {'ours tok/s':>10} {'torch tok/s':>11} "
               f"{'ours/torch':>10} {'step ms':>7} {'MB/step':>7} {'floor ms':>8} "
-              f"{'step/floor':>10} {'spread':>6} {'others':>6} {'match':>6}")
+              f"{'step/floor':>10} {'dot floor':>9} {'step/dot':>8} {'spread':>6} "
+              f"{'others':>6} {'match':>6}")
     lines = [header, "-" * len(header)]
     for row in rows:
         spread = max(row.ours.spread, row.torch.spread)
@@ -254,6 +274,8 @@ def format_table(rows: list[Row]) -> str:
             f"{row.ours_tokens_per_second / row.torch_tokens_per_second:>9.2f}x "
             f"{1000 * row.step_seconds:>7.2f} {row.read_bytes / 1e6:>7.1f} "
             f"{1000 * row.floor_seconds:>8.2f} {row.step_seconds / row.floor_seconds:>9.2f}x "
+            f"{1000 * row.dot_floor_seconds:>9.2f} "
+            f"{row.step_seconds / row.dot_floor_seconds:>7.2f}x "
             f"{100 * spread:>5.0f}% {row.others:>6.2f} {100 * row.match:>5.1f}%")
     return "\n".join(lines)
 
@@ -290,17 +312,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def measure_bandwidth(wait: Callable[[], object]) -> float:
+def measure_bandwidth(wait: Callable[[], object], batches: list[int]
+                      ) -> tuple[float, dict[int, float]]:
+    """(the sum's read bandwidth, {batch: XLA's matmul's weight-read bandwidth})."""
     wait()
     jax_bw, numpy_bw = jax_read_bandwidth(), numpy_read_bandwidth()
     print(f"read bandwidth (float32 sum over {BANDWIDTH_FLOATS * BYTES_PER_FLOAT >> 20} MiB, "
           f"median of {BANDWIDTH_REPEATS}): jax {jax_bw / 1e9:.1f} GB/s, numpy "
           f"{numpy_bw / 1e9:.1f} GB/s", flush=True)
-    return jax_bw
+    dot_bw = {batch: jax_dot_read_bandwidth(batch) for batch in batches}
+    print(f"weights read by XLA's float32 [b, {DOT_FLOOR_SHAPE[0]}] @ {list(DOT_FLOOR_SHAPE)}: "
+          + ", ".join(f"b={batch} {bw / 1e9:.1f} GB/s" for batch, bw in dot_bw.items()),
+          flush=True)
+    return jax_bw, dot_bw
 
 
 def run_model(name: str, args: argparse.Namespace, wait: Callable[[], object],
-              bandwidth: Callable[[], float], directory: Path) -> list[Row]:
+              directory: Path) -> list[Row]:
+    """The rows of one model; their bandwidths are filled in by `main`."""
     config = MODELS[name](None)
     model = build_model(config)
     params = model.init(jax.random.key(0))
@@ -332,8 +361,10 @@ def run_model(name: str, args: argparse.Namespace, wait: Callable[[], object],
                 f"the two sides are not decoding the same model")
         read = decoder_weight_bytes(model, params, batch) + cache_bytes(config, batch)
         rows.append(Row(name, batch, timings["ours"], timings["torch"], timings["prefill"],
-                        read, bandwidth(), match, agree))
-        print("  " + format_table(rows[-1:]).splitlines()[-1], flush=True)
+                        read, math.nan, math.nan, match, agree))
+        print(f"  batch {batch}: ours {rows[-1].ours_tokens_per_second:.0f} tok/s, torch "
+              f"{rows[-1].torch_tokens_per_second:.0f} tok/s, step "
+              f"{1000 * rows[-1].step_seconds:.2f} ms", flush=True)
     return rows
 
 
@@ -350,17 +381,21 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.calls} timed per side in {args.rounds} alternating rounds; medians. step ms: "
           f"ours' (call - prefill) / {NEW_TOKENS - 1}; floor: bytes per step / read bandwidth")
     wait = lambda: args.wait_quiet and wait_until_quiet(args.wait_quiet)
-    bandwidths = [measure_bandwidth(wait)]
+    measured = [measure_bandwidth(wait, args.batches)]
     rows = []
     with tempfile.TemporaryDirectory() as directory:
         for name in args.models:
-            rows += run_model(name, args, wait, lambda: max(bandwidths), Path(directory))
-    bandwidths.append(measure_bandwidth(wait))
-    # The floor uses the best bandwidth the machine showed: a slow, loaded measurement must not
-    # flatter our step / floor ratio.
-    rows = [dataclasses.replace(row, bandwidth=max(bandwidths)) for row in rows]
-    print(f"\nfloor at {max(bandwidths) / 1e9:.1f} GB/s (the higher of before / after); match: "
-          f"share of equal tokens")
+            rows += run_model(name, args, wait, Path(directory))
+    measured.append(measure_bandwidth(wait, args.batches))
+    # The floors use the best bandwidth the machine showed: a slow, loaded measurement must not
+    # flatter our step / floor ratios.
+    bandwidth = max(sum_bw for sum_bw, _ in measured)
+    dot_bandwidth = {batch: max(dot[batch] for _, dot in measured) for batch in args.batches}
+    rows = [dataclasses.replace(row, bandwidth=bandwidth, dot_bandwidth=dot_bandwidth[row.batch])
+            for row in rows]
+    print(f"\nfloor at {bandwidth / 1e9:.1f} GB/s (the sum's, the higher of before / after); "
+          f"dot floor: the same bytes at the weight-read bandwidth of XLA's matmul at that batch; "
+          f"match: share of equal tokens")
     print(format_table(rows))
     loaded = [f"{row.model}/{row.batch}" for row in rows if row.others > LOADED]
     if loaded:

@@ -4,6 +4,8 @@ For a GPT-2, a LLaMA and a T5 v1.1 configuration of 6 layers x 512 wide (float32
 
 - ours: `build_model` + `make_train_step` with `make_optimizer(OptimizerConfig("adamw", ...))`,
   jit-compiled once (state donated, as the trainer does), `block_until_ready` after every step;
+  once with the layer scan (row `jax`, the trainer's default) and once with the layers unrolled
+  (row `jax/unrolled`, `ModelConfig.scan_layers=False`), unless `--layers` picks one;
 - torch: transformers' model of the same configuration (`config_to_hf`), built fresh in training
   mode with dropout 0, cross-entropy on every target token, `torch.optim.AdamW` with the same
   hyper-parameters and the same weight-decay mask (matrices decayed, vectors not);
@@ -15,7 +17,7 @@ square that a dense implementation executes) and the ratio ours / torch.
 
     python benchmarks/train_throughput.py [--steps 10] [--batch 8] [--length 256]
                                           [--models gpt2,llama,t5] [--vocab 32000]
-                                          [--wait-quiet 300]
+                                          [--layers scan,unrolled] [--wait-quiet 300]
 
 Both sides get the same token arrays. Decoder-only rows are `--length` tokens with the loss on
 every position; the encoder-decoder rows are `--input-length` encoder tokens (default: `--length`)
@@ -74,6 +76,9 @@ def _t5(vocab: int | None) -> ModelConfig:
     # T5 v1.1-small's widths (gated GELU, d_ff 1024, 8 heads of 64, untied head) at 6 + 6 layers.
     return zoo.t5_v1_1(D_MODEL, LAYERS, HEADS, 1024, vocab_size=vocab or zoo.T5_VOCAB)
 
+
+# Our layer loops -> the row's framework name; the first is the trainer's default.
+LAYER_LOOPS = {"scan": "jax", "unrolled": "jax/unrolled"}
 
 # Name -> configuration, given the vocabulary override (None: the family's real vocabulary).
 MODELS: dict[str, Callable[[int | None], ModelConfig]] = {
@@ -252,16 +257,16 @@ class Row:
 
 def format_table(rows: list[Row]) -> str:
     torch_speed = {row.model: row.tokens_per_second for row in rows if row.framework == "torch"}
-    header = (f"{'model':<6} {'framework':<9} {'tokens/s':>9} {'step ms':>8} {'spread':>7} "
+    header = (f"{'model':<6} {'framework':<12} {'tokens/s':>9} {'step ms':>8} {'spread':>7} "
               f"{'others':>6} {'MFU':>6} {'ours/torch':>10}")
     lines = [header, "-" * len(header)]
     for row in rows:
         ratio = row.tokens_per_second / torch_speed[row.model] if row.model in torch_speed else None
         lines.append(
-            f"{row.model:<6} {row.framework:<9} {row.tokens_per_second:>9.0f} "
+            f"{row.model:<6} {row.framework:<12} {row.tokens_per_second:>9.0f} "
             f"{1000 * row.timing.median:>8.1f} {100 * row.timing.spread:>6.0f}% "
             f"{row.timing.others:>6.2f} {100 * row.mfu:>5.1f}% "
-            f"{f'{ratio:.2f}x' if row.framework == 'jax' and ratio else '':>10}")
+            f"{f'{ratio:.2f}x' if row.framework.startswith('jax') and ratio else '':>10}")
     return "\n".join(lines)
 
 
@@ -280,6 +285,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vocab", type=int, default=None,
                         help="vocabulary for every model (default: each family's real one)")
     parser.add_argument("--frameworks", default="jax,torch", help="jax, torch or both")
+    parser.add_argument("--layers", default=",".join(LAYER_LOOPS),
+                        help="our layer loop: scan (the trainer's default, one compiled block "
+                             "however deep), unrolled (ModelConfig.scan_layers=False), or both "
+                             "as two jax rows (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="alternate the frameworks this many times per model (the timed "
                              "steps are split between rounds)")
@@ -301,6 +310,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--frameworks: expected jax and/or torch, got {args.frameworks}")
     if args.steps <= 0 or args.warmup < 0 or args.rounds <= 0:
         parser.error("--steps and --rounds must be positive and --warmup >= 0")
+    args.layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    if not args.layers or set(args.layers) - set(LAYER_LOOPS):
+        parser.error(f"--layers: expected {' and/or '.join(LAYER_LOOPS)}, got {args.layers}")
     args.rounds = min(args.rounds, args.steps)
     return args
 
@@ -324,13 +336,17 @@ def describe(workload: Workload) -> str:
             f"({lengths}); {workload.flops_per_step / 1e9:.1f} GFLOP/step")
 
 
-def build_steps(workload: Workload, frameworks: list[str]) -> dict[str, Step]:
-    """Each framework's step for `workload`, after checking both build the same model."""
+def build_steps(workload: Workload, frameworks: list[str], layers: list[str]) -> dict[str, Step]:
+    """Each framework's step for `workload` (ours once per layer loop), after checking they all
+    build the same model."""
     tokens = make_tokens(workload)
     steps, counts = {}, {}
-    if "jax" in frameworks:
-        steps["jax"], counts["jax"], compile_seconds = jax_step(workload, tokens)
-        print(f"  jax: {counts['jax']:,} parameters, compiled in {compile_seconds:.1f} s")
+    for loop in layers if "jax" in frameworks else []:
+        name = LAYER_LOOPS[loop]
+        config = workload.config.replace(scan_layers=loop == "scan")
+        steps[name], counts[name], compile_seconds = jax_step(
+            dataclasses.replace(workload, config=config), tokens)
+        print(f"  {name}: {counts[name]:,} parameters, compiled in {compile_seconds:.1f} s")
     if "torch" in frameworks:
         steps["torch"], counts["torch"], attention = torch_step(workload, tokens)
         print(f"  torch: {counts['torch']:,} parameters, attention {attention!r}")
@@ -362,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         workload = make_workload(name, args)
         print(describe(workload), flush=True)
-        steps = build_steps(workload, args.frameworks)
+        steps = build_steps(workload, args.frameworks, args.layers)
         waited = wait()
         if waited:
             print(f"  waited {waited:.0f} s for a quiet machine")
@@ -377,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
           f"the models; MFU uses the higher): " + ", ".join(
               f"{name} {before[name] / 1e9:.0f} / {after[name] / 1e9:.0f} GFLOP/s"
               for name in args.frameworks))
-    rows = [Row(model, framework, workload, timing, peak[framework])
+    rows = [Row(model, framework, workload, timing, peak[framework.split("/")[0]])
             for model, framework, workload, timing in timed]
     print()
     print(format_table(rows))
