@@ -295,14 +295,8 @@ class RelativePositionBias(nnx.Module):
         buckets = relative_position_bucket(
             key_positions[None, :] - query_positions[:, None], bidirectional=self.bidirectional,
             num_buckets=self.num_buckets, max_distance=self.max_distance)  # [q, k]
-        # The lookup as a product with the buckets' one-hot: exact (one non-zero term each), and
-        # its gradient is a small matmul over the [h, q, k] bias gradient as it lies. A gather's
-        # gradient scatters [q * k, h] rows, and XLA:CPU's transposing copy into that layout,
-        # fused with the sum over rows and layers, cost 3-4% of a T5 training step.
-        table = self.embedding[...]  # [buckets, h]
-        one_hot = buckets[None] == jnp.arange(self.num_buckets)[:, None, None]  # [buckets, q, k]
-        bias = jnp.einsum("nh,nqk->hqk", table, one_hot.astype(table.dtype))
-        return bias[None].astype(self.dtype)  # [1, h, q, k]
+        bias = jnp.take(self.embedding[...], buckets, axis=0)  # [q, k, h]
+        return jnp.transpose(bias, (2, 0, 1))[None].astype(self.dtype)
 
 
 @jax.custom_vjp
