@@ -16,7 +16,6 @@ g kv heads, e head_dim, f d_ff, v vocab.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Callable
 
@@ -311,11 +310,13 @@ def _add_shared_by_rows_forward(x, shared):
 
 
 def _add_shared_by_rows_backward(_, grad):
-    # The shared addend's gradient sums grad over its rows. Written as a chain of row additions,
-    # XLA fuses it into one pass over grad; as a reduction over the leading axis, XLA:CPU took
-    # about 40x longer (19 ms against 0.5 ms for [8, 8, 256, 256], 5% of a T5 training step).
-    rows = [grad[row] for row in range(grad.shape[0])]
-    return grad, functools.reduce(jnp.add, rows)[None]
+    # The shared addend's gradient sums grad over its rows. As a reduction over the leading axis
+    # XLA:CPU took 19 ms for [8, 8, 256, 256] (5% of a T5 training step); as a contraction with a
+    # vector of ones, 3.9 ms. (A chain of row additions took 0.5 ms on one device, but with the
+    # rows split over devices it would move rows between them; a contraction over the batch
+    # axis stays a local product and one all-reduce.)
+    ones = jnp.ones(grad.shape[:1], grad.dtype)  # [b]
+    return grad, jnp.tensordot(ones, grad, axes=1)[None]
 
 
 add_shared_by_rows.defvjp(_add_shared_by_rows_forward, _add_shared_by_rows_backward)
