@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from arch_compare.models.config import ModelConfig
+from arch_compare.models.fast_paths import add_shared_by_rows, two_projections
 from arch_compare.recipes import LoraConfig
 
 Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
@@ -178,36 +179,6 @@ class Embed(nnx.Module):
         return jnp.einsum("bld,vd->blv", x, self.embedding[...].astype(self.dtype))
 
 
-@jax.custom_vjp
-def two_projections(x: jax.Array, kernel_0: jax.Array, kernel_1: jax.Array
-                    ) -> tuple[jax.Array, jax.Array]:
-    """x [..., d] through two [d, f] kernels -> ([..., f], [..., f]), as one matmul over the
-    kernels stacked into [d, 2, f] at call time: XLA:CPU runs one [d, 2f] matmul faster than two
-    [d, f] ones (the parameters stay two kernels)."""
-    both = jnp.einsum("...d,dnf->...nf", x, jnp.stack([kernel_0, kernel_1], axis=1))
-    return both[..., 0, :], both[..., 1, :]
-
-
-def _two_projections_forward(x, kernel_0, kernel_1):
-    return two_projections(x, kernel_0, kernel_1), (x, kernel_0, kernel_1)
-
-
-def _two_projections_backward(saved, grads):
-    # Written out because the derived backward pass transposes the stacked [..., 2, f] gradient
-    # for the kernels' gradients, through pads and a transposing copy XLA:CPU ran at about
-    # 1 GB/s (3% of a LLaMA step); here each kernel's gradient is one matmul over the tokens.
-    x, kernel_0, kernel_1 = saved
-    grad_0, grad_1 = grads  # [..., f] each
-    stacked = jnp.stack([grad_0, grad_1], axis=-2)  # [..., 2, f]
-    grad_x = jnp.einsum("...nf,dnf->...d", stacked, jnp.stack([kernel_0, kernel_1], axis=1))
-    tokens = x.reshape(-1, x.shape[-1])  # [t, d]
-    kernel_grad = lambda grad: tokens.T @ grad.reshape(-1, grad.shape[-1])  # [d, f]
-    return grad_x, kernel_grad(grad_0), kernel_grad(grad_1)
-
-
-two_projections.defvjp(_two_projections_forward, _two_projections_backward)
-
-
 class Mlp(nnx.Module):
     """Plain (`act(x W_i) W_o`) or gated (`act(x W_i0) * (x W_i1) W_o`, SwiGLU / GeGLU) MLP."""
 
@@ -228,8 +199,6 @@ class Mlp(nnx.Module):
         if hasattr(self, "wi"):
             hidden = self.activation(self.wi(x, fold(dropout_key, 0)))  # [b, l, f]
         else:
-            # One matmul for both up projections (XLA:CPU runs one [d, 2f] matmul faster than two
-            # [d, f] ones, forward and backward); the parameters stay two [d, f] kernels.
             dtype = self.wi_0.dtype
             gate, up = two_projections(x.astype(dtype), self.wi_0.kernel[...].astype(dtype),
                                        self.wi_1.kernel[...].astype(dtype))  # [b, l, f] each
@@ -296,30 +265,6 @@ class RelativePositionBias(nnx.Module):
             num_buckets=self.num_buckets, max_distance=self.max_distance)  # [q, k]
         bias = jnp.take(self.embedding[...], buckets, axis=0)  # [q, k, h]
         return jnp.transpose(bias, (2, 0, 1))[None].astype(self.dtype)
-
-
-@jax.custom_vjp
-def add_shared_by_rows(x: jax.Array, shared: jax.Array) -> jax.Array:
-    """x [b, ...] + shared [1, ...], the same addend for every row (T5's relative position bias
-    over a batch of attention scores)."""
-    return x + shared
-
-
-def _add_shared_by_rows_forward(x, shared):
-    return x + shared, None
-
-
-def _add_shared_by_rows_backward(_, grad):
-    # The shared addend's gradient sums grad over its rows. As a reduction over the leading axis
-    # XLA:CPU took 19 ms for [8, 8, 256, 256] (5% of a T5 training step); as a contraction with a
-    # vector of ones, 3.9 ms. (A chain of row additions took 0.5 ms on one device, but with the
-    # rows split over devices it would move rows between them; a contraction over the batch
-    # axis stays a local product and one all-reduce.)
-    ones = jnp.ones(grad.shape[:1], grad.dtype)  # [b]
-    return grad, jnp.tensordot(ones, grad, axes=1)[None]
-
-
-add_shared_by_rows.defvjp(_add_shared_by_rows_forward, _add_shared_by_rows_backward)
 
 
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
