@@ -1,14 +1,29 @@
-"""Custom backward passes for two spots where XLA:CPU's derived ones are slow.
+"""Formulations chosen for how XLA:CPU compiles them, where the plain expression is slow.
 
-Each function computes exactly what its plain JAX expression would; only the gradient is
-written out. `tests/models/test_fast_paths.py` checks values and gradients against the plain
-formulations.
+Each function computes exactly what its plain JAX expression would: `over_tokens` only reshapes
+around the matmul; the others write out their gradient. `tests/models/test_fast_paths.py`
+checks values and gradients against the plain formulations.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+
+def over_tokens(x: jax.Array, kernel: jax.Array, num_contracted: int) -> jax.Array:
+    """`jnp.tensordot(x, kernel, num_contracted)` with x's leading axes merged into one token
+    axis for the matmul: x [*lead, *in], kernel [*in, *out] -> [*lead, *out].
+
+    The kernel's gradient is then a product over one token axis. Over [b, l] it would contract
+    two axes, and XLA canonicalises such a product by copying both operands into a transposed
+    order first: for a [2048, 512] x [512, 32000] output head that copy of the [b, l, v]
+    gradient, plus the slower matmul it feeds, cost about 0.3 s of a 3.8 s LLaMA step.
+    """
+    lead = x.shape[:x.ndim - num_contracted]
+    tokens = x.reshape((-1,) + x.shape[len(lead):])  # [t, *in]
+    y = jnp.tensordot(tokens, kernel, axes=num_contracted)  # [t, *out]
+    return y.reshape(lead + y.shape[1:])
 
 
 @jax.custom_vjp

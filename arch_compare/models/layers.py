@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from arch_compare.models.config import ModelConfig
-from arch_compare.models.fast_paths import add_shared_by_rows, two_projections
+from arch_compare.models.fast_paths import add_shared_by_rows, over_tokens, two_projections
 from arch_compare.recipes import LoraConfig
 
 Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
@@ -117,8 +117,8 @@ class Dense(nnx.Module):
                                  ("lora_rank",) + out_axes, dtype)
 
     def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
-        y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-                          axes=self.num_contracted)
+        y = over_tokens(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                        self.num_contracted)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return self.add_adapter(y, x, dropout_key)
@@ -134,9 +134,8 @@ class Dense(nnx.Module):
         if dropout_key is not None and rate > 0:
             keep = jax.random.bernoulli(dropout_key, 1.0 - rate, x.shape)
             x = jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
-        low = jnp.tensordot(x, self.lora_a[...].astype(self.dtype),
-                            axes=self.num_contracted)  # [..., r]
-        delta = jnp.tensordot(low, self.lora_b[...].astype(self.dtype), axes=1)  # [..., *out]
+        low = over_tokens(x, self.lora_a[...].astype(self.dtype), self.num_contracted)  # [..., r]
+        delta = over_tokens(low, self.lora_b[...].astype(self.dtype), 1)  # [..., *out]
         return y + (self.adapter.scale * delta).astype(y.dtype)
 
 
@@ -176,7 +175,8 @@ class Embed(nnx.Module):
         return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)  # [b, l, d]
 
     def attend(self, x: jax.Array) -> jax.Array:
-        return jnp.einsum("bld,vd->blv", x, self.embedding[...].astype(self.dtype))
+        """x: [..., d] -> logits [..., v]."""
+        return over_tokens(x, self.embedding[...].astype(self.dtype).T, 1)
 
 
 class Mlp(nnx.Module):

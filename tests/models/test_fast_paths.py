@@ -1,9 +1,9 @@
 """The training step's faster formulations against the straightforward ones they replace.
 
-Each fast path (einsum attention, one matmul for a gated MLP's two up projections, the loss and
-accuracy sharing one maximum) is checked, values and gradients, against an independent reference:
-JAX's own `jax.nn.dot_product_attention`, the two-matmul MLP written out, optax's cross-entropy
-with an argmax. HF parity (test_hf_parity.py) checks the whole models end to end.
+Each fast path (einsum attention, one matmul for a gated MLP's two up projections, projections
+over one token axis, the loss and accuracy sharing one maximum) is checked, values and gradients,
+against an independent reference: JAX's own `jax.nn.dot_product_attention`, the two-matmul MLP
+written out, `jnp.tensordot` over the unmerged axes, optax's cross-entropy with an argmax. HF parity (test_hf_parity.py) checks the whole models end to end.
 """
 
 import functools
@@ -16,6 +16,7 @@ import pytest
 from flax import nnx
 
 from arch_compare.models import zoo
+from arch_compare.models.fast_paths import over_tokens
 from arch_compare.models.layers import ACTIVATION_FUNCTIONS, Mlp, dot_product_attention
 from arch_compare.trainer.steps import cross_entropy_and_correct
 
@@ -103,6 +104,45 @@ def test_gated_mlp_one_matmul_matches_two(use_bias):
     assert jax.tree.structure(ours) == jax.tree.structure(theirs)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+# (x's shape, kernel's shape, contracted axes): [b, l, d] -> [h, e] (a query projection), heads
+# back to d (the output projection), a decode step's [b, 1, d], and no leading axis at all.
+OVER_TOKENS_CASES = [((2, 3, 6), (6, 4, 5), 1), ((2, 3, 4, 5), (4, 5, 6), 2),
+                     ((4, 1, 6), (6, 7), 1), ((6,), (6, 7), 1)]
+
+
+@pytest.mark.parametrize("case", OVER_TOKENS_CASES, ids=lambda c: f"{c[0]}x{c[1]}")
+def test_over_tokens_matches_tensordot(case):
+    x_shape, kernel_shape, contracted = case
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    kernel = jax.random.normal(jax.random.key(1), kernel_shape)
+
+    def outputs_and_grads(project):
+        loss = lambda x, k: jnp.sum(jnp.sin(project(x, k, contracted)))
+        return project(x, kernel, contracted), jax.grad(loss, argnums=(0, 1))(x, kernel)
+
+    ours = outputs_and_grads(over_tokens)
+    theirs = outputs_and_grads(lambda x, k, n: jnp.tensordot(x, k, axes=n))
+    assert ours[0].shape == x_shape[:len(x_shape) - contracted] + kernel_shape[contracted:]
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("project,copies_gradient", [
+    (over_tokens, False), (lambda x, k, n: jnp.tensordot(x, k, axes=n), True)],
+    ids=["over_tokens", "tensordot"])
+def test_output_head_gradient_is_not_transposed(project, copies_gradient):
+    """The reason for `over_tokens`: a kernel gradient over [b, l] makes XLA copy the [b, l, v]
+    gradient into [v, b * l] first. The plain tensordot is checked too, so that this test
+    notices when XLA stops doing so (and the fast path has no reason left)."""
+    b, l, d, v = 2, 12, 16, 64
+    x, kernel = jnp.ones((b, l, d)), jnp.ones((d, v))
+    targets = jnp.zeros((b, l), jnp.int32)
+    loss = lambda x, k: jnp.sum(cross_entropy_and_correct(project(x, k, 1), targets)[0])
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernel).compile().as_text()
+    transposed = {f"f32[{v},{b * l}]", f"f32[{v},{b},{l}]"}
+    assert any(shape in hlo for shape in transposed) == copies_gradient
 
 
 def test_cross_entropy_and_correct_match_optax_and_argmax():
