@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from arch_compare.models.config import ModelConfig
-from arch_compare.models.fast_paths import add_shared_by_rows, over_tokens, two_projections
+from arch_compare.models.fast_paths import attention_core, over_tokens, two_projections
 from arch_compare.recipes import LoraConfig
 
 Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
@@ -284,18 +284,12 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
     g, k = key.shape[1], key.shape[2]
     r = h // g
     rows = query.reshape(b, q, g, r, e).transpose(0, 2, 3, 1, 4).reshape(b, g, r * q, e)
-    scores = jnp.einsum("bgne,bgke->bgnk", rows, key,
-                        preferred_element_type=jnp.float32) * scale  # [b, g, r * q, k]
     if bias is not None:
         bias = bias.reshape(bias.shape[0], g, r * q, k).astype(jnp.float32)
-        scores = add_shared_by_rows(scores, bias) if bias.shape[0] == 1 else scores + bias
-    if mask is not None:
-        if r > 1:  # the same mask for each of a KV head's query heads
-            mask = jnp.broadcast_to(mask[:, :, None], (mask.shape[0], 1, r, q, k)).reshape(
-                mask.shape[0], 1, r * q, k)
-        scores = jnp.where(mask, scores, -0.7 * float(jnp.finfo(jnp.float32).max))
-    probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
-    out = jnp.einsum("bgnk,bgke->bgne", probs, value)  # [b, g, r * q, e]
+    if mask is not None and r > 1:  # the same mask for each of a KV head's query heads
+        mask = jnp.broadcast_to(mask[:, :, None], (mask.shape[0], 1, r, q, k)).reshape(
+            mask.shape[0], 1, r * q, k)
+    out = attention_core(rows, key, value, bias, mask, scale)  # [b, g, r * q, e]
     return out.reshape(b, g, r, q, e).transpose(0, 3, 1, 2, 4).reshape(b, q, h, e)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from jax.ad_checkpoint import print_saved_residuals
 
 from arch_compare.models import zoo
 from arch_compare.models.fast_paths import over_tokens
@@ -43,8 +44,8 @@ ATTENTION_CASES = [("float32", 4, 2, 2, True, True), ("float32", 4, 4, 1, False,
 
 @pytest.mark.parametrize("case", ATTENTION_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_einsum_attention_matches_jax(case):
-    """Values and the gradients of queries, keys, values and the bias (a shared bias's gradient
-    is the custom sum over rows, `add_shared_by_rows`)."""
+    """Values and the gradients of queries, keys, values and the bias (the backward pass is
+    written out in `fast_paths.attention_core`; a shared bias's gradient is its sum over rows)."""
     dtype, heads, kv_heads, bias_batch, with_bias, with_mask = case
     query, key, value, bias, mask = _attention_inputs(jnp.dtype(dtype), heads, kv_heads,
                                                       bias_batch)
@@ -72,6 +73,20 @@ def test_einsum_attention_matches_jax(case):
                                    atol=5 * tolerance, rtol=5 * tolerance)
     if with_bias:  # the bias gradient is not trivially zero
         assert np.abs(np.asarray(ours[1][3], np.float32)).max() > 1e-3
+
+
+def test_attention_keeps_one_score_sized_array_for_the_backward_pass(capsys):
+    """What the written-out backward pass is for: of the [b, g, n, k] arrays, only the
+    probabilities are saved (JAX's derived gradient kept three, which a layer scan copies into
+    stacked buffers and back)."""
+    query, key, value, bias, mask = _attention_inputs(jnp.float32, 4, 2, 1)
+    loss = lambda q, k, v, b: jnp.sum(dot_product_attention(
+        q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), bias=b, mask=mask, scale=0.3))
+    print_saved_residuals(loss, query, key, value, bias)
+    saved = capsys.readouterr().out.splitlines()
+    b, q, k = query.shape[0], query.shape[1], key.shape[1]
+    score_sized = [line for line in saved if line.startswith(f"f32[{b},2,{2 * q},{k}]")]
+    assert len(score_sized) == 1, saved
 
 
 @pytest.mark.parametrize("use_bias", [False, True])
