@@ -92,8 +92,8 @@ def _attention_forward(rows, key, value, bias, mask, scale):
 
 def _attention_backward(scale, saved, grad_out):
     # Written out so that the probabilities are the only [b, g, n, k] array kept for the backward
-    # pass (the derived one kept two per attention, which a layer scan then copies into stacked
-    # buffers and back), and the bias gradient is a contraction, not a reduction (below).
+    # pass (the derived gradient of the same expression kept two, which a layer scan then copies
+    # into stacked buffers and back), and the bias gradient is a contraction (below).
     rows, key, value, bias_rows, mask, probs = saved
     grad_probs = jnp.einsum("bgne,bgke->bgnk", grad_out, value,
                             preferred_element_type=jnp.float32)  # [b, g, n, k]

@@ -77,8 +77,8 @@ def test_einsum_attention_matches_jax(case):
 
 def test_attention_keeps_one_score_sized_array_for_the_backward_pass(capsys):
     """What the written-out backward pass is for: of the [b, g, n, k] arrays, only the
-    probabilities are saved (JAX's derived gradient kept three, which a layer scan copies into
-    stacked buffers and back)."""
+    probabilities are saved (the derived gradient of the same expression kept two,
+    `jax.nn.dot_product_attention`'s three; a layer scan copies each into stacked buffers)."""
     query, key, value, bias, mask = _attention_inputs(jnp.float32, 4, 2, 1)
     loss = lambda q, k, v, b: jnp.sum(dot_product_attention(
         q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), bias=b, mask=mask, scale=0.3))
