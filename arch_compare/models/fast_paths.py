@@ -20,7 +20,8 @@ def over_tokens(x: jax.Array, kernel: jax.Array, num_contracted: int) -> jax.Arr
     The kernel's gradient is then a product over one token axis. Over [b, l] it would contract
     two axes, and XLA canonicalises such a product by copying both operands into a transposed
     order first: for a [2048, 512] x [512, 32000] output head that copy of the [b, l, v]
-    gradient, plus the slower matmul it feeds, cost about 0.3 s of a 3.8 s LLaMA step.
+    gradient, plus the slower matmul it feeds, cost about 0.3 s (a 6-layer LLaMA step, every
+    projection merged: 3.9 -> 3.4 s on a 2-core CPU).
     """
     lead = x.shape[:x.ndim - num_contracted]
     tokens = x.reshape((-1,) + x.shape[len(lead):])  # [t, *in]
