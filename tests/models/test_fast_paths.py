@@ -1,9 +1,11 @@
 """The training step's faster formulations against the straightforward ones they replace.
 
-Each fast path (einsum attention, one matmul for a gated MLP's two up projections, projections
-over one token axis, the loss and accuracy sharing one maximum) is checked, values and gradients,
-against an independent reference: JAX's own `jax.nn.dot_product_attention`, the two-matmul MLP
-written out, `jnp.tensordot` over the unmerged axes, optax's cross-entropy with an argmax. HF parity (test_hf_parity.py) checks the whole models end to end.
+Each fast path (attention with its backward pass written out, one matmul for a gated MLP's two
+up projections, projections over one token axis, the loss and accuracy sharing one maximum) is
+checked, values and gradients, against an independent reference: JAX's own
+`jax.nn.dot_product_attention`, the two-matmul MLP written out, `jnp.tensordot` over the unmerged
+axes, optax's cross-entropy with an argmax. HF parity (test_hf_parity.py) checks the whole models
+end to end.
 """
 
 import functools
