@@ -8,6 +8,7 @@ checks values and gradients against the plain formulations.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -120,3 +121,48 @@ def _attention_backward(scale, saved, grad_out):
 
 
 attention_core.defvjp(_attention_forward, _attention_backward)
+
+
+# The activations below keep only their inputs for the backward pass, which recomputes the
+# activation from them. The derived gradient keeps every intermediate of the activation instead
+# ([b, l, f] each: five for GELU's tanh form, three for SiLU), and a layer scan copies each into a
+# stacked buffer and back. Measured on a 2-core CPU, 6 x 512 models, batch 8 x 256, scanned
+# layers: T5 v1.1's step 5.49 -> 5.29 s, LLaMA's 3.43 -> 3.28, GPT-2's 3.90 -> 3.80 (unrolled:
+# 1-2% for T5 and LLaMA, none for GPT-2). The recomputed values are bit-identical, so training
+# is too.
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def activate(activation: Callable[[jax.Array], jax.Array], pre: jax.Array) -> jax.Array:
+    """activation(pre), elementwise; the backward pass keeps `pre` only."""
+    return activation(pre)
+
+
+def _activate_forward(activation, pre):
+    return activation(pre), pre
+
+
+def _activate_backward(activation, pre, grad):
+    return (jax.vjp(activation, pre)[1](grad)[0],)
+
+
+activate.defvjp(_activate_forward, _activate_backward)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def activate_gated(activation: Callable[[jax.Array], jax.Array], gate: jax.Array,
+                   up: jax.Array) -> jax.Array:
+    """activation(gate) * up, elementwise ([..., f] each); the backward pass keeps gate and up."""
+    return activation(gate) * up
+
+
+def _activate_gated_forward(activation, gate, up):
+    return activation(gate) * up, (gate, up)
+
+
+def _activate_gated_backward(activation, saved, grad):
+    gate, up = saved
+    activated, activation_vjp = jax.vjp(activation, gate)
+    return activation_vjp(grad * up)[0], grad * activated
+
+
+activate_gated.defvjp(_activate_gated_forward, _activate_gated_backward)

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from arch_compare.models.config import ModelConfig
-from arch_compare.models.fast_paths import attention_core, over_tokens, two_projections
+from arch_compare.models.fast_paths import (activate, activate_gated, attention_core,
+                                            over_tokens, two_projections)
 from arch_compare.recipes import LoraConfig
 
 Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
@@ -197,7 +198,7 @@ class Mlp(nnx.Module):
         """x: [b, l, d] -> [b, l, d]; `dropout_key` (training with LoRA dropout) gives each
         projection's adapter its own key."""
         if hasattr(self, "wi"):
-            hidden = self.activation(self.wi(x, fold(dropout_key, 0)))  # [b, l, f]
+            hidden = activate(self.activation, self.wi(x, fold(dropout_key, 0)))  # [b, l, f]
         else:
             dtype = self.wi_0.dtype
             gate, up = two_projections(x.astype(dtype), self.wi_0.kernel[...].astype(dtype),
@@ -208,7 +209,7 @@ class Mlp(nnx.Module):
             # Adapters (if any) add their low-rank terms to each half; without, no-ops.
             gate = self.wi_0.add_adapter(gate, x, fold(dropout_key, 1))
             up = self.wi_1.add_adapter(up, x, fold(dropout_key, 2))
-            hidden = self.activation(gate) * up  # [b, l, f]
+            hidden = activate_gated(self.activation, gate, up)  # [b, l, f]
         return self.wo(hidden, fold(dropout_key, 3))
 
 

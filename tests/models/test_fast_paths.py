@@ -1,11 +1,11 @@
 """The training step's faster formulations against the straightforward ones they replace.
 
-Each fast path (attention with its backward pass written out, one matmul for a gated MLP's two
-up projections, projections over one token axis, the loss and accuracy sharing one maximum) is
-checked, values and gradients, against an independent reference: JAX's own
-`jax.nn.dot_product_attention`, the two-matmul MLP written out, `jnp.tensordot` over the unmerged
-axes, optax's cross-entropy with an argmax. HF parity (test_hf_parity.py) checks the whole models
-end to end.
+Each fast path (attention and the MLP's activations with their backward passes written out, one
+matmul for a gated MLP's two up projections, projections over one token axis, the loss and
+accuracy sharing one maximum) is checked, values and gradients, against an independent
+reference: JAX's own `jax.nn.dot_product_attention`, the MLP written out with plain JAX,
+`jnp.tensordot` over the unmerged axes, optax's cross-entropy with an argmax. HF parity
+(test_hf_parity.py) checks the whole models end to end.
 """
 
 import functools
@@ -91,21 +91,30 @@ def test_attention_keeps_one_score_sized_array_for_the_backward_pass(capsys):
     assert len(score_sized) == 1, saved
 
 
-@pytest.mark.parametrize("use_bias", [False, True])
-def test_gated_mlp_one_matmul_matches_two(use_bias):
-    cfg = zoo.llama(16, 1, 2, 24, vocab_size=32).replace(use_bias=use_bias)
+def _mlp(activation, gated, use_bias):
+    cfg = zoo.llama(16, 1, 2, 24, vocab_size=32).replace(
+        use_bias=use_bias, mlp_activation=activation, mlp_gated=gated)
     mlp = Mlp(cfg, rngs=nnx.Rngs(0))
     if use_bias:  # non-zero biases, so that adding them to the wrong half would show
-        mlp.wi_0.bias[...] = jax.random.normal(jax.random.key(1), mlp.wi_0.bias.shape)
-        mlp.wi_1.bias[...] = jax.random.normal(jax.random.key(2), mlp.wi_1.bias.shape)
-    graph, params = nnx.split(mlp)
-    x = jax.random.normal(jax.random.key(3), (2, 3, 16))
-    act = ACTIVATION_FUNCTIONS[cfg.mlp_activation]
+        for i, name in enumerate(["wi_0", "wi_1"] if gated else ["wi"]):
+            dense = getattr(mlp, name)
+            dense.bias[...] = jax.random.normal(jax.random.key(i + 1), dense.bias.shape)
+    return mlp
 
-    def two_matmuls(p, x):
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATION_FUNCTIONS))
+@pytest.mark.parametrize("gated,use_bias", [(True, False), (True, True), (False, True)])
+def test_mlp_matches_the_plain_expression(activation, gated, use_bias):
+    """One matmul for a gated MLP's two up projections, and the activation's written-out
+    backward pass, against the MLP written out with plain JAX."""
+    graph, params = nnx.split(_mlp(activation, gated, use_bias))
+    x = jax.random.normal(jax.random.key(3), (2, 3, 16))
+    act = ACTIVATION_FUNCTIONS[activation]
+
+    def written_out(p, x):
         up = lambda w: x @ w["kernel"] + (w["bias"] if use_bias else 0.0)
-        return (act(up(p["wi_0"])) * up(p["wi_1"])) @ p["wo"]["kernel"] + (
-            p["wo"]["bias"] if use_bias else 0.0)
+        hidden = act(up(p["wi_0"])) * up(p["wi_1"]) if gated else act(up(p["wi"]))
+        return hidden @ p["wo"]["kernel"] + (p["wo"]["bias"] if use_bias else 0.0)
 
     plain = nnx.to_pure_dict(params)
     fused = lambda p, x: nnx.merge(graph, p)(x)
@@ -117,10 +126,23 @@ def test_gated_mlp_one_matmul_matches_two(use_bias):
 
     ours = outputs_and_grads(fused, params)
     ours = (ours[0], (nnx.to_pure_dict(ours[1][0]), ours[1][1]))
-    theirs = outputs_and_grads(two_matmuls, plain)
+    theirs = outputs_and_grads(written_out, plain)
     assert jax.tree.structure(ours) == jax.tree.structure(theirs)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_mlp_keeps_only_the_activation_inputs_for_the_backward_pass(capsys, gated):
+    """What the activation's written-out backward pass is for: of the [b, l, f] arrays, only the
+    activation's inputs (gate and up, or the one projection) and the down projection's input are
+    saved; the derived gradient of GELU's tanh form kept five more."""
+    graph, params = nnx.split(_mlp("gelu_tanh", gated, False))
+    x = jax.random.normal(jax.random.key(3), (2, 3, 16))
+    print_saved_residuals(lambda p, x: jnp.sum(nnx.merge(graph, p)(x)), params, x)
+    saved = capsys.readouterr().out.splitlines()
+    hidden_sized = [line for line in saved if line.startswith(("f32[2,3,24]", "f32[6,24]"))]
+    assert len(hidden_sized) == (3 if gated else 2), saved
 
 
 # (x's shape, kernel's shape, contracted axes): [b, l, d] -> [h, e] (a query projection), heads
