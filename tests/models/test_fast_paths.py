@@ -136,7 +136,7 @@ def test_mlp_matches_the_plain_expression(activation, gated, use_bias):
 def test_mlp_keeps_only_the_activation_inputs_for_the_backward_pass(capsys, gated):
     """What the activation's written-out backward pass is for: of the [b, l, f] arrays, only the
     activation's inputs (gate and up, or the one projection) and the down projection's input are
-    saved; the derived gradient of GELU's tanh form kept five more."""
+    saved; the derived gradient of GELU's tanh form kept five more gated, four plain."""
     graph, params = nnx.split(_mlp("gelu_tanh", gated, False))
     x = jax.random.normal(jax.random.key(3), (2, 3, 16))
     print_saved_residuals(lambda p, x: jnp.sum(nnx.merge(graph, p)(x)), params, x)
