@@ -37,12 +37,13 @@ def split(size: int, ways: int) -> int:
 # What a step keeps for its backward pass is what JAX's autodiff saves (its residuals), counted
 # here per token from the layers' code (and checked against `jax.ad_checkpoint`'s list of saved
 # residuals for every family, then against XLA's buffers): every elementwise op whose derivative
-# needs its input or output keeps one array, so a GELU-tanh keeps six [f] arrays, not one.
+# needs its input or output keeps one array, except where `models/fast_paths.py` writes the
+# backward pass out (attention keeps its probabilities only; the MLP's activation its input only).
 
-# Arrays of [d_ff] an MLP keeps per token for its activation function (input, intermediates,
-# output); a gated MLP keeps two more (the second up projection and the product's other input).
-MLP_ARRAYS = {"relu": 2, "gelu": 4, "gelu_tanh": 6, "silu": 4}
-MASK_BYTES = 1  # relu's derivative is a bool mask; attention masks are bool
+# Arrays of [d_ff] an MLP keeps per token: the activation's input(s) (gate and up, or the one up
+# projection; `fast_paths.activate*` recompute the activation from them) and its output, wo's input.
+MLP_ARRAYS = {True: 3, False: 2}  # by ModelConfig.mlp_gated
+MASK_BYTES = 1  # attention masks and dropout masks are bool
 RANDOM_BITS_BYTES = 4  # a dropout mask is drawn from uint32 random bits
 
 
@@ -105,22 +106,20 @@ def _norm_bytes(cfg: ModelConfig, stored: int, kept: _Kept = KEEP_ALL,
 def _attention_bytes(cfg: ModelConfig, cut: _Split, queries: int, keys: int,
                      kept: _Kept = KEEP_ALL) -> int:
     """One attention layer: queries and outputs [h, e] per query (the outputs for o's gradient),
-    keys and values [g, e] per key, the scores in float32 and the probabilities in the compute
-    dtype [h, keys] per query, and the softmax's two per-head statistics."""
+    keys and values [g, e] per key, and the probabilities in float32 [h, keys] per query (the one
+    score-sized array `fast_paths.attention_core` keeps)."""
     c = cut.stored
     h, g, e = cut.heads(cfg.num_heads), cut.heads(cfg.num_kv_heads), cfg.head_dim
     vectors = 2 if kept.kernel("o") else 1
-    per_query = vectors * h * e * c + h * keys * (FLOAT32_BYTES + c) + 2 * h * FLOAT32_BYTES
+    per_query = vectors * h * e * c + h * keys * FLOAT32_BYTES
     return queries * per_query + keys * 2 * g * e * c
 
 
 def _mlp_bytes(cfg: ModelConfig, cut: _Split, kept: _Kept = KEEP_ALL) -> int:
-    """The activation's arrays; the last (its output) is wo's input, kept for wo's gradient."""
-    f = split(cfg.d_ff, cut.tensor)
-    arrays = MLP_ARRAYS[cfg.mlp_activation] + (2 if cfg.mlp_gated else 0)
-    arrays -= 0 if kept.kernel("wo") else 1
-    return f * arrays * cut.stored + (f * MASK_BYTES if cfg.mlp_activation == "relu"
-                                                 else 0)
+    """The MLP's [d_ff] arrays; the last (the activation's output) is wo's input, kept for wo's
+    gradient only."""
+    arrays = MLP_ARRAYS[cfg.mlp_gated] - (0 if kept.kernel("wo") else 1)
+    return split(cfg.d_ff, cut.tensor) * arrays * cut.stored
 
 
 def _block_bytes(cfg: ModelConfig, cut: _Split, queries: int, cross_keys: int,
@@ -210,9 +209,10 @@ def _adapter_activations(cfg: ModelConfig, lora: LoraConfig, cut: _Split, input_
     """What LoRA's unmerged adapters keep beyond full training's activations: per targeted
     projection and token `x @ A` (rank numbers, unsplit: B's gradient reads it), and with dropout
     the dropped input and its mask (the input is split by `tensor` where the kernel's input is
-    the heads or the MLP's hidden units: o, wo). Rematerialised: one layer's, while it recomputes
-    (with the random bits the recomputed dropout masks are drawn from: measured against XLA, the
-    recomputed block's dropout costs about twice the mask and the dropped input)."""
+    the heads or the MLP's hidden units: o, wo). Rematerialised: one layer's (with the random bits
+    the recomputed dropout masks are drawn from), live at both of the step's peak moments, not
+    only while the layer recomputes: measured against XLA (t5.1.1, bfloat16, remat block), dropout
+    0.1 raises the peak by 16 MiB (118.5 -> 134.6) while the logits' moment sets it."""
     per_layer: dict[str, int] = {}  # stack -> bytes per example of one layer's adapters
     layers_of: dict[str, int] = {}
     for tensor in adapter_tensors(cfg, lora):
@@ -231,7 +231,7 @@ def _adapter_activations(cfg: ModelConfig, lora: LoraConfig, cut: _Split, input_
         per_layer[stack] = per_layer.get(stack, 0) + tokens * per_token
         layers_of[stack] = tensor.shape[0] if tensor.stacked else 1
     if cfg.remat != "none":
-        return _Activations(0, cut.rows * max(per_layer.values(), default=0))
+        return _Activations(cut.rows * max(per_layer.values(), default=0), 0)
     return _Activations(cut.rows * sum(layers_of[s] * b for s, b in per_layer.items()), 0)
 
 

@@ -168,19 +168,23 @@ OPTIMIZER_FLOATS = {"adamw": _adamw_floats, "adafactor": _adafactor_floats}
 # fsdp keeps a 1/fsdp slice of every weight, so each matmul first all-gathers its weight (over
 # fsdp only: a tensor split stays cut), and the backward pass produces that weight's gradient whole
 # before reduce-scattering it into the sharded gradient. XLA's buffers (benchmarks/memory_vs_xla.py)
-# show the two live together at two moments: the output projection's, beside the logits in the
-# loss's backward pass, and one layer's of a stack, beside the block being recomputed (the layer
-# scan gathers inside each step, so never more than one layer at a time).
+# show them live at two moments: the output projection gathered, beside the logits in the loss's
+# backward pass, and one layer's weights and gradients of a stack, beside the block being
+# recomputed (the layer scan gathers inside each step, so never more than one layer at a time).
+# With one microbatch the output projection's gradient is not whole beside the logits, since every
+# projection runs over one merged token axis (`models.fast_paths.over_tokens`): with it counted,
+# every such fsdp row of memory_vs_xla.py came out 8-22% above XLA's peak, by about that
+# gradient's size. Microbatched, the step's scan still holds it whole (without it, 14-44% below).
 
 
 @dataclasses.dataclass(frozen=True)
 class _Gathered:
-    output: int  # the vocabulary projection: gathered weight and its unsharded gradient
+    output: int  # the vocabulary projection, gathered (microbatched: and its gradient, whole)
     layer: int  # the largest stack's one layer: gathered weights and their unsharded gradients
 
 
 def _gathered(cfg: ModelConfig, mesh: MeshConfig, shards: tuple[ParameterShard, ...],
-              trained: bool = True) -> _Gathered:
+              trained: bool = True, microbatches: int = 1) -> _Gathered:
     """`trained` False (LoRA's frozen base): the gathered weights have no gradient."""
     if mesh.fsdp == 1:
         return _Gathered(0, 0)
@@ -198,11 +202,13 @@ def _gathered(cfg: ModelConfig, mesh: MeshConfig, shards: tuple[ParameterShard, 
             stack = shard.path.split("/blocks/")[0]
             layers = shard.shape[shard.axes.index("layers")]
             stacks[stack] = stacks.get(stack, 0) + extra[shard.path] // layers
-    # The weight and its gradient, both in the compute dtype: Dense casts each kernel before its
-    # matmul, and XLA gathers the cast copy (a bfloat16 step's gathered output projection and
-    # its gradient measured at 2 bytes a number, on CPU too).
-    per_number = (2 if trained else 1) * dtype_bytes(cfg.dtype)
-    return _Gathered(output * per_number, max(stacks.values(), default=0) * per_number)
+    # In the compute dtype: Dense casts each kernel before its matmul, and XLA gathers the cast
+    # copy (a bfloat16 step's gathered weights measured at 2 bytes a number, on CPU too). A
+    # layer's weights come with their gradients where they train.
+    per_number = dtype_bytes(cfg.dtype)
+    with_gradient = 2 if trained else 1
+    layer = max(stacks.values(), default=0) * with_gradient * per_number
+    return _Gathered(output * (with_gradient if microbatches > 1 else 1) * per_number, layer)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -215,7 +221,8 @@ class DeviceTrainingMemory:
 
     `logits` (the float32 logits, the softmax's saved exponentials, the logits' gradient) are
     live in the loss's backward pass together with the output projection gathered whole under
-    fsdp and its unsharded gradient (`gathered_output`); they are freed before the blocks'
+    fsdp (`gathered_output`, with its unsharded gradient when microbatched); they are freed before
+    the blocks'
     backward pass, where a rematerialised block's recomputed activations (`rematerialised`) and
     its layer's gathered weights and unsharded gradients (`gathered_layer`) become live. The peak
     counts the larger of the two moments. With microbatches the step's scan carries the summed
@@ -229,7 +236,7 @@ class DeviceTrainingMemory:
     activations: int  # kept from the forward pass for the backward pass
     logits: int
     rematerialised: int
-    gathered_output: int  # fsdp: the vocabulary projection and its gradient, whole
+    gathered_output: int  # fsdp: the vocabulary projection, whole (microbatched: its gradient too)
     gathered_layer: int  # fsdp: one layer's weights and their gradients, whole
     anchor: int = 0  # l2sp: the base weights, split like the weights
     # l2sp: the penalty's gradient, like the gradients; it does not depend on the backward pass,
@@ -308,7 +315,7 @@ def per_device_training_memory(cfg: ModelConfig, mesh: MeshConfig, input_length:
         activations = dataclasses.replace(
             activations, saved=activations.saved + adapters.saved + _cpu_upcast(
                 cfg, mesh, kernel_dtype, platform), working=activations.working + adapters.working)
-    gathered = _gathered(cfg, mesh, shards, trained=lora is None)
+    gathered = _gathered(cfg, mesh, shards, trained=lora is None, microbatches=microbatches)
     return DeviceTrainingMemory(
         weights=weights,
         gradients=trained_bytes,

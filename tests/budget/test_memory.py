@@ -143,8 +143,12 @@ def test_fsdp_gathers_the_output_projection_and_one_layer_whole():
                 if s.path.startswith("decoder/blocks/") and "embed" in s.axes) // layers
     assert layer == 12 * d * d + 6 * d
     fsdp = per_device_training_memory(GPT2_SMALL, MeshConfig(fsdp=8), 0, 512, 16)
-    assert fsdp.gathered_output == 2 * vocab * d * 4  # weight and gradient, float32 compute
-    assert fsdp.gathered_layer == 2 * layer * 4
+    assert fsdp.gathered_output == vocab * d * 4  # the weight, float32 compute
+    assert fsdp.gathered_layer == 2 * layer * 4  # weights and gradients
+    # microbatched, the step's scan holds the output projection's gradient whole too
+    micro = per_device_training_memory(GPT2_SMALL, MeshConfig(fsdp=8), 0, 512, 16,
+                                       microbatches=2)
+    assert micro.gathered_output == 2 * vocab * d * 4
     assert fsdp.accumulated_gradients == 0
     assert fsdp.total == fsdp.state + fsdp.activations + max(
         fsdp.logits + fsdp.gathered_output, fsdp.rematerialised + fsdp.gathered_layer)
@@ -156,7 +160,7 @@ def test_fsdp_gathers_the_output_projection_and_one_layer_whole():
     padded = GPT2_SMALL.replace(vocab_size=50304)
     whole = per_device_training_memory(padded, MeshConfig(fsdp=8), 0, 512, 16)
     halved = per_device_training_memory(padded, MeshConfig(fsdp=4, tensor=2), 0, 512, 16)
-    assert halved.gathered_output * 2 == whole.gathered_output == 2 * 50304 * d * 4
+    assert halved.gathered_output * 2 == whole.gathered_output == 50304 * d * 4
     # nothing is gathered where no weight is split over fsdp
     for mesh in (MeshConfig(), MeshConfig(data=8), MeshConfig(tensor=2)):
         memory = per_device_training_memory(GPT2_SMALL, mesh, 0, 512, 16)

@@ -200,10 +200,12 @@ def test_per_device_memory_by_recipe():
     assert device(L2SP).total == full.total + 2 * full.weights
     assert device(MIX) == full
     # fsdp splits the adapters with their kernels; the frozen base is gathered without gradients
+    # (full training's output projection has its gradient whole beside it when microbatched)
     fsdp = MeshConfig(fsdp=2)
-    full_fsdp, lora_fsdp = device(FULL, mesh=fsdp), device(LORA, mesh=fsdp)
+    full_fsdp, lora_fsdp = (device(recipe, mesh=fsdp, microbatches=2) for recipe in (FULL, LORA))
     assert lora_fsdp.gradients < adapted.gradients
     assert lora_fsdp.gathered_output * 2 == full_fsdp.gathered_output
+    assert lora_fsdp.gathered_layer * 2 == full_fsdp.gathered_layer
     assert device(LORA, microbatches=2).accumulated_gradients == adapted.gradients
     with pytest.raises(ValueError, match="trains nothing"):
         device(WISE)
