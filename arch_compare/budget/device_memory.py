@@ -221,12 +221,12 @@ class DeviceTrainingMemory:
 
     `logits` (the float32 logits, the softmax's saved exponentials, the logits' gradient) are
     live in the loss's backward pass together with the output projection gathered whole under
-    fsdp (`gathered_output`, with its unsharded gradient when microbatched); they are freed before
-    the blocks'
-    backward pass, where a rematerialised block's recomputed activations (`rematerialised`) and
-    its layer's gathered weights and unsharded gradients (`gathered_layer`) become live. The peak
-    counts the larger of the two moments. With microbatches the step's scan carries the summed
-    gradients (`accumulated_gradients`) beside each microbatch's own.
+    fsdp (`gathered_output`, with its unsharded gradient when microbatched); they are freed
+    before the blocks' backward pass, where a rematerialised block's recomputed activations
+    (`rematerialised`) and its layer's gathered weights and unsharded gradients
+    (`gathered_layer`) become live. The peak counts the larger of the two moments. With
+    microbatches the step's scan carries the summed gradients (`accumulated_gradients`) beside
+    each microbatch's own.
     """
 
     weights: int
