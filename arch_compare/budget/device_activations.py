@@ -205,7 +205,7 @@ def _activations(cfg: ModelConfig, cut: _Split, shards: tuple[ParameterShard, ..
 
 
 def _adapter_activations(cfg: ModelConfig, lora: LoraConfig, cut: _Split, input_length: int,
-                         target_length: int) -> _Activations:
+                         target_length: int) -> int:
     """What LoRA's unmerged adapters keep beyond full training's activations: per targeted
     projection and token `x @ A` (rank numbers, unsplit: B's gradient reads it), and with dropout
     the dropped input and its mask (the input is split by `tensor` where the kernel's input is
@@ -231,8 +231,8 @@ def _adapter_activations(cfg: ModelConfig, lora: LoraConfig, cut: _Split, input_
         per_layer[stack] = per_layer.get(stack, 0) + tokens * per_token
         layers_of[stack] = tensor.shape[0] if tensor.stacked else 1
     if cfg.remat != "none":
-        return _Activations(cut.rows * max(per_layer.values(), default=0), 0)
-    return _Activations(cut.rows * sum(layers_of[s] * b for s, b in per_layer.items()), 0)
+        return cut.rows * max(per_layer.values(), default=0)
+    return cut.rows * sum(layers_of[s] * b for s, b in per_layer.items())
 
 
 def _logits_bytes(cfg: ModelConfig, cut: _Split, input_length: int, target_length: int,

@@ -311,10 +311,10 @@ def per_device_training_memory(cfg: ModelConfig, mesh: MeshConfig, input_length:
     kept = lora_kept(cfg, lora) if lora else KEEP_ALL
     activations = _activations(cfg, cut, shards, input_length, target_length, kernel_dtype, kept)
     if lora:
-        adapters = _adapter_activations(cfg, lora, cut, input_length, target_length)
-        activations = dataclasses.replace(
-            activations, saved=activations.saved + adapters.saved + _cpu_upcast(
-                cfg, mesh, kernel_dtype, platform), working=activations.working + adapters.working)
+        # the adapters' arrays are live at both peak moments, rematerialised or not
+        extra = (_adapter_activations(cfg, lora, cut, input_length, target_length)
+                 + _cpu_upcast(cfg, mesh, kernel_dtype, platform))
+        activations = dataclasses.replace(activations, saved=activations.saved + extra)
     gathered = _gathered(cfg, mesh, shards, trained=lora is None, microbatches=microbatches)
     return DeviceTrainingMemory(
         weights=weights,
